@@ -47,7 +47,7 @@ Row evaluate(const HardwareDesc& gpu, const ModelDesc& model, const MemoryPlanOp
   return r;
 }
 
-nlohmann::json to_json(const Row& r, const MemoryPlanOptions& opt) {
+nlohmann::ordered_json to_json(const Row& r, const MemoryPlanOptions& opt) {
   const auto& s = r.model.shape;
   return {
       {"gpu", r.gpu->name},
@@ -78,7 +78,7 @@ nlohmann::json to_json(const Row& r, const MemoryPlanOptions& opt) {
   };
 }
 
-std::string csv_of(const nlohmann::json& rows) {
+std::string csv_of(const nlohmann::ordered_json& rows) {
   if (rows.empty()) return "";
   std::string out;
   std::vector<std::string> keys;
@@ -197,7 +197,7 @@ int main(int argc, char** argv) {
     tools::TextTable t({"gpu", "model", "dtype", "MB/expert", "experts", "experts GB",
                         "resident GB", "KV GB", "cache GB", "resident %", "copy ms", "FFN us",
                         "copy/FFN", "miss ms/tok"});
-    nlohmann::json records = nlohmann::json::array();
+    nlohmann::ordered_json records = nlohmann::ordered_json::array();
     for (std::size_t gi = 0; gi < hw.size(); ++gi) {
       if (gi > 0) t.separator();
       for (const auto& m : ms) {

@@ -321,10 +321,22 @@ class PresetCatalog {
       }
     }
     std::vector<std::string> names;
-    for (const auto& e : all) names.push_back(e.name);
+    std::vector<std::string> spellings;  // normalised names and aliases, for the suggestion
+    std::vector<const Entry*> owner;
+    for (const auto& e : all) {
+      names.push_back(e.name);
+      spellings.push_back(normalize_preset_name(e.name));
+      owner.push_back(&e);
+      for (const auto& a : e.aliases) {
+        spellings.push_back(normalize_preset_name(a));
+        owner.push_back(&e);
+      }
+    }
     std::string reason = "unknown " + std::string(what) + " preset";
-    if (auto near = closest_match(std::string(name_or_path), names)) {
-      reason += " (did you mean '" + *near + "'?)";
+    if (auto near = closest_match(key, spellings)) {
+      const auto at = static_cast<std::size_t>(
+          std::find(spellings.begin(), spellings.end(), *near) - spellings.begin());
+      reason += " (did you mean '" + owner[at]->name + "'?)";
     }
     reason += "; available: ";
     for (std::size_t i = 0; i < names.size(); ++i) reason += (i ? ", " : "") + names[i];
