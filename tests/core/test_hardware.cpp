@@ -140,3 +140,28 @@ TEST_CASE("HardwareDesc::validate names the bad field", "[core][hardware]") {
   bad.h2d = TransferCurve{};
   CHECK(contains(thrown_message<ConfigError>([&] { bad.validate(); }), "field 'h2d'"));
 }
+
+TEST_CASE("knots given as (size, time) build the same curve as (size, bandwidth)", "[core][hardware]") {
+  const auto by_rate = three_point_curve();
+  const auto by_time = TransferCurve::from_knots(
+      {{Bytes{1000}, Nanoseconds{1000}}, {Bytes{10000}, Nanoseconds{2000}}, {Bytes{100000}, Nanoseconds{10000}}});
+  CHECK(by_time.knots() == by_rate.knots());
+  CHECK(by_time.time(Bytes{5500}) == by_rate.time(Bytes{5500}));
+  CHECK(by_time.asymptotic_bandwidth().gb_per_s() == Approx(11.25));
+  // equal times are allowed (a flat, overhead-bound start) except for the last two
+  CHECK_NOTHROW(TransferCurve::from_knots(
+      {{Bytes{4096}, Nanoseconds{2700}}, {Bytes{16384}, Nanoseconds{2700}}, {Bytes{65536}, Nanoseconds{4000}}}));
+  auto m = thrown_message<ConfigError>([] {
+    (void)TransferCurve::from_knots({{Bytes{1000}, Nanoseconds{900}}, {Bytes{2000}, Nanoseconds{900}}});
+  });
+  CHECK(contains(m, "field 'points[1].us' = 0.9"));
+  CHECK(contains(m, "the last two points must have different copy times"));
+  m = thrown_message<ConfigError>([] {
+    (void)TransferCurve::from_knots({{Bytes{1000}, Nanoseconds{900}}, {Bytes{2000}, Nanoseconds{800}}});
+  });
+  CHECK(contains(m, "field 'points[1].us' = 0.8"));
+  CHECK(contains(m, "shorter than the smaller copy before it"));
+  m = thrown_message<ConfigError>([] { (void)TransferCurve::from_knots({{Bytes{1000}, Nanoseconds{0}}}); });
+  CHECK(contains(m, "field 'points[0].us'"));
+  CHECK(contains(m, "must be positive"));
+}

@@ -267,6 +267,27 @@ TEST_CASE("bad GPU presets: errors name the file, the field and the value", "[io
     CHECK(gpu_error(dir, j) ==
           bad + ": field 'h2d.points[1].gbps' = \"fast\": expected a number, got string");
   }
+  SECTION("curve points given as copy times") {
+    json j = h200_json();
+    j["h2d"] = {{"points", {{{"bytes", 4096}, {"us", 2.7}}, {{"bytes", 1048576}, {"us", 21.6}}}}};
+    const auto path = dir.write("us_gpu.json", j.dump());
+    const HardwareDesc g = io::load_gpu_preset(path);
+    CHECK(g.h2d.time(Bytes{4096}) == Nanoseconds{2700});
+    CHECK(g.h2d.time(Bytes{1048576}) == Nanoseconds{21600});
+  }
+  SECTION("a curve point with both or neither of gbps and us") {
+    json j = h200_json();
+    j["h2d"]["points"][0]["us"] = 2.7;
+    CHECK(gpu_error(dir, j) == bad + ": field 'h2d.points[0].us' = 2.7: give exactly one of \"gbps\" and \"us\" per point");
+    j = h200_json();
+    j["h2d"]["points"][0].erase("gbps");
+    CHECK(gpu_error(dir, j) == bad + ": field 'h2d.points[0].gbps': give exactly one of \"gbps\" and \"us\" per point");
+  }
+  SECTION("curve copy times that fall with size") {
+    json j = h200_json();
+    j["h2d"] = {{"points", {{{"bytes", 4096}, {"us", 3.0}}, {{"bytes", 8192}, {"us", 2.0}}}}};
+    CHECK(contains(gpu_error(dir, j), bad + ": field 'h2d.points[1].us' = 2: implies"));
+  }
   SECTION("curve and affine parameters together") {
     json j = h200_json();
     j["h2d"]["bandwidth_gbps"] = 55;

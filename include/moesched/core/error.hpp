@@ -11,11 +11,19 @@
 
 #include "moesched/core/config.hpp"
 
+#include <charconv>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 namespace moesched {
+
+/// Shortest text that reads back as `v` ("0.9", not "0.900000"), for messages.
+[[nodiscard]] inline std::string to_text(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return r.ec == std::errc{} ? std::string(buf, r.ptr) : std::string("?");
+}
 
 /// Invalid configuration input: names the source (file), the field, the value and the reason.
 class ConfigError : public std::runtime_error {

@@ -46,7 +46,7 @@ class TransferCurve {
   [[nodiscard]] static TransferCurve affine(BytesPerSecond bandwidth, Nanoseconds overhead) {
     check_rate("bandwidth_gbps", bandwidth);
     if (overhead.count() < 0) {
-      throw ConfigError("", "per_copy_overhead_us", std::to_string(to_us(overhead)),
+      throw ConfigError("", "per_copy_overhead_us", to_text(to_us(overhead)),
                         "must not be negative");
     }
     TransferCurve c;
@@ -60,49 +60,23 @@ class TransferCurve {
   /// or the implied copy time decreases with size.
   [[nodiscard]] static TransferCurve measured(
       const std::vector<std::pair<Bytes, BytesPerSecond>>& points) {
-    if (points.empty()) throw ConfigError("", "points", "[]", "needs at least one point");
-    TransferCurve c;
+    std::vector<Knot> knots;
     for (std::size_t i = 0; i < points.size(); ++i) {
       const auto [size, rate] = points[i];
-      const std::string at = "points[" + std::to_string(i) + "]";
-      if (size.count == 0) throw ConfigError("", at + ".bytes", "0", "must be positive");
       try {
         check_rate("gbps", rate);
       } catch (const ConfigError& e) {
-        throw e.under(at);
+        throw e.under("points[" + std::to_string(i) + "]");
       }
-      const Nanoseconds t = transfer_time(size, rate);
-      if (!c.knots_.empty()) {
-        const Knot& prev = c.knots_.back();
-        if (size <= prev.size) {
-          throw ConfigError("", at + ".bytes", std::to_string(size.count),
-                            "sizes must increase strictly (previous point has " +
-                                std::to_string(prev.size.count) + ")");
-        }
-        if (t < prev.time) {
-          throw ConfigError("", at + ".gbps", std::to_string(rate.gb_per_s()),
-                            "implies a copy time (" + std::to_string(to_us(t)) +
-                                " us) shorter than the smaller copy before it (" +
-                                std::to_string(to_us(prev.time)) + " us)");
-        }
-      }
-      c.knots_.push_back({size, t});
+      knots.push_back({size, transfer_time(size, rate)});
     }
-    if (c.knots_.size() == 1) {
-      c.tail_rate_ = points.front().second;
-    } else {
-      const Knot& a = c.knots_[c.knots_.size() - 2];
-      const Knot& b = c.knots_.back();
-      const auto dt = static_cast<double>((b.time - a.time).count());
-      if (dt <= 0.0) {
-        throw ConfigError("", "points[" + std::to_string(points.size() - 1) + "]",
-                          std::to_string(points.back().second.gb_per_s()),
-                          "the last two points must have different copy times, so the rate for "
-                          "larger copies is defined");
-      }
-      c.tail_rate_ = {static_cast<double>((b.size - a.size).count) / dt * 1e9};
-    }
-    return c;
+    return build(std::move(knots), "gbps");
+  }
+
+  /// Through measured (size, copy time) knots, sizes strictly increasing and times not
+  /// decreasing. Throws ConfigError naming `points[i]` otherwise.
+  [[nodiscard]] static TransferCurve from_knots(std::vector<Knot> knots) {
+    return build(std::move(knots), "us");
   }
 
   /// Time for one copy of `size` bytes.
@@ -137,9 +111,60 @@ class TransferCurve {
   }
 
  private:
+  /// Validates knots; `time_field` names the JSON field the times came from in errors.
+  static TransferCurve build(std::vector<Knot> knots, const char* time_field) {
+    if (knots.empty()) throw ConfigError("", "points", "[]", "needs at least one point");
+    auto at = [](std::size_t i) { return "points[" + std::to_string(i) + "]"; };
+    auto time_text = [&](std::size_t i) {
+      return std::string(time_field) == "us" ? to_text(to_us(knots[i].time)) : std::string();
+    };
+    for (std::size_t i = 0; i < knots.size(); ++i) {
+      if (knots[i].size.count == 0) throw ConfigError("", at(i) + ".bytes", "0", "must be positive");
+      if (knots[i].time.count() <= 0) {
+        throw ConfigError("", at(i) + "." + time_field, time_text(i), "must be positive");
+      }
+      if (i == 0) continue;
+      const Knot& prev = knots[i - 1];
+      if (knots[i].size <= prev.size) {
+        throw ConfigError("", at(i) + ".bytes", std::to_string(knots[i].size.count),
+                          "sizes must increase strictly (previous point has " +
+                              std::to_string(prev.size.count) + ")");
+      }
+      if (knots[i].time < prev.time) {
+        const std::string value =
+            std::string(time_field) == "us"
+                ? time_text(i)
+                : to_text(static_cast<double>(knots[i].size.count) /
+                          static_cast<double>(knots[i].time.count()));
+        throw ConfigError("", at(i) + "." + time_field, value,
+                          "implies a copy time (" + to_text(to_us(knots[i].time)) +
+                              " us) shorter than the smaller copy before it (" +
+                              to_text(to_us(prev.time)) + " us)");
+      }
+    }
+    BytesPerSecond tail{};
+    const Knot& b = knots.back();
+    if (knots.size() == 1) {
+      tail = {static_cast<double>(b.size.count) / static_cast<double>(b.time.count()) * 1e9};
+    } else {
+      const Knot& a = knots[knots.size() - 2];
+      const auto dt = static_cast<double>((b.time - a.time).count());
+      if (dt <= 0.0) {
+        throw ConfigError("", at(knots.size() - 1) + "." + time_field, time_text(knots.size() - 1),
+                          "the last two points must have different copy times, so the rate for "
+                          "larger copies is defined");
+      }
+      tail = {static_cast<double>((b.size - a.size).count) / dt * 1e9};
+    }
+    TransferCurve c;  // validation is over: only now take the knots
+    c.knots_ = std::move(knots);
+    c.tail_rate_ = tail;
+    return c;
+  }
+
   static void check_rate(const char* field, BytesPerSecond rate) {
     if (!(rate.value > 0.0) || !std::isfinite(rate.value)) {
-      throw ConfigError("", field, std::to_string(rate.gb_per_s()), "must be positive and finite");
+      throw ConfigError("", field, to_text(rate.gb_per_s()), "must be positive and finite");
     }
   }
 
@@ -179,12 +204,12 @@ struct ComputeSpec {
   void validate() const {
     auto positive = [](const char* f, double v) {
       if (!(v > 0.0) || !std::isfinite(v)) {
-        throw ConfigError("", f, std::to_string(v), "must be positive and finite");
+        throw ConfigError("", f, to_text(v), "must be positive and finite");
       }
     };
     auto non_negative = [](const char* f, double v) {
       if (!(v >= 0.0) || !std::isfinite(v)) {
-        throw ConfigError("", f, std::to_string(v), "must be zero or positive and finite");
+        throw ConfigError("", f, to_text(v), "must be zero or positive and finite");
       }
     };
     positive("bf16_tflops", bf16_tflops);
@@ -193,7 +218,7 @@ struct ComputeSpec {
     non_negative("f32_tflops", f32_tflops);
     positive("memory_bandwidth_gbps", memory_bandwidth.gb_per_s());
     if (kernel_overhead.count() < 0) {
-      throw ConfigError("", "kernel_overhead_us", std::to_string(to_us(kernel_overhead)),
+      throw ConfigError("", "kernel_overhead_us", to_text(to_us(kernel_overhead)),
                         "must not be negative");
     }
   }
@@ -232,7 +257,7 @@ struct HardwareDesc {
     if (h2d.knots().empty()) throw ConfigError("", "h2d", "missing", "a host-to-device link is required");
     if (bidirectional_total && (!(bidirectional_total->value > 0.0))) {
       throw ConfigError("", "bidirectional_total_gbps",
-                        std::to_string(bidirectional_total->gb_per_s()), "must be positive");
+                        to_text(bidirectional_total->gb_per_s()), "must be positive");
     }
     try {
       compute.validate();

@@ -122,19 +122,28 @@ inline TransferCurve read_link(JsonObjectReader r) {
     if (!pts.is_array() || pts.empty()) {
       throw r.error("points", "expected a non-empty list of {\"bytes\": N, \"gbps\": X}");
     }
-    std::vector<std::pair<Bytes, BytesPerSecond>> points;
+    // Each point gives its copy time either as achieved bandwidth ("gbps") or directly ("us").
+    std::vector<TransferCurve::Knot> knots;
+    bool all_gbps = true;
+    std::vector<std::pair<Bytes, BytesPerSecond>> rates;
     for (std::size_t i = 0; i < pts.size(); ++i) {
       JsonObjectReader p(pts[i], r.source(), r.field("points") + "[" + std::to_string(i) + "]");
       const auto bytes = p.required_uint("bytes", 1, std::numeric_limits<std::uint64_t>::max());
-      const double gbps = p.required_number("gbps", true);
+      const auto gbps = p.optional_number("gbps", true);
+      const auto us = p.optional_number("us", true);
+      if (gbps.has_value() == us.has_value()) {
+        throw p.error(gbps ? "us" : "gbps", "give exactly one of \"gbps\" and \"us\" per point");
+      }
       p.finish();
-      points.emplace_back(Bytes{bytes}, gb_per_s(gbps));
+      all_gbps = all_gbps && gbps.has_value();
+      if (gbps) rates.emplace_back(Bytes{bytes}, gb_per_s(*gbps));
+      knots.push_back({Bytes{bytes}, gbps ? transfer_time(Bytes{bytes}, gb_per_s(*gbps)) : from_us(*us)});
     }
     for (const char* k : {"bandwidth_gbps", "per_copy_overhead_us"}) {
       if (r.has(k)) throw r.error(k, "give either \"points\" or bandwidth_gbps + per_copy_overhead_us, not both");
     }
     try {
-      c = TransferCurve::measured(points);
+      c = all_gbps ? TransferCurve::measured(rates) : TransferCurve::from_knots(std::move(knots));
     } catch (const ConfigError& e) {
       throw ConfigError(r.source(), r.field(e.field()), e.value(), e.reason());
     }
