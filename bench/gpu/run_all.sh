@@ -24,9 +24,16 @@ log "ctest (all labels, GPU included)"
 ctest --test-dir build/gpu --output-on-failure -j 8 2>&1 | tee "$out/ctest.log" | tail -15
 
 log "link profile"
-build/gpu/sim/moesched-profile-link --like h100-pcie --name h100-sxm-measured --max-mib 1024 \
-  --repeats 30 --json "$out/link_samples.json" -o "$out/h100-sxm-measured.json" 2>&1 | tee "$out/link.txt"
-build/gpu/sim/moesched-sizing --gpu "$out/h100-sxm-measured.json" \
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+case "$gpu" in
+  *H200*) like=h200; name=h200-measured ;;
+  *H100*PCIe*) like=h100-pcie; name=h100-pcie-measured ;;
+  *H100*) like=h100-pcie; name=h100-measured ;;  # compute peaks then need checking: see notes
+  *) like=h200; name=gpu-measured ;;
+esac
+build/gpu/sim/moesched-profile-link --like "$like" --name "$name" --max-mib 1024 \
+  --repeats 30 --json "$out/link_samples.json" -o "$out/$name.json" 2>&1 | tee "$out/link.txt"
+build/gpu/sim/moesched-sizing --gpu "$out/$name.json" \
   --model mixtral,deepseek-v2-lite,qwen3-30b-a3b 2>&1 | tee "$out/sizing_measured.txt" | tail -8
 
 log "CPU benchmarks"

@@ -108,9 +108,10 @@ int main(int argc, char** argv) {
 
     const auto sizes = cuda::default_profile_sizes(max_mib << 20U);
     const std::uint64_t need = cuda::link_profile_workspace_bytes(sizes);
+    auto version = [](int v) { return fmt::format("{}.{}", v / 1000, (v % 1000) / 10); };
     fmt::print(stderr, "{}: {:.1f} GiB, {} copy engines, CUDA runtime {}, driver {}; pinning {} MiB\n",
                prop.name, static_cast<double>(total_bytes) / 1073741824.0, prop.asyncEngineCount,
-               runtime, driver, need >> 20U);
+               version(runtime), version(driver), need >> 20U);
     void* host = nullptr;
     void* dev = nullptr;
     cudaStream_t stream = nullptr;
@@ -145,8 +146,8 @@ int main(int argc, char** argv) {
     }
     std::fputs(t.render().c_str(), stdout);
     if (!json_out.empty()) {
-      nlohmann::ordered_json j = {{"device", prop.name}, {"cuda_runtime", runtime},
-                                  {"cuda_driver", driver}, {"repeats", repeats}, {"samples", samples}};
+      nlohmann::ordered_json j = {{"device", prop.name}, {"cuda_runtime", version(runtime)},
+                                  {"cuda_driver", version(driver)}, {"repeats", repeats}, {"samples", samples}};
       tools::write_text_file(json_out, j.dump(2) + "\n");
     }
 
@@ -162,7 +163,7 @@ int main(int argc, char** argv) {
           {"display_name", prop.name},
           {"source", fmt::format("h2d/d2h measured by moesched-profile-link on {} (CUDA runtime {}, driver {}, "
                                  "{} repeats, median); compute section copied from preset '{}'",
-                                 date, runtime, driver, repeats, base->name)},
+                                 date, version(runtime), version(driver), repeats, base->name)},
           {"notes", fmt::format("memory_gib from cudaMemGetInfo; reserved_mib = memory already in use "
                                 "once the CUDA context existed ({} MiB) plus 256 MiB for libraries. "
                                 "Compute peaks are those of {}: check they match this GPU.",

@@ -27,7 +27,7 @@ TEST_CASE("the shipped catalog lists every model and GPU once", "[io][catalog]")
         std::vector<std::string>{"deepseek-v2-lite", "gpt-oss-20b", "mixtral-8x7b", "olmoe-1b-7b",
                                  "phi-3.5-moe", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b"});
   CHECK(names(c.list_gpus()) ==
-        std::vector<std::string>{"a100-40gb-pcie", "h100-pcie", "h200", "rtx3090", "rtx4090"});
+        std::vector<std::string>{"a100-40gb-pcie", "h100-pcie", "h200", "h200-measured", "rtx3090", "rtx4090"});
   // each listed preset loads fully, and its file stem is its name
   for (const auto& e : c.list_models()) {
     CHECK(c.model(e.name).name == e.name);
@@ -76,7 +76,7 @@ TEST_CASE("a user directory shadows the shipped presets and adds its own", "[io]
   CHECK(c.gpu("rtx4090-lab").name == "rtx4090-lab");  // by the name inside the file
   const auto all = names(c.list_gpus());
   CHECK(std::count(all.begin(), all.end(), "rtx4090") == 1);
-  CHECK(all.size() == 6U);
+  CHECK(all.size() == 7U);
 }
 
 TEST_CASE("a malformed preset in the catalog is reported, not skipped", "[io][catalog][bad_input]") {
