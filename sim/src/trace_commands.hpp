@@ -1,0 +1,419 @@
+#pragma once
+// The subcommands of moesched-trace: options and what each one does.
+#include "output.hpp"
+#include "presets_location.hpp"
+#include "table.hpp"
+
+#include <moesched/io/trace.hpp>
+#include <moesched/trace/import.hpp>
+#include <moesched/trace/stats.hpp>
+#include <moesched/trace/synth.hpp>
+#include <moesched/trace/transform.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <cmath>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moesched::tools {
+
+inline std::string pct(double v) { return std::isfinite(v) ? fmt::format("{:.1f}%", 100.0 * v) : std::string("-"); }
+inline std::string opt_pct(const std::optional<double>& v) { return v ? pct(*v) : std::string("-"); }
+
+/// "0,2,5-7" -> {0, 2, 5, 6, 7}
+inline std::vector<std::uint32_t> parse_list(const std::string& text, const char* option) {
+  std::vector<std::uint32_t> out;
+  std::size_t i = 0;
+  while (i <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', i), text.size());
+    const std::string item = text.substr(i, comma - i);
+    try {
+      const auto dash = item.find('-');
+      std::size_t used = 0;
+      if (dash == std::string::npos) {
+        const auto v = std::stoul(item, &used);
+        if (used != item.size()) throw std::invalid_argument(item);
+        out.push_back(static_cast<std::uint32_t>(v));
+      } else {
+        const auto a = std::stoul(item.substr(0, dash));
+        const auto b = std::stoul(item.substr(dash + 1));
+        if (b < a) throw std::invalid_argument(item);
+        for (auto v = a; v <= b; ++v) out.push_back(static_cast<std::uint32_t>(v));
+      }
+    } catch (const std::exception&) {
+      throw ConfigError("", option, text, "expected numbers and ranges like 0,2,5-7");
+    }
+    i = comma + 1;
+  }
+  return out;
+}
+
+/// "a-b" (inclusive) or "a" -> [a, b + 1)
+inline std::pair<std::uint64_t, std::uint64_t> parse_range(const std::string& text, const char* option) {
+  const auto v = parse_list(text, option);
+  if (v.empty() || v.back() < v.front() || v.size() != v.back() - v.front() + 1U) {
+    throw ConfigError("", option, text, "expected one range like 3-10");
+  }
+  return {v.front(), std::uint64_t{v.back()} + 1U};
+}
+
+// ---------------------------------------------------------------------------------------------
+inline int run_info(const std::string& file) {
+  const auto t = io::Trace::open(file);
+  const auto& m = t.meta();
+  fmt::print("file        {} ({:.2f} MB)\n", file, static_cast<double>(t.container().file_bytes()) / 1e6);
+  fmt::print("model       {}: {} MoE layers x {} experts, top-{}\n", m.model.name, m.model.moe_layers, m.model.experts_per_layer, m.model.top_k);
+  fmt::print("source      {}\n", m.source);
+  if (!m.dataset.empty()) fmt::print("dataset     {}\n", m.dataset);
+  if (!m.notes.empty()) fmt::print("notes       {}\n", m.notes);
+  fmt::print("generated   {}\n", m.generated ? "yes (synthetic data)" : "no (recorded)");
+  std::uint64_t steps[3] = {0, 0, 0};
+  std::uint64_t emitted = 0, drafted = 0, accepted = 0;
+  for (StepInfo s : t.steps()) {
+    ++steps[static_cast<int>(s.phase)];
+    emitted += s.emitted_tokens();
+    drafted += s.draft_len;
+    accepted += s.accepted;
+  }
+  fmt::print("requests    {}\n", m.request_count);
+  fmt::print("steps       {} (prefill {}, decode {}, verify {})\n", t.step_count(), steps[0], steps[1], steps[2]);
+  fmt::print("tokens      {} routed, {} emitted\n", t.token_count(), emitted);
+  if (drafted > 0) fmt::print("SD          {} drafted, {} accepted ({:.1f}%)\n", drafted, accepted, 100.0 * static_cast<double>(accepted) / static_cast<double>(drafted));
+  fmt::print("optional    weights {}, token ids {}, positions {}\n", t.has_weights() ? "yes" : "no", t.has_token_ids() ? "yes" : "no",
+             t.has_positions() ? "yes" : "no");
+  for (std::uint32_t c = 0; c < m.channels.size(); ++c) {
+    fmt::print("channel     {}: {} predictions, {} candidates{}; {}\n", m.channels[c].name, t.prediction_count(c), m.channels[c].max_candidates,
+               m.channels[c].has_scores ? " with scores" : "", m.channels[c].description);
+  }
+  for (const auto& h : m.hidden) fmt::print("hidden      {}: {} layers x {} ({})\n", h.name, h.layers.size(), h.hidden_size, io::tensor_dtype_name(h.dtype));
+  if (!m.provenance.empty()) fmt::print("provenance  {}\n", m.provenance.dump());
+  TextTable tt({"tensor", "dtype", "shape", "MB"});
+  for (const auto& ti : t.container().tensors()) {
+    std::string shape;
+    for (auto d : ti.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    tt.add({ti.name, std::string(io::tensor_dtype_name(ti.dtype)), shape, fmt::format("{:.3f}", static_cast<double>(ti.bytes()) / 1e6)});
+  }
+  fmt::print("\n{}", tt.render());
+  return 0;
+}
+
+inline int run_validate(const std::vector<std::string>& files) {
+  int bad = 0;
+  for (const auto& f : files) {
+    try {
+      const auto t = io::Trace::open(f);
+      fmt::print("{}: ok ({} steps, {} tokens, {} channels)\n", f, t.step_count(), t.token_count(), t.meta().channels.size());
+    } catch (const ConfigError& e) {
+      fmt::print("{}: INVALID: {}\n", f, e.what());
+      ++bad;
+    }
+  }
+  if (files.size() > 1) fmt::print("{} valid, {} invalid\n", files.size() - static_cast<std::size_t>(bad), bad);
+  return bad == 0 ? 0 : 1;
+}
+
+inline void print_stats(const trace::TraceStats& s, bool layers) {
+  fmt::print("model {}: {} MoE layers x {} experts, top-{}{}\n", s.model.name, s.model.moe_layers, s.model.experts_per_layer, s.model.top_k,
+             s.generated ? "  [generated data]" : "");
+  fmt::print("{} requests, {} steps (prefill {}, decode {}, verify {}), {} tokens routed, {} emitted\n", s.requests, s.steps, s.prefill_steps,
+             s.decode_steps, s.verify_steps, s.tokens, s.emitted_tokens);
+  if (s.drafted > 0) fmt::print("speculative decoding: {} drafted, {} accepted: acceptance {}\n", s.drafted, s.accepted, pct(s.acceptance_rate()));
+  TextTable sum({"statistic", "value", "meaning"});
+  sum.add({"popularity gini", fmt::format("{:.3f}", s.gini), "0 = every expert equally used, 1 = one expert takes all (mean over layers)"});
+  sum.add({"popularity entropy", fmt::format("{:.3f}", s.entropy), "entropy / log(experts): 1 = uniform"});
+  sum.add({"top-10% share", pct(s.top10_share), "activations of the most used 10% of experts"});
+  sum.add({"next-token reuse", pct(s.next_token_reuse), "share of a token's experts the next token uses again (same layer)"});
+  sum.add({"next-layer hit", opt_pct(s.next_layer_hit), "layer l's experts predict l+1's: co-occurrence top-k, out of sample"});
+  sum.add({"next-layer baseline", opt_pct(s.next_layer_baseline), "same, predicting the most popular experts"});
+  fmt::print("\n{}", sum.render());
+  TextTable rd({"reuse distance (tokens)", "activations", "share"});
+  std::uint64_t total = 0;
+  for (auto c : s.reuse_distance) total += c;
+  for (std::size_t b = 0; b < trace::kReuseBuckets.size(); ++b) {
+    rd.add({trace::kReuseBuckets[b], std::to_string(s.reuse_distance[b]), pct(total ? static_cast<double>(s.reuse_distance[b]) / static_cast<double>(total) : 0.0)});
+  }
+  fmt::print("\n{}", rd.render());
+  TextTable wu({"window (tokens)", "distinct experts / layer", "of window x top_k", "of experts"});
+  for (std::size_t w = 0; w < 7; ++w) {
+    const double u = s.window_union[w];
+    wu.add({std::to_string(w + 2), fmt::format("{:.2f}", u), pct(u / static_cast<double>((w + 2) * s.model.top_k)),
+            pct(u / static_cast<double>(s.model.experts_per_layer))});
+  }
+  fmt::print("\n{}", wu.render());
+  if (!s.channels.empty()) {
+    TextTable ch({"channel", "predictions", "precision", "recall"});
+    for (const auto& c : s.channels) ch.add({c.name, std::to_string(c.predictions), pct(c.precision), pct(c.recall)});
+    fmt::print("\n{}", ch.render());
+  }
+  if (layers) {
+    std::vector<std::string> head{"layer", "gini", "entropy", "top-10%", "cover 50%", "cover 90%", "reuse", "next-layer hit", "baseline"};
+    for (const auto& c : s.channels) head.push_back(c.name + " recall");
+    TextTable lt(head);
+    for (std::size_t l = 0; l < s.layers.size(); ++l) {
+      const auto& ls = s.layers[l];
+      std::vector<std::string> row{std::to_string(l), fmt::format("{:.3f}", ls.gini), fmt::format("{:.3f}", ls.entropy), pct(ls.top10_share),
+                                   std::to_string(ls.experts_for_50pct), std::to_string(ls.experts_for_90pct), pct(ls.next_token_reuse),
+                                   opt_pct(ls.next_layer_hit), opt_pct(ls.next_layer_baseline)};
+      for (const auto& c : s.channels) row.push_back(pct(c.recall_per_layer[l]));
+      lt.add(row);
+    }
+    fmt::print("\n{}", lt.render());
+  }
+}
+
+inline int run_stats(const std::string& file, const std::string& json_out, bool layers) {
+  const auto t = io::Trace::open(file);
+  const auto s = trace::compute_stats(t);
+  if (json_out != "-") print_stats(s, layers);
+  if (!json_out.empty()) write_text_file(json_out, trace::stats_to_json(s).dump(2) + "\n");
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+struct SynthOptions {
+  trace::SynthParams p;
+  std::string output;
+  std::string model;
+  std::string fit;
+  std::vector<std::string> preset_dirs;
+};
+
+inline void add_synth_options(CLI::App& app, SynthOptions& o) {
+  auto& p = o.p;
+  app.add_option("-o,--output", o.output, "trace file to write")->required();
+  app.add_option("--model", o.model, "take moe_layers, experts and top_k from this model preset");
+  app.add_option("--fit", o.fit, "fit the parameters to this trace's statistics (shape, lengths, skew, reuse, correlation, SD, channels); explicit options still win");
+  app.add_option("--seed", p.seed, "random seed: the same seed gives the same file")->capture_default_str();
+  app.add_option("--layers", p.moe_layers, "MoE layers")->capture_default_str()->check(CLI::Range(1U, 4096U));
+  app.add_option("--experts", p.experts, "experts per MoE layer")->capture_default_str()->check(CLI::Range(1U, 32768U));
+  app.add_option("--top-k", p.top_k, "experts chosen per token per layer")->capture_default_str()->check(CLI::Range(1U, 32768U));
+  app.add_option("--requests", p.requests, "requests")->capture_default_str()->check(CLI::Range(1U, 10000000U));
+  app.add_option("--prompt-tokens", p.prompt_tokens, "prefill tokens per request")->capture_default_str()->check(CLI::Range(1U, 10000000U));
+  app.add_option("--decode-tokens", p.decode_tokens, "output tokens per request (SD may overshoot by up to draft_len)")->capture_default_str();
+  app.add_option("--zipf", p.zipf, "popularity skew: Zipf exponent over a random per-layer ranking (0 = uniform)")->capture_default_str();
+  app.add_option("--reuse", p.reuse, "probability a top-k slot reuses an expert of the previous token (same layer)")->capture_default_str();
+  app.add_option("--cross-layer", p.cross_layer, "probability a slot follows a fixed map from one of this token's previous-layer experts")->capture_default_str();
+  app.add_option("--draft-len", p.sd_draft_len, "speculative decoding: draft tokens per verify step (0 = plain decoding)")->capture_default_str();
+  app.add_option("--acceptance", p.sd_acceptance, "speculative decoding: probability each draft token is accepted (until the first rejection)")->capture_default_str();
+  app.add_option("--skip-gate-accuracy", p.skip_gate_accuracy, "add a skip-gate channel listing each true expert with this probability (negative: none)")->capture_default_str();
+  app.add_option("--draft-gate-accuracy", p.draft_gate_accuracy, "add a draft-gate channel (needs --draft-len) with this accuracy (negative: none)")->capture_default_str();
+  app.add_option("--presets", o.preset_dirs, "extra preset directories");
+}
+
+namespace fit_detail {
+/// Gini coefficient of Zipf(experts, s) popularity.
+inline double zipf_gini(std::uint32_t experts, double s) {
+  std::vector<double> p(experts);
+  double total = 0.0;
+  for (std::uint32_t r = 0; r < experts; ++r) total += p[r] = std::pow(static_cast<double>(r + 1), -s);
+  std::sort(p.begin(), p.end());
+  double weighted = 0.0;
+  for (std::uint32_t i = 0; i < experts; ++i) weighted += static_cast<double>(i + 1) * p[i] / total;
+  const double n = experts;
+  return 2.0 * weighted / n - (n + 1.0) / n;
+}
+/// Expected share of top_k overlap between two independent tokens under Zipf(s).
+inline double zipf_overlap(std::uint32_t experts, std::uint32_t k, double s) {
+  double total = 0.0;
+  std::vector<double> p(experts);
+  for (std::uint32_t r = 0; r < experts; ++r) total += p[r] = std::pow(static_cast<double>(r + 1), -s);
+  double o = 0.0;
+  for (double x : p) {
+    const double in = std::min(1.0, k * x / total);
+    o += in * in;
+  }
+  return o / k;
+}
+template <class F>
+double bisect(F f, double lo, double hi, double target) {  // f increasing
+  for (int i = 0; i < 60; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (f(mid) < target ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+}  // namespace fit_detail
+
+inline int run_synth(SynthOptions& o, const CLI::App& app) {
+  auto& p = o.p;
+  auto given = [&](const char* name) { return app.count(name) > 0; };
+  if (!o.model.empty()) {
+    const auto m = preset_catalog({o.preset_dirs.begin(), o.preset_dirs.end()}).model(o.model);
+    p.model_name = m.name;
+    p.moe_layers = m.shape.moe_layers();
+    p.experts = m.shape.experts_per_layer;
+    p.top_k = m.shape.top_k;
+  }
+  std::optional<trace::TraceStats> target;
+  if (!o.fit.empty()) {
+    const auto t = io::Trace::open(o.fit);
+    target = trace::compute_stats(t);
+    const auto& s = *target;
+    p.model_name = s.model.name;
+    p.moe_layers = s.model.moe_layers;
+    p.experts = s.model.experts_per_layer;
+    p.top_k = s.model.top_k;
+    if (!given("--prompt-tokens") && s.requests > 0) p.prompt_tokens = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(s.prefill_tokens / s.requests));
+    if (!given("--decode-tokens") && s.requests > 0) p.decode_tokens = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(s.emitted_tokens / s.requests));
+    if (!given("--zipf")) p.zipf = fit_detail::bisect([&](double z) { return fit_detail::zipf_gini(p.experts, z); }, 0.0, 10.0, s.gini);
+    const double base = fit_detail::zipf_overlap(p.experts, p.top_k, p.zipf);
+    if (!given("--reuse")) p.reuse = std::clamp((s.next_token_reuse - base) / (1.0 - base), 0.0, 1.0);
+    if (!given("--cross-layer") && s.next_layer_hit && s.next_layer_baseline && *s.next_layer_baseline < 1.0) {
+      p.cross_layer = std::clamp((*s.next_layer_hit - *s.next_layer_baseline) / (1.0 - *s.next_layer_baseline), 0.0, 1.0);
+    }
+    if (s.verify_steps > 0) {
+      if (!given("--draft-len")) p.sd_draft_len = static_cast<std::uint32_t>(std::lround(static_cast<double>(s.drafted) / static_cast<double>(s.verify_steps)));
+      const double rate = s.acceptance_rate();
+      const auto g = p.sd_draft_len;
+      if (!given("--acceptance") && g > 0) {
+        p.sd_acceptance = fit_detail::bisect([&](double a) {
+          double e = 0.0, x = 1.0;
+          for (std::uint32_t i = 0; i < g; ++i) e += (x *= a);
+          return e / g;
+        }, 0.0, 1.0, rate);
+      }
+    }
+    for (const auto& c : s.channels) {
+      if (c.name.find("skip") != std::string::npos && !given("--skip-gate-accuracy")) p.skip_gate_accuracy = c.recall;
+      if (c.name.find("draft") != std::string::npos && !given("--draft-gate-accuracy") && p.sd_draft_len > 0) p.draft_gate_accuracy = c.recall;
+    }
+  }
+  const auto w = trace::synthesize(p);
+  w.write(o.output);
+  fmt::print("wrote {}: {} steps, {} tokens, {} MoE layers x {} experts, top-{} (seed {})\n", o.output, w.step_count(), w.token_count(), p.moe_layers,
+             p.experts, p.top_k, p.seed);
+  if (target) {
+    fmt::print("fitted: zipf {:.3f}, reuse {:.3f}, cross-layer {:.3f}, prompt {} and decode {} tokens, draft_len {}, acceptance {:.3f}\n", p.zipf, p.reuse,
+               p.cross_layer, p.prompt_tokens, p.decode_tokens, p.sd_draft_len, p.sd_acceptance);
+    const auto t = io::Trace::open(o.output);
+    const auto got = trace::compute_stats(t);
+    const auto& s = *target;
+    TextTable cmp({"statistic", "target (" + o.fit + ")", "synthetic"});
+    cmp.add({"popularity gini", fmt::format("{:.3f}", s.gini), fmt::format("{:.3f}", got.gini)});
+    cmp.add({"next-token reuse", pct(s.next_token_reuse), pct(got.next_token_reuse)});
+    cmp.add({"next-layer hit", opt_pct(s.next_layer_hit), opt_pct(got.next_layer_hit)});
+    cmp.add({"window union (4 tokens)", fmt::format("{:.2f}", s.window_union[2]), fmt::format("{:.2f}", got.window_union[2])});
+    cmp.add({"acceptance", pct(s.acceptance_rate()), pct(got.acceptance_rate())});
+    for (std::size_t c = 0; c < s.channels.size(); ++c) {
+      const auto it = std::find_if(got.channels.begin(), got.channels.end(), [&](const trace::ChannelStats& x) {
+        return (x.name.find("skip") != std::string::npos && s.channels[c].name.find("skip") != std::string::npos) ||
+               (x.name.find("draft") != std::string::npos && s.channels[c].name.find("draft") != std::string::npos);
+      });
+      cmp.add({s.channels[c].name + " recall", pct(s.channels[c].recall), it == got.channels.end() ? "-" : pct(it->recall)});
+    }
+    fmt::print("\n{}", cmp.render());
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+struct ImportOptions {
+  std::string input, output, model, name, source, dataset;
+  std::vector<std::string> fields, preset_dirs;
+  std::uint32_t experts = 0, top_k = 0, prefill_tokens = 0;
+};
+
+inline void add_import_options(CLI::App& app, ImportOptions& o) {
+  app.add_option("input", o.input, "JSON or JSONL routing dump")->required();
+  app.add_option("-o,--output", o.output, "trace file to write")->required();
+  app.add_option("--model", o.model, "model preset: expert count, top-k and decoder-layer mapping (else from the dump's meta, else inferred)");
+  app.add_option("--name", o.name, "model name recorded in the trace");
+  app.add_option("--experts", o.experts, "experts per layer (overrides everything)");
+  app.add_option("--top-k", o.top_k, "experts per token (overrides everything)");
+  app.add_option("--prefill-tokens", o.prefill_tokens, "without phase fields: prompt tokens per request")->capture_default_str();
+  app.add_option("--field", o.fields,
+                 "field spellings, e.g. --field token=pos,tok_idx --field experts=ids; fields: request, token, layer, experts, weights, layers, "
+                 "phase, step, draft_len, accepted, token_id");
+  app.add_option("--source", o.source, "recorder/engine, stored in the trace");
+  app.add_option("--dataset", o.dataset, "prompt set, stored in the trace");
+  app.add_option("--presets", o.preset_dirs, "extra preset directories");
+}
+
+inline int run_import(const ImportOptions& o) {
+  trace::ImportOptions opt;
+  for (const auto& f : o.fields) {
+    const auto eq = f.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == f.size()) throw ConfigError("", "--field", f, "expected FIELD=name[,name...]");
+    std::vector<std::string> names;
+    std::string rest = f.substr(eq + 1);
+    std::size_t i = 0;
+    while (i <= rest.size()) {
+      const auto c = std::min(rest.find(',', i), rest.size());
+      if (c > i) names.push_back(rest.substr(i, c - i));
+      i = c + 1;
+    }
+    opt.fields.set(f.substr(0, eq), names);
+  }
+  if (!o.model.empty()) {
+    const auto m = preset_catalog({o.preset_dirs.begin(), o.preset_dirs.end()}).model(o.model);
+    opt.shape = m.shape;
+    opt.model_name = m.name;
+  }
+  if (!o.name.empty()) opt.model_name = o.name;
+  if (o.experts > 0) opt.experts = o.experts;
+  if (o.top_k > 0) opt.top_k = o.top_k;
+  opt.prefill_tokens = o.prefill_tokens;
+  opt.source = o.source;
+  opt.dataset = o.dataset;
+  auto [writer, report] = trace::import_routing_dump(o.input, opt);
+  writer.write(o.output);
+  fmt::print("imported {} ({}): {} records -> {} requests, {} steps, {} tokens; {} MoE layers x {} experts, top-{}\n", o.input, report.layout,
+             report.records, report.requests, report.steps, report.tokens, report.layers, report.experts, report.top_k);
+  for (const auto& n : report.notes) fmt::print("  note: {}\n", n);
+  for (const auto& [field, count] : report.ignored) fmt::print("  ignored field '{}' in {} records (not part of the trace format)\n", field, count);
+  fmt::print("wrote {}\n", o.output);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+struct SliceOptions {
+  std::string input, output, requests, steps, layers;
+};
+inline void add_slice_options(CLI::App& app, SliceOptions& o) {
+  app.add_option("input", o.input, "trace file")->required();
+  app.add_option("-o,--output", o.output, "trace file to write")->required();
+  app.add_option("--requests", o.requests, "requests to keep, e.g. 0,2,5-7 (renumbered from 0)");
+  app.add_option("--steps", o.steps, "step range to keep, e.g. 0-99 (inclusive)");
+  app.add_option("--layers", o.layers, "MoE layer range to keep, e.g. 0-7 (inclusive; renumbered from 0)");
+}
+inline int run_slice(const SliceOptions& o) {
+  const auto t = io::Trace::open(o.input);
+  trace::SliceSpec spec;
+  if (!o.requests.empty()) spec.requests = parse_list(o.requests, "--requests");
+  if (!o.steps.empty()) std::tie(spec.step_begin, spec.step_end) = parse_range(o.steps, "--steps");
+  if (!o.layers.empty()) {
+    const auto [a, b] = parse_range(o.layers, "--layers");
+    spec.layer_begin = static_cast<std::uint32_t>(a);
+    spec.layer_end = static_cast<std::uint32_t>(b);
+  }
+  const auto w = trace::slice(t, spec);
+  w.write(o.output);
+  fmt::print("wrote {}: {} of {} steps, {} tokens, {} MoE layers\n", o.output, w.step_count(), t.step_count(), w.token_count(), w.meta().model.moe_layers);
+  return 0;
+}
+
+struct MergeOptions {
+  std::vector<std::string> inputs;
+  std::string output;
+};
+inline void add_merge_options(CLI::App& app, MergeOptions& o) {
+  app.add_option("inputs", o.inputs, "trace files (same model shape)")->required()->expected(2, -1);
+  app.add_option("-o,--output", o.output, "trace file to write")->required();
+}
+inline int run_merge(const MergeOptions& o) {
+  std::vector<io::Trace> traces;
+  traces.reserve(o.inputs.size());
+  for (const auto& f : o.inputs) traces.push_back(io::Trace::open(f));
+  std::vector<const io::Trace*> ptrs;
+  for (const auto& t : traces) ptrs.push_back(&t);
+  const auto w = trace::merge(ptrs, o.inputs);
+  w.write(o.output);
+  fmt::print("wrote {}: {} requests, {} steps, {} tokens from {} traces\n", o.output, w.meta().request_count, w.step_count(), w.token_count(), o.inputs.size());
+  return 0;
+}
+
+}  // namespace moesched::tools
