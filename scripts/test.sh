@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: a warnings-as-errors build (CUDA code compiled too when nvcc is found)
 # with every CPU test, then the same tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Then the libFuzzer targets (clang) run for MOESCHED_FUZZ_SECONDS each (default 60).
 # GPU tests (ctest label 'gpu') need a GPU and are skipped unless MOESCHED_GPU_TESTS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
+bash scripts/deps.sh clang libclang-rt-14-dev
 jobs=$(nproc)
 exclude='gpu'
 [ "${MOESCHED_GPU_TESTS:-0}" = 1 ] && exclude='^$'
@@ -14,9 +15,18 @@ cmake -S . -B build/test -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build/test -j "$jobs"
 ctest --test-dir build/test -LE "$exclude" --output-on-failure -j "$jobs"
 
-echo "== build and test under AddressSanitizer + UndefinedBehaviorSanitizer"
+echo "== build under AddressSanitizer + UndefinedBehaviorSanitizer (tests run last)"
 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOESCHED_ENABLE_CUDA=OFF \
   -DMOESCHED_BUILD_BENCH=OFF -DMOESCHED_SANITIZE=address,undefined >/dev/null
 cmake --build build/asan -j "$jobs"
+
+echo "== fuzz the trace reader and the importer (clang, libFuzzer + ASan + UBSan)"
+CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOESCHED_FUZZ=ON \
+  -DMOESCHED_FUZZ_SECONDS="${MOESCHED_FUZZ_SECONDS:-60}" -DMOESCHED_ENABLE_CUDA=OFF -DMOESCHED_BUILD_BENCH=OFF \
+  -DMOESCHED_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build build/fuzz -j "$jobs" --target fuzz_trace_reader fuzz_trace_import
+ctest --test-dir build/fuzz -L fuzz --output-on-failure
+
+echo "== the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build/asan -LE "$exclude|packaging" --output-on-failure -j "$jobs"
+  ctest --test-dir build/asan -LE "$exclude|packaging|fuzz" --output-on-failure -j "$jobs"

@@ -528,15 +528,12 @@ class Trace {
   }
   /// The top_k experts of `token` at `layer`, into out[0..top_k).
   void experts(std::uint64_t token, std::uint32_t layer, std::uint16_t* out) const noexcept {
-    const std::uint64_t i = (token * meta_.model.moe_layers + layer) * meta_.model.top_k;
-    const std::byte* p = file_.bytes(*experts_) + i * (wide_ids_ ? 2U : 1U);
-    for (std::uint32_t k = 0; k < meta_.model.top_k; ++k) {
-      if (wide_ids_) {
-        std::memcpy(out + k, p + 2U * k, 2);
-      } else {
-        out[k] = std::to_integer<std::uint16_t>(p[k]);
-      }
-    }
+    copy_ids((token * meta_.model.moe_layers + layer) * meta_.model.top_k, meta_.model.top_k, out);
+  }
+  /// All moe_layers x top_k experts of `token` (layer-major), into out[0..moe_layers * top_k).
+  void token_experts(std::uint64_t token, std::uint16_t* out) const noexcept {
+    const std::uint64_t n = std::uint64_t{meta_.model.moe_layers} * meta_.model.top_k;
+    copy_ids(token * n, n, out);
   }
   [[nodiscard]] bool has_weights() const noexcept { return weights_ != nullptr; }
   /// Gate weight of (token, layer, k); requires has_weights().
@@ -633,6 +630,18 @@ class Trace {
     const TensorInfo* scores = nullptr;
     std::vector<std::uint64_t> step_begin;  // step_count + 1
   };
+
+  /// ids [first, first + n) of routing_experts into out, widening U8 ids.
+  void copy_ids(std::uint64_t first, std::uint64_t n, std::uint16_t* __restrict__ out) const noexcept {
+    const std::byte* p = file_.bytes(*experts_);
+    if (wide_ids_) {
+      std::memcpy(out, p + 2 * first, 2 * n);  // little-endian host (static_assert in safetensors.hpp)
+    } else {
+      // restrict: the source bytes may not alias `out`, so the widening loop vectorises
+      const auto* __restrict__ b = reinterpret_cast<const std::uint8_t*>(p + first);
+      for (std::uint64_t i = 0; i < n; ++i) out[i] = b[i];
+    }
+  }
 
   [[nodiscard]] float read_float(const TensorInfo& t, std::uint64_t i) const noexcept {
     switch (t.dtype) {
@@ -803,10 +812,11 @@ class Trace {
     }
     std::vector<std::uint64_t> stamp(m.experts_per_layer, 0);
     std::uint64_t round = 0;
-    std::vector<std::uint16_t> row(m.top_k);
+    std::vector<std::uint16_t> ids(std::size_t{m.moe_layers} * m.top_k);
     for (std::uint64_t t = 0; t < token_count(); ++t) {
+      token_experts(t, ids.data());
       for (std::uint32_t l = 0; l < m.moe_layers; ++l) {
-        experts(t, l, row.data());
+        const std::uint16_t* row = ids.data() + std::size_t{l} * m.top_k;
         ++round;
         for (std::uint32_t k = 0; k < m.top_k; ++k) {
           const std::uint16_t id = row[k];

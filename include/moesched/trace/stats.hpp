@@ -36,6 +36,7 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace moesched::trace {
@@ -141,16 +142,21 @@ inline void popularity(LayerStats& ls) {
   s.layers.resize(L);
   for (auto& ls : s.layers) ls.activations.assign(E, 0);
 
-  // the last step of each request, so per-request state can be released after it
-  std::vector<std::uint64_t> last_step(s.requests, 0);
+  // the last step of each request, so per-request state can be released after it; keyed by
+  // request so that memory follows the requests that have steps, not request_count
+  std::unordered_map<std::uint32_t, std::uint64_t> last_step;
   for (std::uint64_t i = 0; i < s.steps; ++i) last_step[t.step(i).request] = i;
 
+  // position + 1 of the last use of each (layer, expert), 0 = never: a flat array for real model
+  // sizes, a hash map when layers x experts is huge (only used experts then cost memory)
+  const bool flat = std::uint64_t{L} * E <= (1U << 20U);
   struct RequestState {
-    std::uint64_t position = 0;            // tokens of this request seen so far
-    std::vector<std::uint64_t> last_use;   // [L * E], position + 1 of the last use, 0 = never
-    std::vector<std::uint16_t> history;    // ring of the last 8 tokens' rows [8 * L * K]
+    std::uint64_t position = 0;  // tokens of this request seen so far
+    std::vector<std::uint64_t> last_use;
+    std::unordered_map<std::uint64_t, std::uint64_t> last_use_sparse;
+    std::vector<std::uint16_t> history;  // ring of the last 8 tokens' rows [8 * L * K]
   };
-  std::vector<std::optional<RequestState>> req(s.requests);
+  std::unordered_map<std::uint32_t, RequestState> req;
   std::vector<std::uint64_t> stamp(E, 0);
   std::uint64_t round = 0;
   double reuse_sum = 0.0;
@@ -168,22 +174,23 @@ inline void popularity(LayerStats& ls) {
       case StepPhase::verify: ++s.verify_steps; s.drafted += st.draft_len; s.accepted += st.accepted; break;
     }
     s.emitted_tokens += st.emitted_tokens();
-    auto& rs = req[st.request];
-    if (!rs) {
-      rs.emplace();
-      rs->last_use.assign(std::size_t{L} * E, 0);
+    auto [slot, fresh] = req.try_emplace(st.request);
+    RequestState* rs = &slot->second;
+    if (fresh) {
+      if (flat) rs->last_use.assign(std::size_t{L} * E, 0);
       rs->history.assign(std::size_t{8} * L * K, 0);
     }
     for (std::uint32_t j = 0; j < st.tokens; ++j) {
       const std::uint64_t tok = st.first_token + j;
       const std::uint64_t pos = rs->position;
-      for (std::uint32_t l = 0; l < L; ++l) t.experts(tok, l, row.data() + std::size_t{l} * K);
+      t.token_experts(tok, row.data());
       for (std::uint32_t l = 0; l < L; ++l) {
         const std::uint16_t* cur = row.data() + std::size_t{l} * K;
         for (std::uint32_t k = 0; k < K; ++k) {
           const std::uint16_t e = cur[k];
           ++s.layers[l].activations[e];
-          std::uint64_t& lu = rs->last_use[std::size_t{l} * E + e];
+          const std::uint64_t key = std::uint64_t{l} * E + e;
+          std::uint64_t& lu = flat ? rs->last_use[key] : rs->last_use_sparse[key];
           s.reuse_distance[lu == 0 ? kReuseBuckets.size() - 1 : stats_detail::reuse_bucket(pos + 1 - lu)]++;
           lu = pos + 1;
         }
@@ -221,7 +228,7 @@ inline void popularity(LayerStats& ls) {
       std::copy(row.begin(), row.end(), rs->history.begin() + static_cast<std::ptrdiff_t>((pos % 8) * L * K));
       ++rs->position;
     }
-    if (last_step[st.request] == si) rs.reset();
+    if (last_step[st.request] == si) req.erase(st.request);
   }
   s.next_token_reuse = reuse_pairs == 0 ? 0.0 : reuse_sum / static_cast<double>(reuse_pairs * L);
   for (std::uint32_t l = 0; l < L; ++l) {
