@@ -21,7 +21,7 @@ cmake --build build/gpu -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E "erro
 log "built in $(( $(date +%s) - t0 )) s"
 
 log "ctest (all labels, GPU included)"
-ctest --test-dir build/gpu --output-on-failure -j 8 2>&1 | tee "$out/ctest.log" | tail -15
+ctest --test-dir build/gpu --output-on-failure -j 8 2>&1 | tee "$out/ctest.log" | grep -E "tests passed|Failed|\*\*\*" 
 
 log "link profile"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
@@ -38,5 +38,7 @@ build/gpu/sim/moesched-sizing --gpu "$out/$name.json" \
 
 log "CPU benchmarks"
 build/gpu/bench/bench_core --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
-  --benchmark_out="$out/bench_core.json" --benchmark_out_format=json 2>&1 | tail -20
+  --benchmark_out="$out/bench_core.json" --benchmark_out_format=json 2>&1 | grep median
+build/gpu/bench/bench_trace --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+  --benchmark_out="$out/bench_trace.json" --benchmark_out_format=json 2>&1 | grep median
 log "done"
