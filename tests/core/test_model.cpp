@@ -6,30 +6,19 @@
 using namespace moesched;
 
 namespace {
-constexpr ModelShape constexpr_shape() {
-  ModelShape s;
-  s.decoder_layers = 2;
-  s.hidden = 8;
-  s.moe_ffn = 4;
-  s.experts_per_layer = 4;
-  s.top_k = 2;
-  s.vocab = 10;
-  s.attention.heads = 2;
-  s.attention.kv_heads = 1;
-  s.attention.head_dim = 4;
-  return s;
-}
-constexpr bool constexpr_valid() {
-  constexpr_shape().validate();
+constexpr bool valid_at_compile_time(ModelShape s) {
+  s.validate();
   return true;
 }
 }  // namespace
 
 // validation and sizes work at compile time (an invalid shape is a compile error: see
 // tests/compile_fail/top_k_above_experts.cpp)
-static_assert(constexpr_valid());
-static_assert(constexpr_shape().expert_bytes(DType::bf16).count == 3U * 8U * 4U * 2U);
-static_assert(constexpr_shape().moe_layers() == 2U);
+static_assert(valid_at_compile_time(test::tiny_shape()));
+static_assert(valid_at_compile_time(test::mixtral_shape()));
+static_assert(test::tiny_shape().expert_bytes(DType::bf16).count == 48U);
+static_assert(test::mixtral_shape().expert_bytes(DType::bf16).count == 352321536ULL);
+static_assert(test::mixtral_shape().moe_layers() == 32U);
 
 using moesched::test::contains;
 using moesched::test::thrown_message;

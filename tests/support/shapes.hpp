@@ -7,7 +7,7 @@ namespace moesched::test {
 /// 1 layer, hidden 4, 2 experts of ffn 2, top-1, vocab 10, 2 heads / 1 KV head of dim 2.
 /// Parameters by hand: attention 16+8+8+16 = 48, norms 8, router 8 -> layer 64;
 /// embedding 40 + LM head 40 + final norm 4 -> non-expert 148; experts 2 x 24 = 48; total 196.
-inline ModelShape tiny_shape() {
+constexpr ModelShape tiny_shape() {
   ModelShape s;
   s.decoder_layers = 1;
   s.hidden = 4;
@@ -22,7 +22,7 @@ inline ModelShape tiny_shape() {
 }
 
 /// Mixtral-8x7B (config.json of mistralai/Mixtral-8x7B-v0.1).
-inline ModelShape mixtral_shape() {
+constexpr ModelShape mixtral_shape() {
   ModelShape s;
   s.decoder_layers = 32;
   s.hidden = 4096;
