@@ -101,6 +101,20 @@ TEST_CASE("channel accuracy is what was asked for", "[trace][synth]") {
   CHECK(s.channels[1].recall == Approx(0.85).margin(0.03));
 }
 
+TEST_CASE("channels work when there are barely more experts than top_k", "[trace][synth]") {
+  auto p = small();
+  p.experts = 3;
+  p.top_k = 2;
+  p.decode_tokens = 20;
+  p.skip_gate_accuracy = 0.0;  // needs two wrong candidates, only one exists
+  const auto s = stats_of(p);
+  REQUIRE(s.channels.size() == 1U);
+  CHECK(s.channels[0].recall == 0.0);
+  p.experts = 2;  // top_k == experts: every candidate is right
+  p.skip_gate_accuracy = 1.0;
+  CHECK(stats_of(p).channels[0].recall == Approx(1.0));
+}
+
 TEST_CASE("bad synthesis parameters are named", "[trace][synth][bad_input]") {
   auto bad = [](auto mutate) {
     auto p = small();

@@ -178,10 +178,11 @@ class Popularity {
     for (std::uint32_t j = 0; j < k; ++j) {
       if (rng.chance(accuracy)) cand.push_back(truth[j]);
     }
-    while (cand.size() < k) {
+    // fill up with wrong experts, as many as exist (experts - top_k of them)
+    const std::size_t want = std::min<std::size_t>(k, cand.size() + (p.experts - k));
+    while (cand.size() < want) {
       const auto e = static_cast<std::uint16_t>(rng.below(p.experts));
       if (std::find(truth, truth + k, e) == truth + k && std::find(cand.begin(), cand.end(), e) == cand.end()) cand.push_back(e);
-      if (p.experts == k) break;  // every expert is true: nothing wrong to add
     }
     for (std::size_t i = cand.size(); i > 1; --i) std::swap(cand[i - 1], cand[rng.below(i)]);
     scores.resize(cand.size());
