@@ -5,6 +5,7 @@
 #include "table.hpp"
 
 #include <moesched/io/trace.hpp>
+#include <moesched/trace/fit.hpp>
 #include <moesched/trace/import.hpp>
 #include <moesched/trace/stats.hpp>
 #include <moesched/trace/synth.hpp>
@@ -204,39 +205,6 @@ inline void add_synth_options(CLI::App& app, SynthOptions& o) {
   app.add_option("--presets", o.preset_dirs, "extra preset directories");
 }
 
-namespace fit_detail {
-/// Gini coefficient of Zipf(experts, s) popularity.
-inline double zipf_gini(std::uint32_t experts, double s) {
-  std::vector<double> p(experts);
-  double total = 0.0;
-  for (std::uint32_t r = 0; r < experts; ++r) total += p[r] = std::pow(static_cast<double>(r + 1), -s);
-  std::sort(p.begin(), p.end());
-  double weighted = 0.0;
-  for (std::uint32_t i = 0; i < experts; ++i) weighted += static_cast<double>(i + 1) * p[i] / total;
-  const double n = experts;
-  return 2.0 * weighted / n - (n + 1.0) / n;
-}
-/// Expected share of top_k overlap between two independent tokens under Zipf(s).
-inline double zipf_overlap(std::uint32_t experts, std::uint32_t k, double s) {
-  double total = 0.0;
-  std::vector<double> p(experts);
-  for (std::uint32_t r = 0; r < experts; ++r) total += p[r] = std::pow(static_cast<double>(r + 1), -s);
-  double o = 0.0;
-  for (double x : p) {
-    const double in = std::min(1.0, k * x / total);
-    o += in * in;
-  }
-  return o / k;
-}
-template <class F>
-double bisect(F f, double lo, double hi, double target) {  // f increasing
-  for (int i = 0; i < 60; ++i) {
-    const double mid = 0.5 * (lo + hi);
-    (f(mid) < target ? lo : hi) = mid;
-  }
-  return 0.5 * (lo + hi);
-}
-}  // namespace fit_detail
 
 inline int run_synth(SynthOptions& o, const CLI::App& app) {
   auto& p = o.p;
@@ -252,35 +220,17 @@ inline int run_synth(SynthOptions& o, const CLI::App& app) {
   if (!o.fit.empty()) {
     const auto t = io::Trace::open(o.fit);
     target = trace::compute_stats(t);
-    const auto& s = *target;
-    p.model_name = s.model.name;
-    p.moe_layers = s.model.moe_layers;
-    p.experts = s.model.experts_per_layer;
-    p.top_k = s.model.top_k;
-    if (!given("--prompt-tokens") && s.requests > 0) p.prompt_tokens = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(s.prefill_tokens / s.requests));
-    if (!given("--decode-tokens") && s.requests > 0) p.decode_tokens = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(s.emitted_tokens / s.requests));
-    if (!given("--zipf")) p.zipf = fit_detail::bisect([&](double z) { return fit_detail::zipf_gini(p.experts, z); }, 0.0, 10.0, s.gini);
-    const double base = fit_detail::zipf_overlap(p.experts, p.top_k, p.zipf);
-    if (!given("--reuse")) p.reuse = std::clamp((s.next_token_reuse - base) / (1.0 - base), 0.0, 1.0);
-    if (!given("--cross-layer") && s.next_layer_hit && s.next_layer_baseline && *s.next_layer_baseline < 1.0) {
-      p.cross_layer = std::clamp((*s.next_layer_hit - *s.next_layer_baseline) / (1.0 - *s.next_layer_baseline), 0.0, 1.0);
-    }
-    if (s.verify_steps > 0) {
-      if (!given("--draft-len")) p.sd_draft_len = static_cast<std::uint32_t>(std::lround(static_cast<double>(s.drafted) / static_cast<double>(s.verify_steps)));
-      const double rate = s.acceptance_rate();
-      const auto g = p.sd_draft_len;
-      if (!given("--acceptance") && g > 0) {
-        p.sd_acceptance = fit_detail::bisect([&](double a) {
-          double e = 0.0, x = 1.0;
-          for (std::uint32_t i = 0; i < g; ++i) e += (x *= a);
-          return e / g;
-        }, 0.0, 1.0, rate);
-      }
-    }
-    for (const auto& c : s.channels) {
-      if (c.name.find("skip") != std::string::npos && !given("--skip-gate-accuracy")) p.skip_gate_accuracy = c.recall;
-      if (c.name.find("draft") != std::string::npos && !given("--draft-gate-accuracy") && p.sd_draft_len > 0) p.draft_gate_accuracy = c.recall;
-    }
+    trace::FitLocks locks;
+    locks.prompt_tokens = given("--prompt-tokens");
+    locks.decode_tokens = given("--decode-tokens");
+    locks.zipf = given("--zipf");
+    locks.reuse = given("--reuse");
+    locks.cross_layer = given("--cross-layer");
+    locks.draft_len = given("--draft-len");
+    locks.acceptance = given("--acceptance");
+    locks.skip_gate_accuracy = given("--skip-gate-accuracy");
+    locks.draft_gate_accuracy = given("--draft-gate-accuracy");
+    p = trace::fit_synth_params(*target, p, locks);
   }
   const auto w = trace::synthesize(p);
   w.write(o.output);

@@ -184,6 +184,10 @@ TEST_CASE("bad model presets: errors name the file, the field and the value", "[
     const auto m = thrown_message<ConfigError>([&] { (void)io::load_model_preset(p); });
     CHECK(contains(m, p.string() + ": not valid JSON"));
   }
+  SECTION("a number too large for a double") {
+    const auto p = dir.write("huge.json", "{\"hidden_size\": 1e999999}");
+    CHECK(contains(thrown_message<ConfigError>([&] { (void)io::load_model_preset(p); }), p.string() + ": not valid JSON: number overflow"));
+  }
   SECTION("root is not an object") {
     const auto m = model_error(dir, json::array({1, 2}));
     CHECK(m == bad + ": field '(root)' = [1,2]: expected an object, got array");

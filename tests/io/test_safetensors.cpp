@@ -94,6 +94,7 @@ TEST_CASE("malformed containers: every defect named, never a crash", "[io][safet
   CHECK(contains(open_error(container("{not json", 0)), "f.st: field 'header': not valid JSON"));
   CHECK(contains(open_error(container("{\"a\": \"\xff\xfe\"}", 0)), "not valid JSON (or not UTF-8)"));
   CHECK(open_error(container("[1]", 0)) == "f.st: field 'header' = array: must be a JSON object");
+  CHECK(contains(open_error(container(R"({"x": 1e999999})", 0)), "f.st: field 'header': not valid JSON (or not UTF-8): number overflow"));
   CHECK(open_error(container(R"({"x": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}})", 1)) ==
         "f.st: field 'x.dtype' = \"Q7\": unknown dtype");
   CHECK(open_error(container(R"({"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}})", 2)) ==

@@ -2,6 +2,9 @@
 
 #include <moesched/trace/import.hpp>
 
+#include <fstream>
+#include <iterator>
+
 using namespace moesched;
 using moesched::test::contains;
 using moesched::test::thrown_message;
@@ -128,4 +131,10 @@ TEST_CASE("inconsistent dumps are rejected with the record named", "[trace][impo
   trace::ImportOptions opt;
   opt.experts = 2;
   CHECK(contains(import_error("{\"token_idx\": 0, \"layer\": 0, \"experts\": [5]}\n", opt), "expert id at or above the expert count (2)"));
+  // a number too large for a double: nlohmann throws out_of_range, not parse_error (found by fuzzing)
+  CHECK(contains(import_error("{\"token_idx\": 1e999999, \"layer\": 0, \"experts\": [1]}\n"), "line 1': not valid JSON: number overflow"));
+  std::ifstream crash(std::string(MOESCHED_TEST_DATA_DIR) + "/import/regression-number-overflow.jsonl", std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(crash)), std::istreambuf_iterator<char>());
+  REQUIRE_FALSE(text.empty());
+  CHECK(contains(import_error(text), "not valid JSON"));
 }

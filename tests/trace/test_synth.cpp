@@ -1,6 +1,7 @@
 #include "support/catch.hpp"
 
 #include <moesched/trace/stats.hpp>
+#include <moesched/trace/fit.hpp>
 #include <moesched/trace/synth.hpp>
 
 using namespace moesched;
@@ -126,4 +127,39 @@ TEST_CASE("bad synthesis parameters are named", "[trace][synth][bad_input]") {
   CHECK(contains(bad([](auto& p) { p.draft_gate_accuracy = 0.5; }), "needs speculative decoding"));
   CHECK(contains(bad([](auto& p) { p.zipf = -1; }), "field 'zipf' = -1"));
   CHECK(contains(bad([](auto& p) { p.requests = 0; }), "field 'requests' = 0"));
+}
+
+TEST_CASE("fitting recovers the statistics of a trace made with other parameters", "[trace][synth][fit]") {
+  auto truth = small();
+  truth.requests = 6;
+  truth.moe_layers = 12;  // enough layer pairs and tokens for the next-layer statistic to settle
+  truth.experts = 32;
+  truth.top_k = 4;
+  truth.zipf = 1.2;
+  truth.reuse = 0.45;
+  truth.cross_layer = 0.35;
+  truth.sd_draft_len = 3;
+  truth.sd_acceptance = 0.8;
+  truth.draft_gate_accuracy = 0.9;
+  const auto target = stats_of(truth);
+  trace::SynthParams start;  // defaults: another shape, other knobs
+  start.seed = 77;
+  start.requests = 6;
+  const auto fitted = trace::fit_synth_params(target, start);
+  CHECK(fitted.experts == 32U);
+  CHECK(fitted.top_k == 4U);
+  CHECK(fitted.sd_draft_len == 3U);
+  CHECK(fitted.prompt_tokens == truth.prompt_tokens);
+  const auto got = stats_of(fitted);
+  CHECK(got.gini == Approx(target.gini).margin(0.04));
+  CHECK(got.next_token_reuse == Approx(target.next_token_reuse).margin(0.04));
+  CHECK(*got.next_layer_hit == Approx(*target.next_layer_hit).margin(0.05));
+  CHECK(got.acceptance_rate() == Approx(target.acceptance_rate()).margin(0.06));
+  REQUIRE(got.channels.size() == 1U);
+  CHECK(got.channels[0].recall == Approx(0.9).margin(0.03));
+  // a locked parameter stays as given
+  trace::FitLocks lock;
+  lock.zipf = true;
+  start.zipf = 0.1;
+  CHECK(trace::fit_synth_params(target, start, lock).zipf == 0.1);
 }

@@ -54,7 +54,7 @@ namespace moesched::io {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   try {
     return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for huge numbers
     // e.what() reads "[json.exception.parse_error.101] parse error at line 3, column 5: ...".
     std::string msg = e.what();
     const auto pos = msg.find("] ");

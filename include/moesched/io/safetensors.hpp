@@ -268,7 +268,7 @@ class SafetensorsFile {
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for huge numbers
       std::string msg = e.what();
       const auto pos = msg.find("] ");
       if (pos != std::string::npos) msg = msg.substr(pos + 2);

@@ -696,7 +696,7 @@ class Trace {
     nlohmann::json mj;
     try {
       mj = nlohmann::json::parse(mt->second);
-    } catch (const nlohmann::json::parse_error&) {
+    } catch (const nlohmann::json::exception&) {  // parse_error, or out_of_range for huge numbers
       fail("__metadata__.moesched_trace", "", "not valid JSON");
     }
     meta_ = trace_detail::meta_from_json(mj, file_.source());

@@ -255,28 +255,33 @@ class Reader {
   void parse(const std::string& text) {
     std::size_t i = text.find_first_not_of(" \t\r\n");
     if (i == std::string::npos) fail("", "", "", "the file is empty");
+    std::optional<nlohmann::json> doc;
     if (text[i] == '[' || text[i] == '{') {
       try {
-        const auto j = nlohmann::json::parse(text);
-        if (j.is_array()) {
-          for (std::size_t r = 0; r < j.size(); ++r) record(j[r], "record " + std::to_string(r));
-          return;
-        }
-        if (j.contains("meta")) absorb_meta(j["meta"], "meta");
-        for (const char* key : {"records", "tokens", "data", "routing", "entries"}) {
-          if (j.contains(key) && j[key].is_array()) {
-            for (std::size_t r = 0; r < j[key].size(); ++r) record(j[key][r], std::string(key) + "[" + std::to_string(r) + "]");
-            return;
-          }
-        }
-        if (!j.contains("meta")) {  // a single record
-          record(j, "record 0");
-          return;
-        }
-        fail("", "", "", "a JSON object with \"meta\" must hold its records under records, tokens, data, routing or entries");
-      } catch (const nlohmann::json::parse_error&) {
-        // not one JSON document: JSON Lines
+        doc = nlohmann::json::parse(text);
+      } catch (const nlohmann::json::exception&) {
+        // not one JSON document (or a number out of range in it): read it as JSON Lines, which
+        // reports the offending line
       }
+    }
+    if (doc) {
+      const nlohmann::json& j = *doc;
+      if (j.is_array()) {
+        for (std::size_t r = 0; r < j.size(); ++r) record(j[r], "record " + std::to_string(r));
+        return;
+      }
+      if (j.contains("meta")) absorb_meta(j["meta"], "meta");
+      for (const char* key : {"records", "tokens", "data", "routing", "entries"}) {
+        if (j.contains(key) && j[key].is_array()) {
+          for (std::size_t r = 0; r < j[key].size(); ++r) record(j[key][r], std::string(key) + "[" + std::to_string(r) + "]");
+          return;
+        }
+      }
+      if (!j.contains("meta")) {  // a single record
+        record(j, "record 0");
+        return;
+      }
+      fail("", "", "", "a JSON object with \"meta\" must hold its records under records, tokens, data, routing or entries");
     }
     std::istringstream in(text);
     std::string line;
@@ -287,7 +292,7 @@ class Reader {
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for huge numbers
         std::string msg = e.what();
         const auto pos = msg.find("] ");
         fail("line " + std::to_string(n), "", "", "not valid JSON: " + (pos == std::string::npos ? msg : msg.substr(pos + 2)));
