@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: a warnings-as-errors build (CUDA code compiled too when nvcc is found)
 # with every CPU test, then the same tests under AddressSanitizer + UndefinedBehaviorSanitizer.
-# Then the libFuzzer targets (clang) run for MOESCHED_FUZZ_SECONDS each (default 60).
+# Then the libFuzzer targets (clang) each try a fixed number of inputs from a fixed seed
+# (deterministic: MOESCHED_FUZZ_RUNS, default 250000); MOESCHED_FUZZ_SECONDS=N explores for N
+# seconds with a random seed instead.
 # GPU tests (ctest label 'gpu') need a GPU and are skipped unless MOESCHED_GPU_TESTS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ cmake --build build/asan -j "$jobs"
 
 echo "== fuzz the trace reader and the importer (clang, libFuzzer + ASan + UBSan)"
 CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOESCHED_FUZZ=ON \
-  -DMOESCHED_FUZZ_SECONDS="${MOESCHED_FUZZ_SECONDS:-60}" -DMOESCHED_ENABLE_CUDA=OFF -DMOESCHED_BUILD_BENCH=OFF \
+  -DMOESCHED_FUZZ_RUNS="${MOESCHED_FUZZ_RUNS:-250000}" -DMOESCHED_FUZZ_SECONDS="${MOESCHED_FUZZ_SECONDS:-0}" -DMOESCHED_ENABLE_CUDA=OFF -DMOESCHED_BUILD_BENCH=OFF \
   -DMOESCHED_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build build/fuzz -j "$jobs" --target fuzz_trace_reader fuzz_trace_import
 ctest --test-dir build/fuzz -L fuzz --output-on-failure
