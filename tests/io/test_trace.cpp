@@ -209,6 +209,8 @@ TEST_CASE("the writer rejects bad records where they are made", "[io][trace][bad
   CHECK(contains(add({.phase = StepPhase::decode, .tokens = 1, .accepted = 1}, {}), "only verify steps"));
   CHECK(add({.phase = StepPhase::decode, .tokens = 1}, {0, 1, 2, 3}, {0.5F}) ==
         "field 'step 0.weights' = 1 values: expected 4");
+  CHECK(add({.phase = StepPhase::decode, .tokens = 1}, {0, 1, 2, 3}, {0.5F, 1e5F, 0.1F, 0.1F}) ==
+        "field 'step 0.weights' = 1e+05: gate weights must be finite and fit in float16 (|w| <= 65504)");
   w.add_step({.phase = StepPhase::decode, .tokens = 1}, std::vector<std::uint16_t>{0, 1, 2, 3}, std::vector<float>{0.1F, 0.2F, 0.3F, 0.4F});
   CHECK(contains(add({.phase = StepPhase::decode, .tokens = 1}, {0, 1, 2, 3}), "must be given for every step or for none"));
   auto pred = [&](Prediction p, std::vector<std::uint16_t> c) {
@@ -218,6 +220,8 @@ TEST_CASE("the writer rejects bad records where they are made", "[io][trace][bad
   CHECK(contains(pred({0, 0, -1, -1}, {1, 2, 3}), "more than max_candidates (2)"));
   CHECK(contains(pred({0, 0, -1, -1}, {1, 1}), "candidate listed twice"));
   CHECK(contains(pred({0, 0, -1, 2}, {1}), "available_after' = 2"));
+  CHECK(contains(thrown_message<ConfigError>([&] { w.add_prediction(0, {0, 0, -1, -1}, std::vector<std::uint16_t>{1}, std::vector<float>{1.0F}); }),
+                 "this channel has no scores"));
   w.add_prediction(0, {0, 1, -1, -1}, std::vector<std::uint16_t>{1});
   CHECK(contains(pred({0, 0, -1, -1}, {1}), "predictions must be added in (step, layer, token) order"));
   w.add_prediction(0, {5, 1, -1, -1}, std::vector<std::uint16_t>{1});

@@ -289,7 +289,9 @@ class TraceWriter {
       }
     }
     for (float w : weights) {
-      if (!std::isfinite(w)) throw ConfigError("", rec + ".weights", to_text(w), "gate weights must be finite");
+      if (!std::isfinite(w) || std::abs(w) > 65504.0F) {
+        throw ConfigError("", rec + ".weights", to_text(w), "gate weights must be finite and fit in float16 (|w| <= 65504)");
+      }
     }
     weights_present_ = with_weights;
     ids_present_ = with_ids;
@@ -336,6 +338,11 @@ class TraceWriter {
     if (d.has_scores != !scores.empty() || (!scores.empty() && scores.size() != ranked.size())) {
       throw ConfigError("", rec + ".scores", std::to_string(scores.size()),
                         d.has_scores ? "one score per candidate required" : "this channel has no scores");
+    }
+    for (float sc : scores) {
+      if (!std::isfinite(sc) || std::abs(sc) > 65504.0F) {
+        throw ConfigError("", rec + ".scores", to_text(sc), "scores must be finite and fit in float16 (|s| <= 65504)");
+      }
     }
     ++round_;
     for (std::uint16_t id : ranked) {
