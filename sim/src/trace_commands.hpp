@@ -219,6 +219,8 @@ inline int run_synth(SynthOptions& o, const CLI::App& app) {
   std::optional<trace::TraceStats> target;
   if (!o.fit.empty()) {
     const auto t = io::Trace::open(o.fit);
+    std::fprintf(stderr, "fitting to %s: computing its statistics, then 8 calibration rounds on pilot traces of %u requests...\n",
+                 o.fit.c_str(), t.meta().request_count);
     target = trace::compute_stats(t);
     trace::FitLocks locks;
     locks.prompt_tokens = given("--prompt-tokens");
