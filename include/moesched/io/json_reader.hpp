@@ -41,6 +41,15 @@ namespace moesched::io {
   return v.type_name();
 }
 
+/// A nlohmann-json exception's message without its "[json.exception.parse_error.101] " prefix,
+/// e.g. "parse error at line 3, column 5: ...". Covers parse_error and the out_of_range thrown
+/// for numbers too large for a double.
+[[nodiscard]] inline std::string json_error_text(const nlohmann::json::exception& e) {
+  std::string msg = e.what();
+  const auto pos = msg.find("] ");
+  return pos == std::string::npos ? msg : msg.substr(pos + 2);
+}
+
 /// Levenshtein distance, for "did you mean" suggestions.
 [[nodiscard]] inline std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);

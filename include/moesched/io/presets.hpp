@@ -55,10 +55,7 @@ namespace moesched::io {
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for huge numbers
-    // e.what() reads "[json.exception.parse_error.101] parse error at line 3, column 5: ...".
-    std::string msg = e.what();
-    const auto pos = msg.find("] ");
-    if (pos != std::string::npos) msg = msg.substr(pos + 2);
+    const std::string msg = json_error_text(e);
     throw ConfigError(path.string(), "", "", "not valid JSON: " + msg);
   }
 }

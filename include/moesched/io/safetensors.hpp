@@ -20,7 +20,9 @@
 /// (allowed by the format) are read without undefined behaviour.
 
 #include "moesched/core/error.hpp"
+#include "moesched/core/units.hpp"
 #include "moesched/io/atomic_file.hpp"
+#include "moesched/io/json_reader.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -30,7 +32,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -269,10 +270,7 @@ class SafetensorsFile {
     try {
       header = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for huge numbers
-      std::string msg = e.what();
-      const auto pos = msg.find("] ");
-      if (pos != std::string::npos) msg = msg.substr(pos + 2);
-      fail("header", "", "not valid JSON (or not UTF-8): " + msg);
+      fail("header", "", "not valid JSON (or not UTF-8): " + json_error_text(e));
     }
     if (!header.is_object()) fail("header", header.type_name(), "must be a JSON object");
     data_offset_ = 8 + n;
@@ -323,8 +321,9 @@ class SafetensorsFile {
     for (const auto& d : *sh) {
       if (!d.is_number_unsigned()) fail(name + ".shape", sh->dump(), "dimensions must be non-negative integers");
       const auto dim = d.get<std::uint64_t>();
-      if (dim != 0 && numel > std::numeric_limits<std::uint64_t>::max() / dim) fail(name + ".shape", sh->dump(), "element count overflows 64 bits");
-      numel *= dim;
+      const auto product = checked_mul(numel, dim);
+      if (!product) fail(name + ".shape", sh->dump(), "element count overflows 64 bits");
+      numel = *product;
       t.shape.push_back(dim);
     }
     const auto off = v.find("data_offsets");
@@ -338,11 +337,11 @@ class SafetensorsFile {
     if (t.end > data_size_) {
       fail(name + ".data_offsets", off->dump(), "end is beyond the data buffer (" + std::to_string(data_size_) + " bytes)");
     }
-    const std::uint64_t esize = tensor_dtype_size(t.dtype);
-    if (numel > std::numeric_limits<std::uint64_t>::max() / esize || t.end - t.begin != numel * esize) {
+    const auto need = checked_mul(numel, tensor_dtype_size(t.dtype));
+    if (!need || t.end - t.begin != *need) {
       fail(name + ".data_offsets", off->dump(),
            "holds " + std::to_string(t.end - t.begin) + " bytes but shape " + sh->dump() + " of " + dname +
-               " needs " + std::to_string(numel * esize));
+               " needs " + (need ? std::to_string(*need) : std::string("more than 2^64")));
     }
     for (const auto& [k, _] : v.items()) {
       if (k != "dtype" && k != "shape" && k != "data_offsets") fail(name + "." + k, "", "unknown key in a tensor entry");

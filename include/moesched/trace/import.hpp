@@ -293,9 +293,7 @@ class Reader {
       try {
         j = nlohmann::json::parse(line);
       } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for huge numbers
-        std::string msg = e.what();
-        const auto pos = msg.find("] ");
-        fail("line " + std::to_string(n), "", "", "not valid JSON: " + (pos == std::string::npos ? msg : msg.substr(pos + 2)));
+        fail("line " + std::to_string(n), "", "", "not valid JSON: " + io::json_error_text(e));
       }
       record(j, "line " + std::to_string(n));
     }
