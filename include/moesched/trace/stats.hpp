@@ -248,7 +248,7 @@ inline void popularity(LayerStats& ls) {
     std::vector<std::uint32_t> co(std::size_t{E} * E);
     std::vector<std::uint64_t> pop(E);
     std::vector<std::uint64_t> score(E);
-    std::vector<std::uint16_t> a(K), b(K), order(E);
+    std::vector<std::uint16_t> a(K), b(K), order(E), pred(E);
     double hit_all = 0.0, base_all = 0.0;
     for (std::uint32_t l = 0; l + 1 < L; ++l) {
       std::fill(co.begin(), co.end(), 0U);
@@ -269,11 +269,13 @@ inline void popularity(LayerStats& ls) {
         t.experts(tok, l + 1, b.data());
         std::fill(score.begin(), score.end(), 0U);
         for (auto x : a) {
-          for (std::uint32_t y = 0; y < E; ++y) score[y] += co[std::size_t{x} * E + y] * 1024ULL + pop[y] / std::max<std::uint64_t>(1, half);
+          for (std::uint32_t y = 0; y < E; ++y) score[y] += co[std::size_t{x} * E + y];
         }
-        std::vector<std::uint16_t> pred(order.begin(), order.end());
+        // co-occurrence first; ties go to the more popular expert, then the lower id
+        std::copy(order.begin(), order.end(), pred.begin());
         std::partial_sort(pred.begin(), pred.begin() + K, pred.end(), [&](auto x, auto y) {
-          return score[x] != score[y] ? score[x] > score[y] : x < y;
+          if (score[x] != score[y]) return score[x] > score[y];
+          return pop[x] != pop[y] ? pop[x] > pop[y] : x < y;
         });
         for (std::uint32_t k = 0; k < K; ++k) {
           if (std::find(b.begin(), b.end(), pred[k]) != b.end()) hits += 1.0;
