@@ -275,15 +275,13 @@ class TraceWriter {
       ++round_;
       for (std::uint32_t j = 0; j < k; ++j) {
         const std::uint16_t id = experts[row * k + j];
-        const std::uint64_t token = tokens_ + row / meta_.model.moe_layers;
-        const auto layer = static_cast<std::uint32_t>(row % meta_.model.moe_layers);
-        if (id >= meta_.model.experts_per_layer) {
-          throw ConfigError("", "routing_experts" + trace_detail::at_token(token, layer), std::to_string(id),
-                            "expert id must be below experts_per_layer (" + std::to_string(meta_.model.experts_per_layer) + ")");
-        }
-        if (stamp_[id] == round_) {
-          throw ConfigError("", "routing_experts" + trace_detail::at_token(token, layer), std::to_string(id),
-                            "expert chosen twice in one token's top-k");
+        if (id >= meta_.model.experts_per_layer || stamp_[id] == round_) {
+          const std::string where = "routing_experts" + trace_detail::at_token(tokens_ + row / meta_.model.moe_layers,
+                                                                              static_cast<std::uint32_t>(row % meta_.model.moe_layers));
+          throw ConfigError("", where, std::to_string(id),
+                            id >= meta_.model.experts_per_layer
+                                ? "expert id must be below experts_per_layer (" + std::to_string(meta_.model.experts_per_layer) + ")"
+                                : std::string("expert chosen twice in one token's top-k"));
         }
         stamp_[id] = round_;
       }
