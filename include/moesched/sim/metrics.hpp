@@ -1,0 +1,100 @@
+#pragma once
+/// RunMetrics: what one replay measured, with the design guide's section-6 definitions.
+///
+/// Definitions (ARCHITECTURE.md repeats them):
+/// - TTFT: from the moment a request's group starts to the end of its last prefill pass.
+/// - TPOT: a decode or verify pass of duration d emits e_m tokens for member m; each output token
+///   is one sample of d / e_m (token-weighted). Mean = sum of d over (pass, member) / tokens
+///   emitted; p50 and p99 of the samples. For one request at a time: decode time / tokens emitted.
+///   A pass lasts from the end of the previous pass (its drafting included) to its LM head's end.
+/// - tokens/s: decode tokens / decode time (passes back to back).
+/// - Stall: time the compute stream waits for an expert it needs, per layer.
+/// - Uses: (pass, layer, expert) triples of the workload (the union over the pass's tokens).
+///   At the gate each use is a cache hit (resident, already used since it was copied), a
+///   prefetch hit (resident, brought by a low-priority copy, first use), late (a copy is queued or
+///   moving) or a miss (absent). Hit rate = (cache + prefetch hits) / uses.
+/// - Prefetch precision = prefetch copies whose expert was used before eviction / prefetch copies;
+///   recall = prefetch hits / (prefetch hits + late + misses); GoodPred = prefetch hits / prefetch
+///   copies (ProMoE's accuracy x fetch rate: predicted, used, and there in time).
+/// - Wasted bytes: bytes of copies evicted before any use.
+/// - Link busy share: time the host-to-device link moves bytes / total time.
+
+#include "moesched/core/units.hpp"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moesched::sim {
+
+struct LayerMetrics {
+  Nanoseconds stall{};
+  std::uint64_t uses = 0;
+  std::uint64_t cache_hits = 0;
+  std::uint64_t prefetch_hits = 0;
+  std::uint64_t late = 0;
+  std::uint64_t misses = 0;
+  friend bool operator==(const LayerMetrics&, const LayerMetrics&) = default;
+};
+
+struct Distribution {
+  double mean = 0.0;
+  double p50 = 0.0;
+  double p99 = 0.0;
+  friend bool operator==(const Distribution&, const Distribution&) = default;
+};
+
+struct RunMetrics {
+  std::string policy;
+  std::uint64_t passes = 0;
+  std::uint64_t decode_passes = 0;
+  std::uint64_t requests = 0;
+  std::uint64_t decode_tokens = 0;
+  std::uint64_t activations = 0;     ///< routed expert activations replayed
+  Nanoseconds total_time{};
+  Nanoseconds prefill_time{};
+  Nanoseconds decode_time{};
+  Distribution ttft_ms;
+  Distribution tpot_ms;
+  double tokens_per_s = 0.0;
+  Nanoseconds compute_busy{};        ///< the compute stream ran kernels
+  Nanoseconds stall{};               ///< all stalls
+  Nanoseconds decode_stall{};        ///< stalls inside decode passes
+  Nanoseconds link_busy{};
+  double link_busy_share = 0.0;
+  Bytes bytes_copied{};
+  std::uint64_t chunks_copied = 0;
+  std::uint64_t experts_copied = 0;  ///< whole experts landed
+  std::uint64_t uses = 0;
+  std::uint64_t cache_hits = 0;
+  std::uint64_t prefetch_hits = 0;
+  std::uint64_t late = 0;
+  std::uint64_t misses = 0;
+  std::uint64_t prefetch_copies = 0;  ///< low-priority copies submitted
+  std::uint64_t prefetch_used = 0;    ///< of those, used before eviction
+  std::uint64_t evictions = 0;
+  std::uint64_t cancelled = 0;
+  Bytes wasted_bytes{};
+  Bytes budget{};
+  Bytes peak_expert_memory{};
+  std::uint32_t capacity_slots = 0;
+  std::vector<LayerMetrics> layers;
+
+  friend bool operator==(const RunMetrics&, const RunMetrics&) = default;
+
+  [[nodiscard]] double hit_rate() const noexcept {
+    return uses == 0 ? 0.0 : static_cast<double>(cache_hits + prefetch_hits) / static_cast<double>(uses);
+  }
+  [[nodiscard]] double prefetch_precision() const noexcept {
+    return prefetch_copies == 0 ? 0.0 : static_cast<double>(prefetch_used) / static_cast<double>(prefetch_copies);
+  }
+  [[nodiscard]] double prefetch_recall() const noexcept {
+    const auto d = prefetch_hits + late + misses;
+    return d == 0 ? 0.0 : static_cast<double>(prefetch_hits) / static_cast<double>(d);
+  }
+  [[nodiscard]] double goodpred() const noexcept {
+    return prefetch_copies == 0 ? 0.0 : static_cast<double>(prefetch_hits) / static_cast<double>(prefetch_copies);
+  }
+};
+
+}  // namespace moesched::sim

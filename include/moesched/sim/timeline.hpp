@@ -1,0 +1,120 @@
+#pragma once
+/// Timeline: what the simulated GPU, link and scheduler did, as Chrome/Perfetto trace events.
+///
+///   moesched::sim::Timeline tl;
+///   auto m = moesched::sim::replay(w, cost, policy, {.budget = b, .timeline = &tl});
+///   std::ofstream f("run.json");
+///   tl.write_chrome_json(f, "lru");     // open in ui.perfetto.dev or chrome://tracing
+///
+/// Three tracks: "compute" (draft, dense part, each expert FFN, LM head), "h2d link" (each copied
+/// chunk, high or low priority) and "stall" (the compute stream waiting for an expert). Times are
+/// microseconds with nanosecond precision, as the trace-event format expects.
+
+#include "moesched/core/expert_id.hpp"
+#include "moesched/core/units.hpp"
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moesched::sim {
+
+enum class TimelineKind : std::uint8_t { draft, dense, expert, head, copy_high, copy_low, stall };
+
+class Timeline {
+ public:
+  struct Record {
+    Nanoseconds start{};
+    Nanoseconds duration{};
+    TimelineKind kind = TimelineKind::dense;
+    std::uint32_t a = 0;  ///< layer (draft: draft tokens)
+    std::uint32_t b = 0;  ///< expert
+    std::uint32_t c = 0;  ///< chunk
+    std::uint32_t d = 0;  ///< chunks
+  };
+
+  void compute(Nanoseconds start, Nanoseconds dur, TimelineKind kind, std::uint32_t a, std::uint32_t b) {
+    records_.push_back({start, dur, kind, a, b, 0, 0});
+  }
+  void copy(Nanoseconds start, Nanoseconds dur, ExpertId id, std::uint32_t chunk, std::uint32_t chunks, bool high) {
+    records_.push_back({start, dur, high ? TimelineKind::copy_high : TimelineKind::copy_low, id.layer, id.expert,
+                        chunk, chunks});
+  }
+  void stall(Nanoseconds start, Nanoseconds dur, std::uint32_t layer) {
+    records_.push_back({start, dur, TimelineKind::stall, layer, 0, 0, 0});
+  }
+  [[nodiscard]] const std::vector<Record>& records() const noexcept { return records_; }
+
+  /// Writes {"traceEvents": [...]} with one complete ("X") event per record.
+  void write_chrome_json(std::ostream& out, std::string_view process_name) const {
+    out << "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n";
+    out << R"({"name":"process_name","ph":"M","pid":1,"args":{"name":")" << escaped(process_name) << "\"}}";
+    const char* tracks[] = {"compute", "h2d link", "stall"};
+    for (int t = 0; t < 3; ++t) {
+      out << ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":" << t + 1
+          << ",\"args\":{\"name\":\"" << tracks[t] << "\"}}";
+    }
+    for (const Record& r : records_) {
+      out << ",\n{\"name\":\"" << name(r) << "\",\"cat\":\"" << category(r.kind) << "\",\"ph\":\"X\",\"pid\":1,\"tid\":"
+          << track(r.kind) << ",\"ts\":" << micros(r.start) << ",\"dur\":" << micros(r.duration) << "}";
+    }
+    out << "\n]}\n";
+  }
+
+ private:
+  static std::string micros(Nanoseconds t) {
+    const auto n = t.count();
+    std::string frac = std::to_string(n % 1000);
+    return std::to_string(n / 1000) + "." + std::string(3 - frac.size(), '0') + frac;
+  }
+  static int track(TimelineKind k) {
+    switch (k) {
+      case TimelineKind::copy_high:
+      case TimelineKind::copy_low: return 2;
+      case TimelineKind::stall: return 3;
+      default: return 1;
+    }
+  }
+  static const char* category(TimelineKind k) {
+    switch (k) {
+      case TimelineKind::draft: return "draft";
+      case TimelineKind::dense: return "dense";
+      case TimelineKind::expert: return "expert";
+      case TimelineKind::head: return "head";
+      case TimelineKind::copy_high: return "copy,high";
+      case TimelineKind::copy_low: return "copy,low";
+      case TimelineKind::stall: return "stall";
+    }
+    return "?";
+  }
+  static std::string name(const Record& r) {
+    const std::string layer = "L" + std::to_string(r.a);
+    switch (r.kind) {
+      case TimelineKind::draft: return "draft x" + std::to_string(r.a);
+      case TimelineKind::dense: return layer + " dense";
+      case TimelineKind::expert: return layer + "/E" + std::to_string(r.b);
+      case TimelineKind::head: return "lm head";
+      case TimelineKind::copy_high:
+      case TimelineKind::copy_low:
+        return "copy " + layer + "/E" + std::to_string(r.b) +
+               (r.d > 1 ? " " + std::to_string(r.c + 1) + "/" + std::to_string(r.d) : std::string()) +
+               (r.kind == TimelineKind::copy_high ? " (high)" : " (low)");
+      case TimelineKind::stall: return "stall " + layer;
+    }
+    return "?";
+  }
+  static std::string escaped(std::string_view s) {
+    std::string o;
+    for (char ch : s) {
+      if (ch == '"' || ch == '\\') o += '\\';
+      if (static_cast<unsigned char>(ch) >= 0x20) o += ch;
+    }
+    return o;
+  }
+
+  std::vector<Record> records_;
+};
+
+}  // namespace moesched::sim

@@ -1,0 +1,72 @@
+#pragma once
+// An in-memory routing source (models moesched::sim::RoutingSource) for simulator tests.
+#include <moesched/core/random.hpp>
+#include <moesched/core/routing.hpp>
+#include <moesched/sim/workload.hpp>
+
+#include <cstdint>
+#include <initializer_list>
+#include <vector>
+
+namespace moesched::test {
+
+struct VecRouting {
+  std::uint32_t layers = 1;
+  std::uint32_t top_k = 1;
+  std::vector<StepInfo> steps;
+  std::vector<std::uint16_t> ids;  // token-major: token x layer x k
+
+  [[nodiscard]] std::uint64_t step_count() const { return steps.size(); }
+  [[nodiscard]] StepInfo step(std::uint64_t s) const { return steps[s]; }
+  void token_experts(std::uint64_t t, std::uint16_t* out) const {
+    for (std::uint32_t i = 0; i < layers * top_k; ++i) out[i] = ids[t * layers * top_k + i];
+  }
+  [[nodiscard]] std::uint64_t tokens() const { return ids.size() / (layers * top_k); }
+
+  /// Appends a step whose tokens route as given (tokens x layers x k ids).
+  void add(StepInfo s, std::initializer_list<std::uint16_t> token_ids) {
+    s.first_token = tokens();
+    ids.insert(ids.end(), token_ids);
+    steps.push_back(s);
+  }
+};
+
+/// Random routing: `requests` requests, each a prefill of `prompt` tokens then `decode` decode
+/// steps; expert popularity skewed by `skew` (0 = uniform).
+inline VecRouting random_routing(std::uint64_t seed, std::uint32_t layers, std::uint32_t experts,
+                                 std::uint32_t top_k, std::uint32_t requests, std::uint32_t prompt,
+                                 std::uint32_t decode, double skew = 0.5) {
+  Rng rng(seed);
+  VecRouting r;
+  r.layers = layers;
+  r.top_k = top_k;
+  auto token = [&] {
+    for (std::uint32_t l = 0; l < layers; ++l) {
+      std::vector<std::uint16_t> chosen;
+      while (chosen.size() < top_k) {
+        // Skew: with probability `skew` draw from the first half of the experts.
+        const std::uint32_t span = rng.chance(skew) ? (experts + 1) / 2 : experts;
+        const auto e = static_cast<std::uint16_t>(rng.below(span));
+        bool dup = false;
+        for (auto c : chosen) dup = dup || c == e;
+        if (!dup) chosen.push_back(e);
+      }
+      r.ids.insert(r.ids.end(), chosen.begin(), chosen.end());
+    }
+  };
+  for (std::uint32_t q = 0; q < requests; ++q) {
+    StepInfo p{.request = q, .phase = StepPhase::prefill, .tokens = prompt};
+    p.first_token = r.tokens();
+    for (std::uint32_t t = 0; t < prompt; ++t) token();
+    r.steps.push_back(p);
+    for (std::uint32_t d = 0; d < decode; ++d) {
+      StepInfo s{.request = q, .phase = StepPhase::decode, .tokens = 1};
+      s.first_token = r.tokens();
+      token();
+      r.steps.push_back(s);
+    }
+  }
+  return r;
+}
+
+}  // namespace moesched::test
