@@ -46,8 +46,8 @@ namespace moesched::sim {
 struct CostOptions {
   std::uint32_t chunks = 1;        ///< copies per expert: 1, 3 (per matrix) or 2..64 equal parts
   double d2h_share = 0.0;          ///< share of time device-to-host traffic runs, in [0, 1)
-  std::optional<Nanoseconds> draft_token_time;  ///< override the default draft's step time
-  std::optional<Bytes> draft_bytes;             ///< override the default draft's size
+  std::optional<Nanoseconds> draft_token_time{};///< override the default draft's step time
+  std::optional<Bytes> draft_bytes{};           ///< override the default draft's size
 };
 
 /// Explicit per-item times, for hand-computed scenarios and "what if a layer took X" studies.
@@ -57,7 +57,7 @@ struct FixedCosts {
   Nanoseconds expert_per_token{};  ///< added per token routed to the expert
   Nanoseconds head{};         ///< end of every pass
   Nanoseconds draft_step{};   ///< one draft step (SD)
-  std::vector<Nanoseconds> chunk_times;  ///< link time of each chunk of one expert copy
+  std::vector<Nanoseconds> chunk_times{};///< link time of each chunk of one expert copy
   Bytes expert_bytes{};
 };
 

@@ -217,7 +217,6 @@ class SimMachine {
       if (s.state == Residency::copying) {
         for (std::size_t c = 0; c < s.chunks_done; ++c) partial += chunk_bytes_[c];
       }
-      if (s.pins != 0 && s.state == Residency::absent) throw InvariantError("a pinned expert is absent");
     }
     const Bytes landed = cost_->expert_bytes() * metrics_.experts_copied;
     if (metrics_.bytes_copied != landed + partial) {
@@ -445,17 +444,10 @@ RunMetrics replay(const Workload& w, const CostModel& cost, P& pol, const SimOpt
               case Residency::absent: ++lm.misses; break;
             }
           }
-          // Pin after classifying (an expert can appear only once per layer).
-          for (ExpertId id : needed) {
-            auto& s = m.slot(m.flat(id));
-            if (s.state != Residency::absent) s.pins = 1;
-          }
+          // Every needed expert is pinned from the gate until its FFN ran, whether it is
+          // resident yet or not (an expert appears once per layer).
+          for (ExpertId id : needed) m.slot(m.flat(id)).pins = 1;
           pol.on_gate(m, layer, std::span<const ExpertId>(needed));
-          collect_unmet();
-          for (ExpertId id : needed) {
-            auto& s = m.slot(m.flat(id));
-            if (s.state != Residency::absent) s.pins = 1;
-          }
           stage = Stage::experts;
           check();
           [[fallthrough]];
@@ -559,13 +551,7 @@ RunMetrics replay(const Workload& w, const CostModel& cost, P& pol, const SimOpt
     }
     if (stage == Stage::experts) {
       collect_unmet();
-      if (!unmet.empty()) {
-        pol.on_gate(m, layer, std::span<const ExpertId>(unmet));
-        for (ExpertId id : unmet) {
-          auto& s = m.slot(m.flat(id));
-          if (s.state != Residency::absent) s.pins = 1;
-        }
-      }
+      if (!unmet.empty()) pol.on_gate(m, layer, std::span<const ExpertId>(unmet));
     }
     if (!compute_busy) advance();
     check();

@@ -11,7 +11,7 @@
 ///  1. The compute stream runs every kernel of w inside w's span, one at a time:
 ///     span(w) >= C(w), the sum of those kernel times.
 ///  2. At the instant w starts, at most k experts hold a slot (k = budget / expert size; a copy
-///     holds its slot from submission). So at least D(w) - k of the D(w) distinct experts w uses
+///     holds its slot from submission; k = 0 for a window starting the run, when nothing is held). So at least D(w) - k of the D(w) distinct experts w uses
 ///     start their whole copy after w starts and finish it before their use, before w ends. The
 ///     link moves one chunk at a time, so span(w) >= (D(w) - k) x t_min, t_min being the least
 ///     link time of one expert copy over every chunking the simulator supports.
@@ -95,6 +95,8 @@ struct LowerBound {
       std::uint64_t g = w.group(p, 0);
       while (g < g_end) {
         ++window_id;
+        // The run starts with nothing held: the first window at time 0 must copy everything.
+        const std::uint64_t held = g == 0 ? 0 : slots;
         std::uint64_t distinct = 0;
         double comp = 0.0;
         std::uint32_t members = w.pass(g / L).member_count;
@@ -109,12 +111,12 @@ struct LowerBound {
               ++distinct;
             }
           }
-          if (distinct >= std::uint64_t{slots} + delta) {
+          if (distinct >= held + delta) {
             ++g;
             break;
           }
         }
-        const std::uint64_t must = distinct > slots ? distinct - slots : 0;
+        const std::uint64_t must = distinct > held ? distinct - held : 0;
         forced += must;
         total += members * std::max(comp, static_cast<double>(must) * t_min);
       }

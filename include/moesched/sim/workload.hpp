@@ -63,7 +63,7 @@ struct SdReplay {
 
 struct WorkloadOptions {
   std::uint32_t batch = 1;       ///< requests decoding together
-  std::optional<SdReplay> sd;    ///< re-window decoding as SD; unset = replay steps as recorded
+  std::optional<SdReplay> sd{};  ///< re-window decoding as SD; unset = replay steps as recorded
   bool prefill = true;           ///< include prefill passes (they count for TTFT, not TPOT)
   std::uint32_t max_requests = 0;  ///< 0 = all requests of the trace
 };

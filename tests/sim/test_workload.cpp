@@ -1,0 +1,145 @@
+#include "support/catch.hpp"
+#include "support/routing.hpp"
+
+#include <moesched/sim/workload.hpp>
+
+using namespace moesched;
+using sim::Workload;
+
+namespace {
+
+/// One request: prefill of 3 tokens, then 6 decode tokens; 1 layer, top-1, token t routes to
+/// expert t % 4.
+test::VecRouting plain_request() {
+  test::VecRouting r;
+  r.layers = 1;
+  r.top_k = 1;
+  r.add({.request = 0, .phase = StepPhase::prefill, .tokens = 3}, {0, 1, 2});
+  for (std::uint16_t t = 3; t < 9; ++t) r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {std::uint16_t(t % 4)});
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("recorded steps replay as they are", "[sim][workload]") {
+  const auto r = plain_request();
+  const Workload w = sim::build_workload(r, {1, 4, 1});
+  REQUIRE(w.pass_count() == 7);
+  CHECK(w.pass(0).phase == StepPhase::prefill);
+  CHECK(w.pass(0).tokens == 3);
+  CHECK(w.uses(0, 0).size() == 3);
+  CHECK(w.pass(1).phase == StepPhase::decode);
+  CHECK(w.decode_tokens() == 6);
+  CHECK(w.activations() == 9);
+  CHECK(w.max_layer_union() == 3);
+  // Context: the prompt (3) then one more token per decode step.
+  CHECK(w.pass(0).kv_tokens == 3);
+  CHECK(w.pass(1).kv_tokens == 4);
+  CHECK(w.pass(2).kv_tokens == 5);
+  CHECK(w.pass(0).attention_pairs == 9);
+}
+
+TEST_CASE("SD replay: every draft accepted", "[sim][workload]") {
+  const auto r = plain_request();
+  const Workload w = sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 1.0}});
+  // Windows at 0 and 3 verify 3 tokens each and emit 3.
+  REQUIRE(w.pass_count() == 3);
+  for (std::uint64_t p = 1; p < 3; ++p) {
+    CHECK(w.pass(p).phase == StepPhase::verify);
+    CHECK(w.pass(p).tokens == 3);
+    CHECK(w.pass(p).draft_len == 2);
+    CHECK(w.members(w.pass(p))[0].emitted == 3);
+  }
+  // Window 0 holds decode tokens 3,4,5: experts 3, 0, 1.
+  const auto u = w.uses(1, 0);
+  REQUIRE(u.size() == 3);
+  CHECK(u[0].expert == 3);
+  CHECK(u[1].expert == 0);
+  CHECK(u[2].expert == 1);
+  CHECK(w.decode_tokens() == 6);
+}
+
+TEST_CASE("SD replay: no draft accepted", "[sim][workload]") {
+  const auto r = plain_request();
+  const Workload w = sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 0.0}});
+  // One token per window: windows at 0..3 verify 3 tokens, at 4 verifies 2, at 5 is a decode.
+  REQUIRE(w.pass_count() == 7);
+  CHECK(w.pass(1).tokens == 3);
+  CHECK(w.pass(4).tokens == 3);
+  CHECK(w.pass(5).tokens == 2);
+  CHECK(w.pass(5).draft_len == 1);
+  CHECK(w.pass(6).phase == StepPhase::decode);
+  CHECK(w.decode_tokens() == 6);
+}
+
+TEST_CASE("SD replay is seeded and keeps every output token", "[sim][workload]") {
+  const auto r = test::random_routing(7, 2, 8, 2, 3, 5, 40);
+  const sim::WorkloadOptions opt{.sd = sim::SdReplay{.gamma = 4, .acceptance = 0.6, .seed = 9}};
+  const Workload a = sim::build_workload(r, {2, 8, 2}, opt);
+  const Workload b = sim::build_workload(r, {2, 8, 2}, opt);
+  REQUIRE(a.pass_count() == b.pass_count());
+  for (std::uint64_t p = 0; p < a.pass_count(); ++p) CHECK(a.pass(p).tokens == b.pass(p).tokens);
+  CHECK(a.decode_tokens() == 3 * 40);
+  auto other = opt;
+  other.sd->seed = 10;
+  const Workload c = sim::build_workload(r, {2, 8, 2}, other);
+  CHECK(c.decode_tokens() == 3 * 40);
+  bool differs = c.pass_count() != a.pass_count();
+  for (std::uint64_t p = 0; !differs && p < a.pass_count(); ++p) differs = a.pass(p).tokens != c.pass(p).tokens;
+  CHECK(differs);
+}
+
+TEST_CASE("a recorded verify step contributes its accepted tokens to SD re-windowing", "[sim][workload]") {
+  test::VecRouting r;
+  r.layers = 1;
+  r.top_k = 1;
+  // Verify of 4 tokens (3 drafts), 1 accepted: output tokens are its first two.
+  r.add({.request = 0, .phase = StepPhase::verify, .tokens = 4, .draft_len = 3, .accepted = 1}, {0, 1, 2, 3});
+  r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {3});
+  const Workload w = sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 1.0}});
+  REQUIRE(w.pass_count() == 1);  // tokens {0, 1, 3} in one window of 3
+  const auto u = w.uses(0, 0);
+  REQUIRE(u.size() == 3);
+  CHECK(u[2].expert == 3);
+  CHECK(w.decode_tokens() == 3);
+}
+
+TEST_CASE("batching runs requests together and takes the union of their experts", "[sim][workload]") {
+  test::VecRouting r;
+  r.layers = 1;
+  r.top_k = 1;
+  r.add({.request = 0, .phase = StepPhase::prefill, .tokens = 2}, {0, 1});
+  r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {2});
+  r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {2});
+  r.add({.request = 1, .phase = StepPhase::prefill, .tokens = 1}, {3});
+  r.add({.request = 1, .phase = StepPhase::decode, .tokens = 1}, {2});
+  r.add({.request = 2, .phase = StepPhase::prefill, .tokens = 1}, {0});
+  const Workload w = sim::build_workload(r, {1, 4, 1}, {.batch = 2});
+  // Group {0, 1}: prefill together, decode k=0 together, decode k=1 for request 0 alone;
+  // group {2}: its prefill.
+  REQUIRE(w.pass_count() == 4);
+  CHECK(w.pass(0).member_count == 2);
+  CHECK(w.pass(0).tokens == 3);
+  CHECK(w.uses(0, 0).size() == 3);
+  CHECK(w.pass(1).member_count == 2);
+  REQUIRE(w.uses(1, 0).size() == 1);  // both route to expert 2
+  CHECK(w.uses(1, 0)[0].tokens == 2);
+  CHECK(w.pass(2).member_count == 1);
+  CHECK(w.pass(3).batch_index == 1);
+  CHECK(w.request_count() == 3);
+  CHECK(w.decode_tokens() == 3);
+}
+
+TEST_CASE("workload options out of range are refused", "[sim][workload]") {
+  const auto r = plain_request();
+  CHECK(test::contains(test::thrown_message<ConfigError>([&] { (void)sim::build_workload(r, {1, 4, 1}, {.batch = 0}); }),
+                       "field 'batch' = 0"));
+  CHECK(test::contains(test::thrown_message<ConfigError>([&] {
+                         (void)sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 0}});
+                       }),
+                       "field 'gamma' = 0"));
+  CHECK(test::contains(test::thrown_message<ConfigError>([&] {
+                         (void)sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 1.5}});
+                       }),
+                       "field 'acceptance' = 1.5"));
+}
