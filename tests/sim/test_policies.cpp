@@ -5,6 +5,7 @@
 #include <moesched/policy/oracle.hpp>
 #include <moesched/sim/engine.hpp>
 #include <moesched/sim/lower_bound.hpp>
+#include <moesched/sim/registry.hpp>
 
 using namespace moesched;
 using namespace std::chrono_literals;
@@ -41,14 +42,6 @@ struct NoEvict {  // lacks evict(): not an executor
 };
 static_assert(!Executor<NoEvict>);
 
-std::vector<std::uint64_t> use_counts(const Workload& w) {
-  std::vector<std::uint64_t> c(std::size_t{w.layers()} * w.shape().experts, 0);
-  for (std::uint64_t g = 0; g < w.group_count(); ++g) {
-    for (auto u : w.group_uses(g)) ++c[(g % w.layers()) * w.shape().experts + u.expert];
-  }
-  return c;
-}
-
 template <class P>
 sim::RunMetrics run(const Workload& w, const CostModel& c, P& p, Bytes budget) {
   sim::SimOptions o;
@@ -66,7 +59,7 @@ std::vector<sim::RunMetrics> run_all(const Workload& w, const CostModel& c, Byte
   out.push_back(run(w, c, b, budget));
   policy::Lfu d;
   out.push_back(run(w, c, d, budget));
-  policy::StaticPopular s(use_counts(w), w.max_layer_union());
+  policy::StaticPopular s(sim::expert_use_counts(w), w.max_layer_union());
   out.push_back(run(w, c, s, budget));
   policy::Oracle o(w);
   out.push_back(run(w, c, o, budget));
@@ -114,7 +107,7 @@ TEST_CASE("static popularity keeps its experts and stages the rest", "[sim][poli
   for (std::uint16_t t = 0; t < 8; ++t) r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {std::uint16_t(t % 2 == 0 ? 0 : 1 + (t / 2) % 3)});
   const Workload w = sim::build_workload(r, {1, 4, 1});
   const CostModel c = CostModel::fixed({.dense = 10ns, .expert = 20ns, .chunk_times = {100ns}, .expert_bytes = Bytes{1000}});
-  policy::StaticPopular s(use_counts(w), 1);
+  policy::StaticPopular s(sim::expert_use_counts(w), 1);
   const auto m = run(w, c, s, Bytes{2000});
   CHECK(s.pinned_count() == 1);
   // E0 is loaded once (at the start, low priority); E1, E2, E3 each miss when used.

@@ -1,0 +1,87 @@
+#pragma once
+/// Policies by name: the one place where a policy is chosen at run time (the command line);
+/// everything below it is statically typed.
+///
+///   for (auto name : moesched::sim::policy_names()) ...            // on-demand, lru, ...
+///   auto m = moesched::sim::run_policy("lru", workload, cost, {.budget = b});
+///
+/// `static` needs a popularity profile: by default it counts the replayed workload itself (an
+/// optimistic static placement: it knows the run's overall popularity in advance); pass
+/// `profile` to use another trace's counts.
+
+#include "moesched/core/error.hpp"
+#include "moesched/policy/baseline.hpp"
+#include "moesched/policy/oracle.hpp"
+#include "moesched/sim/engine.hpp"
+#include "moesched/sim/workload.hpp"
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moesched::sim {
+
+/// Names accepted by run_policy, in the order tables list them.
+[[nodiscard]] inline std::span<const std::string_view> policy_names() noexcept {
+  static constexpr std::array<std::string_view, 5> kNames{"on-demand", "lru", "lfu", "static", "oracle"};
+  return kNames;
+}
+
+/// One-line description of a policy, for --help.
+[[nodiscard]] inline std::string_view policy_summary(std::string_view name) noexcept {
+  if (name == "on-demand") return "copy on miss; the budget is one LRU cache over all layers";
+  if (name == "lru") return "per-layer LRU with equal shares (Mixtral-offloading, ProMoE's cache)";
+  if (name == "lfu") return "evict the least frequently used expert (ties: least recently used)";
+  if (name == "static") return "pin the most used experts at start, stage misses through LRU slots";
+  if (name == "oracle") return "perfect future knowledge: Belady eviction, copies as early as memory allows";
+  return "";
+}
+
+/// How often each expert (flat id) is used in `w`.
+[[nodiscard]] inline std::vector<std::uint64_t> expert_use_counts(const Workload& w) {
+  std::vector<std::uint64_t> c(std::size_t{w.layers()} * w.shape().experts, 0);
+  for (std::uint64_t g = 0; g < w.group_count(); ++g) {
+    const std::size_t base = (g % w.layers()) * w.shape().experts;
+    for (const ExpertUse& u : w.group_uses(g)) ++c[base + u.expert];
+  }
+  return c;
+}
+
+/// Throws ConfigError (field `policies`) unless `name` is a known policy.
+inline void check_policy_name(std::string_view name) {
+  for (auto n : policy_names()) {
+    if (n == name) return;
+  }
+  std::string list;
+  for (auto n : policy_names()) list += (list.empty() ? "" : ", ") + std::string(n);
+  throw ConfigError("", "policies", std::string(name), "unknown policy; known: " + list);
+}
+
+/// Replays `w` under the policy called `name`.
+[[nodiscard]] inline RunMetrics run_policy(std::string_view name, const Workload& w, const CostModel& cost,
+                                           const SimOptions& opt, const std::vector<std::uint64_t>* profile = nullptr) {
+  check_policy_name(name);
+  if (name == "on-demand") {
+    policy::OnDemand p;
+    return replay(w, cost, p, opt);
+  }
+  if (name == "lru") {
+    policy::LayerLru p;
+    return replay(w, cost, p, opt);
+  }
+  if (name == "lfu") {
+    policy::Lfu p;
+    return replay(w, cost, p, opt);
+  }
+  if (name == "static") {
+    policy::StaticPopular p(profile != nullptr ? *profile : expert_use_counts(w), w.max_layer_union());
+    return replay(w, cost, p, opt);
+  }
+  policy::Oracle p(w);
+  return replay(w, cost, p, opt);
+}
+
+}  // namespace moesched::sim

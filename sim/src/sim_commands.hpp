@@ -1,0 +1,421 @@
+#pragma once
+// moesched-sim's commands: scenario set-up (trace + presets -> workload, costs, budget), the
+// run/compare/sweep drivers, and their table, JSON and CSV output.
+#include "output.hpp"
+#include "presets_location.hpp"
+#include "table.hpp"
+
+#include <moesched/core/sizing.hpp>
+#include <moesched/io/presets.hpp>
+#include <moesched/io/trace.hpp>
+#include <moesched/sim/engine.hpp>
+#include <moesched/sim/lower_bound.hpp>
+#include <moesched/sim/registry.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace moesched::tools {
+
+/// Everything that defines one simulated configuration, as the command line gives it.
+struct ScenarioOptions {
+  std::string trace;
+  std::string model;  // empty = the trace's model name
+  std::string gpu = "rtx4090";
+  std::vector<std::string> preset_dirs;
+  std::optional<double> cache_gb;        // unset = all the memory the GPU has left for experts
+  std::optional<double> bandwidth_gbps;  // unset = the preset's measured curve
+  std::uint32_t gamma = 0;               // 0 = replay steps as recorded
+  double acceptance = 0.7;
+  std::uint64_t seed = 1;
+  std::uint32_t batch = 1;
+  std::uint32_t chunks = 1;
+  double d2h_share = 0.0;
+  std::uint64_t context = 4096;
+  double workspace_gb = 0.5;
+  std::optional<double> draft_ms;
+  std::optional<double> draft_gb;
+  std::uint32_t max_requests = 0;
+  bool no_prefill = false;
+  std::vector<std::string> policies{"on-demand", "lru", "lfu", "static", "oracle"};
+};
+
+inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
+  app.add_option("--trace", o.trace, "routing trace (moesched-trace format)")->required();
+  app.add_option("--model", o.model, "model preset name or JSON file (default: the trace's model name)");
+  app.add_option("--gpu", o.gpu, "GPU preset name or JSON file")->capture_default_str();
+  app.add_option("--presets", o.preset_dirs, "extra preset directories");
+  app.add_option("--chunks", o.chunks, "copies per expert: 1 (whole), 3 (one per matrix) or 2..64 equal parts")
+      ->capture_default_str();
+  app.add_option("--d2h-share", o.d2h_share, "share of time device-to-host traffic runs beside the copies, [0, 1)")
+      ->capture_default_str();
+  app.add_option("--context", o.context, "KV-cache tokens reserved per sequence (memory plan)")->capture_default_str();
+  app.add_option("--workspace-gb", o.workspace_gb, "activations and workspace reserved on the GPU, GB")->capture_default_str();
+  app.add_option("--draft-ms", o.draft_ms,
+                 "time of one draft step in ms (default: the target's dense upcycling source on the roofline model)");
+  app.add_option("--draft-gb", o.draft_gb,
+                 "draft model memory in GB (default: non-expert weights + one expert per MoE layer)");
+  app.add_option("--seed", o.seed, "seed of the acceptance draws (SD replay)")->capture_default_str();
+  app.add_option("--max-requests", o.max_requests, "replay only the first N requests (0 = all)")->capture_default_str();
+  app.add_flag("--no-prefill", o.no_prefill, "leave prefill steps out (TTFT is then not measured)");
+  if (!grid) {
+    app.add_option("--cache-gb", o.cache_gb, "expert cache budget in GB (default: everything the GPU has left)");
+    app.add_option("--bandwidth-gbps", o.bandwidth_gbps,
+                   "replace the host-to-device curve by X GB/s plus the preset's per-copy cost");
+    app.add_option("--gamma", o.gamma, "re-cut decoding into SD windows of N drafts (0 = replay steps as recorded)")
+        ->capture_default_str();
+    app.add_option("--acceptance", o.acceptance, "per-draft-token acceptance probability for --gamma")->capture_default_str();
+    app.add_option("--batch", o.batch, "requests decoding together")->capture_default_str();
+  }
+}
+
+/// A prepared configuration: what replays need, validated.
+struct Scenario {
+  ModelDesc model;
+  HardwareDesc gpu;
+  std::shared_ptr<const sim::Workload> workload;
+  std::shared_ptr<const sim::CostModel> cost;
+  MemoryPlan plan;
+  Bytes budget{};
+  bool has_draft = false;
+  ScenarioOptions opt;
+};
+
+/// Memory left for experts and what took the rest, for error messages.
+inline std::string plan_text(const MemoryPlan& p) {
+  return fmt::format("{:.2f} GB usable - {:.2f} GB resident weights - {:.2f} GB KV cache - {:.2f} GB workspace - "
+                     "{:.2f} GB draft model = {:.2f} GB",
+                     p.usable.gigabytes(), p.non_expert.gigabytes(), p.kv_cache.gigabytes(), p.workspace.gigabytes(),
+                     p.extra_resident.gigabytes(), p.expert_cache.gigabytes());
+}
+
+/// Checks that the trace's routing shape is the model's.
+inline void check_trace_model(const io::Trace& t, const ModelDesc& m, const std::string& path) {
+  const auto& tm = t.meta().model;
+  auto mismatch = [&](const char* field, std::uint32_t trace_value, std::uint32_t model_value) {
+    if (trace_value == model_value) return;
+    throw ConfigError(path, std::string("model.") + field, std::to_string(trace_value),
+                      fmt::format("does not match model preset '{}' ({}); pass the model the trace was recorded "
+                                  "with (--model)",
+                                  m.name, model_value));
+  };
+  mismatch("moe_layers", tm.moe_layers, m.shape.moe_layers());
+  mismatch("experts_per_layer", tm.experts_per_layer, m.shape.experts_per_layer);
+  mismatch("top_k", tm.top_k, m.shape.top_k);
+}
+
+inline void check_positive(const char* field, double v) {
+  if (!(v > 0.0) || !std::isfinite(v)) throw ConfigError("", field, to_text(v), "must be positive and finite");
+}
+
+/// The shared, read-only parts: trace, presets and the workload for (gamma, acceptance, batch).
+struct ScenarioBase {
+  std::shared_ptr<io::Trace> trace;
+  ModelDesc model;
+  HardwareDesc gpu;
+};
+
+inline ScenarioBase open_base(const ScenarioOptions& o) {
+  ScenarioBase b;
+  b.trace = std::make_shared<io::Trace>(io::Trace::open(o.trace));
+  const auto catalog = preset_catalog({o.preset_dirs.begin(), o.preset_dirs.end()});
+  const std::string model = o.model.empty() ? b.trace->meta().model.name : o.model;
+  if (model.empty()) {
+    throw ConfigError(o.trace, "model.name", "\"\"", "the trace names no model; pass --model");
+  }
+  b.model = catalog.model(model);
+  check_trace_model(*b.trace, b.model, o.trace);
+  b.gpu = catalog.gpu(o.gpu);
+  return b;
+}
+
+inline std::shared_ptr<const sim::Workload> build_workload_for(const ScenarioBase& b, const ScenarioOptions& o) {
+  const auto& tm = b.trace->meta().model;
+  sim::WorkloadOptions wo;
+  wo.batch = o.batch;
+  wo.prefill = !o.no_prefill;
+  wo.max_requests = o.max_requests;
+  if (o.gamma > 0) wo.sd = sim::SdReplay{o.gamma, o.acceptance, o.seed};
+  auto w = std::make_shared<const sim::Workload>(
+      sim::build_workload(*b.trace, {tm.moe_layers, tm.experts_per_layer, tm.top_k}, wo));
+  if (w->decode_tokens() == 0) {
+    throw ConfigError(o.trace, "steps", "no decode steps", "nothing to measure TPOT on");
+  }
+  return w;
+}
+
+/// Validates `o` against `b` and the workload, and prepares costs and budget.
+inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const sim::Workload> w, const ScenarioOptions& o) {
+  Scenario s;
+  s.opt = o;
+  s.model = b.model;
+  s.gpu = b.gpu;
+  if (o.acceptance < 0.0 || o.acceptance > 1.0 || !std::isfinite(o.acceptance)) {
+    throw ConfigError("", "acceptance", to_text(o.acceptance), "must be between 0 and 1");
+  }
+  if (o.bandwidth_gbps) {
+    check_positive("bandwidth_gbps", *o.bandwidth_gbps);
+    s.gpu.h2d = TransferCurve::affine(gb_per_s(*o.bandwidth_gbps), b.gpu.h2d.time(Bytes{0}));
+  }
+  check_positive("workspace_gb", o.workspace_gb);
+  s.workload = std::move(w);
+  for (const auto& p : s.workload->passes()) s.has_draft = s.has_draft || p.draft_len > 0;
+  sim::CostOptions co;
+  co.chunks = o.chunks;
+  co.d2h_share = o.d2h_share;
+  if (o.draft_ms) {
+    check_positive("draft_ms", *o.draft_ms);
+    co.draft_token_time = ceil_ns(*o.draft_ms * 1e6);
+  }
+  if (o.draft_gb) {
+    if (!(*o.draft_gb >= 0.0) || !std::isfinite(*o.draft_gb)) {
+      throw ConfigError("", "draft_gb", to_text(*o.draft_gb), "must be zero or positive");
+    }
+    co.draft_bytes = Bytes{static_cast<std::uint64_t>(*o.draft_gb * 1e9)};
+  }
+  s.cost = std::make_shared<const sim::CostModel>(s.model, s.gpu, co);
+  MemoryPlanOptions mo;
+  mo.context_tokens = o.context;
+  mo.batch = o.batch;
+  mo.workspace = Bytes{static_cast<std::uint64_t>(o.workspace_gb * 1e9)};
+  if (s.has_draft) mo.extra_resident = s.cost->draft_bytes();
+  s.plan = plan_memory(s.model, s.gpu, mo);
+  if (!s.plan.fits_without_experts) {
+    throw ConfigError(b.gpu.name, "memory_gib", to_text(s.gpu.memory.gigabytes()) + " GB",
+                      "too small for " + s.model.name + " without any expert: " + plan_text(s.plan));
+  }
+  const Bytes e = s.model.expert_bytes();
+  const Bytes need = e * s.workload->max_layer_union();
+  if (o.cache_gb) {
+    check_positive("cache_gb", *o.cache_gb);
+    s.budget = Bytes{static_cast<std::uint64_t>(*o.cache_gb * 1e9)};
+    if (s.budget > s.plan.expert_cache) {
+      throw ConfigError("", "cache_gb", to_text(*o.cache_gb),
+                        fmt::format("is more than {} has left for experts ({}); use a larger GPU preset or a "
+                                    "smaller --context/--batch",
+                                    s.gpu.name, plan_text(s.plan)));
+    }
+  } else {
+    s.budget = s.plan.expert_cache;
+  }
+  if (s.budget < need) {
+    throw ConfigError("", "cache_gb", fmt::format("{:.3f}", s.budget.gigabytes()),
+                      fmt::format("is below one layer's experts: this workload needs {} experts of {:.1f} MB at once "
+                                  "({:.3f} GB){}",
+                                  s.workload->max_layer_union(), e.megabytes(), need.gigabytes(),
+                                  o.cache_gb ? "" : "; the GPU has " + plan_text(s.plan)));
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+inline double ms(Nanoseconds t) { return to_ms(t); }
+
+inline nlohmann::json scenario_json(const Scenario& s) {
+  const auto& o = s.opt;
+  nlohmann::json j;
+  j["trace"] = o.trace;
+  j["model"] = s.model.name;
+  j["dtype"] = std::string(dtype_name(s.model.dtype));
+  j["gpu"] = s.gpu.name;
+  j["cache_gb"] = s.budget.gigabytes();
+  j["cache_experts"] = std::min<std::uint64_t>(s.budget.count / s.model.expert_bytes().count, s.model.shape.total_experts());
+  j["total_experts"] = s.model.shape.total_experts();
+  j["expert_mb"] = s.model.expert_bytes().megabytes();
+  j["expert_copy_us"] = to_us(s.cost->expert_copy_time());
+  j["bandwidth_gbps"] = s.gpu.h2d.asymptotic_bandwidth().gb_per_s();
+  j["chunks"] = o.chunks;
+  j["d2h_share"] = o.d2h_share;
+  j["gamma"] = o.gamma;
+  j["acceptance"] = o.gamma > 0 ? nlohmann::json(o.acceptance) : nlohmann::json(nullptr);
+  j["batch"] = o.batch;
+  j["seed"] = o.seed;
+  j["context_tokens"] = o.context;
+  j["draft_resident_gb"] = s.has_draft ? s.cost->draft_bytes().gigabytes() : 0.0;
+  j["passes"] = s.workload->pass_count();
+  j["requests"] = s.workload->request_count();
+  j["decode_tokens"] = s.workload->decode_tokens();
+  j["activations"] = s.workload->activations();
+  j["max_layer_union"] = s.workload->max_layer_union();
+  return j;
+}
+
+inline nlohmann::json metrics_json(const sim::RunMetrics& m, const sim::LowerBound& lb, bool layers) {
+  nlohmann::json j;
+  j["policy"] = m.policy;
+  j["tpot_ms"] = {{"mean", m.tpot_ms.mean}, {"p50", m.tpot_ms.p50}, {"p99", m.tpot_ms.p99}};
+  j["ratio_to_bound"] = lb.tpot_ms > 0 ? m.tpot_ms.mean / lb.tpot_ms : 0.0;
+  j["ttft_ms"] = {{"mean", m.ttft_ms.mean}, {"p50", m.ttft_ms.p50}, {"p99", m.ttft_ms.p99}};
+  j["tokens_per_s"] = m.tokens_per_s;
+  j["decode_tokens"] = m.decode_tokens;
+  j["total_ms"] = ms(m.total_time);
+  j["prefill_ms"] = ms(m.prefill_time);
+  j["decode_ms"] = ms(m.decode_time);
+  j["compute_busy_ms"] = ms(m.compute_busy);
+  j["stall_ms"] = ms(m.stall);
+  j["decode_stall_ms"] = ms(m.decode_stall);
+  j["stall_ms_per_token"] = m.decode_tokens == 0 ? 0.0 : ms(m.decode_stall) / static_cast<double>(m.decode_tokens);
+  j["link_busy_ms"] = ms(m.link_busy);
+  j["link_busy_share"] = m.link_busy_share;
+  j["bytes_copied"] = m.bytes_copied.count;
+  j["experts_copied"] = m.experts_copied;
+  j["uses"] = m.uses;
+  j["hit_rate"] = m.hit_rate();
+  j["cache_hits"] = m.cache_hits;
+  j["prefetch_hits"] = m.prefetch_hits;
+  j["late"] = m.late;
+  j["misses"] = m.misses;
+  j["prefetch"] = {{"copies", m.prefetch_copies},        {"used", m.prefetch_used},
+                   {"precision", m.prefetch_precision()}, {"recall", m.prefetch_recall()},
+                   {"goodpred", m.goodpred()}};
+  j["evictions"] = m.evictions;
+  j["wasted_bytes"] = m.wasted_bytes.count;
+  j["peak_expert_bytes"] = m.peak_expert_memory.count;
+  j["budget_bytes"] = m.budget.count;
+  if (layers) {
+    nlohmann::json ls = nlohmann::json::array();
+    for (std::size_t l = 0; l < m.layers.size(); ++l) {
+      const auto& x = m.layers[l];
+      ls.push_back({{"layer", l},
+                    {"stall_ms", ms(x.stall)},
+                    {"uses", x.uses},
+                    {"cache_hits", x.cache_hits},
+                    {"prefetch_hits", x.prefetch_hits},
+                    {"late", x.late},
+                    {"misses", x.misses},
+                    {"hit_rate", x.uses == 0 ? 0.0 : static_cast<double>(x.cache_hits + x.prefetch_hits) /
+                                                         static_cast<double>(x.uses)}});
+    }
+    j["layers"] = std::move(ls);
+  }
+  return j;
+}
+
+inline nlohmann::json bound_json(const sim::LowerBound& lb) {
+  return {{"policy", "lower-bound"},
+          {"tpot_ms", {{"mean", lb.tpot_ms}}},
+          {"ratio_to_bound", 1.0},
+          {"compute_only_tpot_ms", lb.compute_tpot_ms},
+          {"forced_copies", lb.forced_copies},
+          {"derivation", "ARCHITECTURE.md#lower-bound"}};
+}
+
+/// Bytes copied per byte of stall removed, against on-demand (stall converted to bytes at the
+/// link's asymptotic rate); null when on-demand is not in the run or nothing was removed.
+inline nlohmann::json copy_cost(const sim::RunMetrics& m, const sim::RunMetrics* base, double link_bytes_per_ns) {
+  if (base == nullptr) return nullptr;
+  const double avoided = static_cast<double>((base->decode_stall - m.decode_stall).count());
+  if (avoided <= 0.0) return nullptr;
+  return static_cast<double>(m.bytes_copied.count) / (avoided * link_bytes_per_ns);
+}
+
+inline std::string fixed(double v, int digits) { return fmt::format("{:.{}f}", v, digits); }
+
+inline std::string compare_table(const Scenario& s, const std::vector<sim::RunMetrics>& runs, const sim::LowerBound& lb) {
+  TextTable t({"policy", "TPOT ms", "p50", "p99", "x bound", "tok/s", "TTFT ms", "stall ms/tok", "hit %",
+               "link %", "GB copied", "wasted GB"});
+  for (const auto& m : runs) {
+    const double per_tok = m.decode_tokens == 0 ? 0.0 : ms(m.decode_stall) / static_cast<double>(m.decode_tokens);
+    t.add({m.policy, fixed(m.tpot_ms.mean, 2), fixed(m.tpot_ms.p50, 2), fixed(m.tpot_ms.p99, 2),
+           fixed(lb.tpot_ms > 0 ? m.tpot_ms.mean / lb.tpot_ms : 0.0, 2), fixed(m.tokens_per_s, 1),
+           fixed(m.ttft_ms.mean, 1), fixed(per_tok, 2), fixed(100.0 * m.hit_rate(), 1),
+           fixed(100.0 * m.link_busy_share, 1), fixed(m.bytes_copied.gigabytes(), 2),
+           fixed(m.wasted_bytes.gigabytes(), 2)});
+  }
+  t.add({"lower-bound", fixed(lb.tpot_ms, 2), "", "", "1.00", "", "", "", "", "", "", ""});
+  const auto& o = s.opt;
+  std::string head = fmt::format(
+      "{} on {} ({}), trace {}\n"
+      "expert cache {:.2f} GB = {} of {} experts ({:.1f} MB each, copy {:.0f} us at {:.1f} GB/s{}); "
+      "{} requests, batch {}, {} decode tokens{}\n"
+      "compute-only TPOT {:.2f} ms; the bound adds {} copies no schedule avoids (ARCHITECTURE.md, lower bound)\n\n",
+      s.model.name, s.gpu.name, s.gpu.display_name, o.trace, s.budget.gigabytes(),
+      std::min<std::uint64_t>(s.budget.count / s.model.expert_bytes().count, s.model.shape.total_experts()),
+      s.model.shape.total_experts(), s.model.expert_bytes().megabytes(), to_us(s.cost->expert_copy_time()),
+      s.gpu.h2d.asymptotic_bandwidth().gb_per_s(), o.chunks > 1 ? fmt::format(", {} chunks", o.chunks) : "",
+      s.workload->request_count(), o.batch, s.workload->decode_tokens(),
+      s.has_draft ? (o.gamma > 0 ? fmt::format(", SD gamma {} acceptance {}", o.gamma, o.acceptance)
+                                 : std::string(", SD as recorded"))
+                  : "",
+      lb.compute_tpot_ms, lb.forced_copies);
+  return head + t.render();
+}
+
+inline std::string layer_table(const sim::RunMetrics& m) {
+  TextTable t({"layer", "uses", "hit %", "prefetch hits", "late", "misses", "stall ms"});
+  for (std::size_t l = 0; l < m.layers.size(); ++l) {
+    const auto& x = m.layers[l];
+    t.add({std::to_string(l), std::to_string(x.uses),
+           fixed(x.uses == 0 ? 0.0 : 100.0 * static_cast<double>(x.cache_hits + x.prefetch_hits) / static_cast<double>(x.uses), 1),
+           std::to_string(x.prefetch_hits), std::to_string(x.late), std::to_string(x.misses), fixed(ms(x.stall), 3)});
+  }
+  return t.render();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parallel execution with progress
+
+/// Runs `n` tasks on `jobs` threads; task i writes only its own result slot, so the output is
+/// the same for any thread count. Progress goes to stderr when it is a terminal (or `force`).
+template <class Fn>
+void run_parallel(std::size_t n, unsigned jobs, const std::string& what, bool force_progress, Fn&& fn) {
+  jobs = std::max(1U, std::min<unsigned>(jobs, static_cast<unsigned>(std::max<std::size_t>(n, 1))));
+  const bool tty = isatty(2) != 0;
+  const bool progress = force_progress || tty;
+  std::atomic<std::size_t> next{0};
+  std::atomic<std::size_t> done{0};
+  std::mutex err_mutex;
+  std::exception_ptr error;
+  std::mutex print_mutex;
+  auto report = [&](std::size_t d) {
+    if (!progress) return;
+    std::lock_guard<std::mutex> lock(print_mutex);
+    const int width = 30;
+    const auto filled = static_cast<int>(static_cast<double>(d) / static_cast<double>(n) * width);
+    std::fprintf(stderr, "%s%s [%s%s] %zu/%zu%s", tty ? "\r" : "", what.c_str(), std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                 std::string(static_cast<std::size_t>(width - filled), '.').c_str(), d, n, tty ? "" : "\n");
+    if (tty && d == n) std::fputc('\n', stderr);
+  };
+  auto worker = [&] {
+    for (;;) {
+      const std::size_t i = next.fetch_add(1);
+      if (i >= n) return;
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(err_mutex);
+        if (!error) error = std::current_exception();
+        next.store(n);
+        return;
+      }
+      report(done.fetch_add(1) + 1);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < jobs; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+inline unsigned default_jobs() { return std::max(1U, std::thread::hardware_concurrency()); }
+
+}  // namespace moesched::tools
