@@ -33,6 +33,9 @@
 
 namespace moesched::tools {
 
+/// Output JSON keeps keys in the order written (scenario first, then records).
+using Json = nlohmann::ordered_json;
+
 /// Everything that defines one simulated configuration, as the command line gives it.
 struct ScenarioOptions {
   std::string trace;
@@ -229,9 +232,9 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const sim::Worklo
 
 inline double ms(Nanoseconds t) { return to_ms(t); }
 
-inline nlohmann::json scenario_json(const Scenario& s) {
+inline Json scenario_json(const Scenario& s) {
   const auto& o = s.opt;
-  nlohmann::json j;
+  Json j;
   j["trace"] = o.trace;
   j["model"] = s.model.name;
   j["dtype"] = std::string(dtype_name(s.model.dtype));
@@ -245,7 +248,7 @@ inline nlohmann::json scenario_json(const Scenario& s) {
   j["chunks"] = o.chunks;
   j["d2h_share"] = o.d2h_share;
   j["gamma"] = o.gamma;
-  j["acceptance"] = o.gamma > 0 ? nlohmann::json(o.acceptance) : nlohmann::json(nullptr);
+  j["acceptance"] = o.gamma > 0 ? Json(o.acceptance) : Json(nullptr);
   j["batch"] = o.batch;
   j["seed"] = o.seed;
   j["context_tokens"] = o.context;
@@ -258,8 +261,8 @@ inline nlohmann::json scenario_json(const Scenario& s) {
   return j;
 }
 
-inline nlohmann::json metrics_json(const sim::RunMetrics& m, const sim::LowerBound& lb, bool layers) {
-  nlohmann::json j;
+inline Json metrics_json(const sim::RunMetrics& m, const sim::LowerBound& lb, bool layers) {
+  Json j;
   j["policy"] = m.policy;
   j["tpot_ms"] = {{"mean", m.tpot_ms.mean}, {"p50", m.tpot_ms.p50}, {"p99", m.tpot_ms.p99}};
   j["ratio_to_bound"] = lb.tpot_ms > 0 ? m.tpot_ms.mean / lb.tpot_ms : 0.0;
@@ -291,7 +294,7 @@ inline nlohmann::json metrics_json(const sim::RunMetrics& m, const sim::LowerBou
   j["peak_expert_bytes"] = m.peak_expert_memory.count;
   j["budget_bytes"] = m.budget.count;
   if (layers) {
-    nlohmann::json ls = nlohmann::json::array();
+    Json ls = Json::array();
     for (std::size_t l = 0; l < m.layers.size(); ++l) {
       const auto& x = m.layers[l];
       ls.push_back({{"layer", l},
@@ -309,7 +312,7 @@ inline nlohmann::json metrics_json(const sim::RunMetrics& m, const sim::LowerBou
   return j;
 }
 
-inline nlohmann::json bound_json(const sim::LowerBound& lb) {
+inline Json bound_json(const sim::LowerBound& lb) {
   return {{"policy", "lower-bound"},
           {"tpot_ms", {{"mean", lb.tpot_ms}}},
           {"ratio_to_bound", 1.0},
@@ -320,7 +323,7 @@ inline nlohmann::json bound_json(const sim::LowerBound& lb) {
 
 /// Bytes copied per byte of stall removed, against on-demand (stall converted to bytes at the
 /// link's asymptotic rate); null when on-demand is not in the run or nothing was removed.
-inline nlohmann::json copy_cost(const sim::RunMetrics& m, const sim::RunMetrics* base, double link_bytes_per_ns) {
+inline Json copy_cost(const sim::RunMetrics& m, const sim::RunMetrics* base, double link_bytes_per_ns) {
   if (base == nullptr) return nullptr;
   const double avoided = static_cast<double>((base->decode_stall - m.decode_stall).count());
   if (avoided <= 0.0) return nullptr;

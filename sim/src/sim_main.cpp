@@ -69,13 +69,13 @@ CompareResult simulate(const Scenario& s, const std::vector<std::string>& polici
   return r;
 }
 
-nlohmann::json compare_json(const Scenario& s, const CompareResult& r, bool layers) {
+Json compare_json(const Scenario& s, const CompareResult& r, bool layers) {
   const sim::RunMetrics* base = nullptr;
   for (const auto& m : r.runs) {
     if (m.policy == "on-demand") base = &m;
   }
   const double rate = s.gpu.h2d.asymptotic_bandwidth().value / 1e9;  // bytes per ns
-  nlohmann::json records = nlohmann::json::array();
+  Json records = Json::array();
   for (const auto& m : r.runs) {
     auto j = metrics_json(m, r.bound, layers);
     j["copy_bytes_per_stall_byte_avoided"] = copy_cost(m, base, rate);
@@ -228,14 +228,14 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
   std::string out_csv =
       "policy,cache_gb,bandwidth_gbps,gamma,acceptance,batch,tpot_ms_mean,tpot_ms_p50,tpot_ms_p99,ttft_ms_mean,"
       "tokens_per_s,stall_ms,hit_rate,link_busy_share,bytes_copied_gb,lower_bound_tpot_ms,ratio_to_bound\n";
-  nlohmann::json rows = nlohmann::json::array();
+  Json rows = Json::array();
   for (std::size_t p = 0; p < points.size(); ++p) {
     const Scenario& s = points[p].scenario;
     const auto& lb = bounds[p];
     const double bw = s.gpu.h2d.asymptotic_bandwidth().gb_per_s();
     const std::string acc = s.opt.gamma > 0 ? fmt::format("{}", s.opt.acceptance) : "";
     for (std::size_t k = 0; k <= policies.size(); ++k) {
-      nlohmann::json j = k < policies.size() ? metrics_json(runs[p * per + k], lb, false) : bound_json(lb);
+      Json j = k < policies.size() ? metrics_json(runs[p * per + k], lb, false) : bound_json(lb);
       const sim::RunMetrics* m = k < policies.size() ? &runs[p * per + k] : nullptr;
       const std::string name = m ? m->policy : "lower-bound";
       const double tpot = m ? m->tpot_ms.mean : lb.tpot_ms;
@@ -247,7 +247,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
       j["point"] = {{"cache_gb", s.budget.gigabytes()},
                     {"bandwidth_gbps", bw},
                     {"gamma", s.opt.gamma},
-                    {"acceptance", s.opt.gamma > 0 ? nlohmann::json(s.opt.acceptance) : nlohmann::json(nullptr)},
+                    {"acceptance", s.opt.gamma > 0 ? Json(s.opt.acceptance) : Json(nullptr)},
                     {"batch", s.opt.batch}};
       rows.push_back(std::move(j));
     }
@@ -255,7 +255,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
   std::string csv_path = csv;
   if (!csv.empty()) write_text_file(csv, out_csv);
   if (!json.empty()) {
-    nlohmann::json doc{{"tool", "moesched-sim sweep"},
+    Json doc{{"tool", "moesched-sim sweep"},
                        {"trace", base_opt.trace},
                        {"model", b.model.name},
                        {"gpu", b.gpu.name},
