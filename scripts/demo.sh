@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The main job: build moesched-sizing (and moesched-trace) and run moesched-sizing on the shipped presets (every model on every
-# GPU). Arguments are passed to the tool, e.g.  bash scripts/demo.sh --gpu rtx4090 --dtype int4
+# The main job: build the tools and compare every offloading policy, against the provable lower
+# bound, on a shipped routing trace (Mixtral-8x7B with speculative decoding on an RTX 4090).
+# Arguments are passed to `moesched-sim compare` and override the defaults, e.g.
+#   bash scripts/demo.sh --gpu rtx3090 --cache-gb 5 --policies lru,oracle --json out.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 build=build/demo
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOESCHED_BUILD_TESTS=OFF \
   -DMOESCHED_BUILD_BENCH=OFF -DMOESCHED_BUILD_EXAMPLES=OFF -DMOESCHED_ENABLE_CUDA=OFF >/dev/null
-cmake --build "$build" --target moesched-sizing moesched-trace -j "$(nproc)" >/dev/null
-exec "$build/sim/moesched-sizing" "$@"
+if ! cmake --build "$build" --target moesched-sim moesched-sizing moesched-trace -j "$(nproc)" >"$build/build.log" 2>&1; then
+  cat "$build/build.log" >&2
+  echo "demo.sh: the build failed (log above, also in $build/build.log)" >&2
+  exit 1
+fi
+has_trace=0
+for a in "$@"; do [[ "$a" == --trace || "$a" == --trace=* ]] && has_trace=1; done
+defaults=(--gpu rtx4090)
+[[ $has_trace == 1 ]] || defaults+=(--trace traces/synthetic/mixtral-sd4.trace.safetensors)
+exec "$build/sim/moesched-sim" compare "${defaults[@]}" "$@"
