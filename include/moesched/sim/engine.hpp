@@ -88,7 +88,7 @@ class SimMachine {
   };
 
   SimMachine(const CostModel& cost, RoutingShape shape, const SimOptions& opt)
-      : cost_(&cost), shape_(shape), opt_(opt), chunk_bytes_(cost.chunk_bytes()), chunk_times_(cost.chunk_times()) {
+      : cost_(&cost), shape_(shape), chunk_bytes_(cost.chunk_bytes()), chunk_times_(cost.chunk_times()) {
     const Bytes e = cost.expert_bytes();
     const std::uint64_t slots = opt.budget.count / e.count;
     capacity_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(slots, std::uint64_t{shape.layers} * shape.experts));
@@ -283,7 +283,6 @@ class SimMachine {
 
   const CostModel* cost_;
   RoutingShape shape_;
-  SimOptions opt_;
   std::span<const Bytes> chunk_bytes_;
   std::span<const Nanoseconds> chunk_times_;
   std::vector<Slot> slots_;
