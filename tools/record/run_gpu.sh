@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The whole GPU procedure, end to end on one GPU, from the repository root:
+#
+#   bash tools/record/prepare_corpus.sh          # once, on a Debian machine (needs apt): the corpus
+#   bash tools/record/run_gpu.sh [full|smoke] [PACK.tar.gz]
+#
+# 1. train_models.py: tokenizer, dense draft, Mixtral-like "mix" and fine-grained "fg" targets
+#    (tools/record/work/models/);
+# 2. per target: record prefill traces with hidden states on training passages, train the
+#    mlp_stride2 predictor on them (train_predictor.py);
+# 3. per target and domain: record plain decoding and speculative decoding with gamma 2, 4, 8,
+#    all channels, into traces/real/;
+# 4. checks: format validation, SD output = greedy output, routing consistency on re-run,
+#    five random-initialised MoE families through the recorder (arch-check); report.py tables.
+# Each stage's seconds go to tools/record/work/timings.tsv. With PACK, everything but the model
+# weights is packed into that tarball after every stage (so a run cut short still returns what
+# it made). "smoke" runs every code path at a tiny size in about a minute.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+size="${1:-full}"
+pack="${2:-}"
+W=tools/record/work
+T=traces/real
+[ "$size" = smoke ] && T=$W/smoke-traces
+mkdir -p "$W" "$T"
+export PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
+: > "$W/timings.tsv"
+PY="${PYTHON:-python3}"
+
+do_pack() {
+  [ -n "$pack" ] || return 0
+  tar -czf "$pack.tmp" --exclude='*/models/*/model*.safetensors' --exclude="$W/pred-*.safetensors" \
+    --exclude="$W/arch" "$W" "$T" 2>/dev/null || true
+  mv -f "$pack.tmp" "$pack"
+}
+
+stage() {  # stage NAME command... : time it, pack; a failure stops the run
+  local name="$1"; shift
+  local t0 rc=0; t0=$(date +%s.%N)
+  echo "=== $name: $*"
+  "$@" || rc=$?
+  awk -v n="$name" -v a="$t0" -v b="$(date +%s.%N)" -v rc="$rc" \
+    'BEGIN { printf "%s\t%.1f\t%s\n", n, b - a, rc == 0 ? "ok" : "FAILED rc=" rc }' | tee -a "$W/timings.tsv"
+  do_pack
+  [ "$rc" = 0 ] || [ -n "${NONFATAL:-}" ] || exit "$rc"
+}
+check() { NONFATAL=1 stage "$@"; }  # a failed check is recorded and the run goes on
+
+if [ "$size" = smoke ]; then
+  train=(--draft-steps 40 --target-steps 30 --prompts 2 --predictor-passages 12 --val-windows 8)
+  rec=(--max-requests 1 --max-new-tokens 24)
+  pred=(--steps 50)
+  gammas="4"
+else
+  train=(--draft-steps "${DRAFT_STEPS:-1200}" --target-steps "${TARGET_STEPS:-400}")
+  rec=(--max-requests 4 --max-new-tokens 128)
+  pred=(--steps 800)
+  gammas="2 4 8"
+fi
+
+$PY - <<'EOF'
+import torch, transformers, tokenizers, numpy
+print("torch", torch.__version__, "transformers", transformers.__version__, "tokenizers", tokenizers.__version__,
+      "numpy", numpy.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+EOF
+
+stage train "$PY" tools/record/train_models.py --corpus tools/record/corpus --out "$W/models" "${train[@]}"
+cp "$W/models/prompts-code.jsonl" "$W/models/prompts-prose.jsonl" "$T/"
+cp "$W/models/tokenizer/tokenizer.json" "$T/tokenizer.json"
+
+declare -A DATASET=(
+  [code]="held-out Python 3.11 standard-library files (Debian libpython3.11-stdlib), prompts-code.jsonl"
+  [prose]="held-out King James Bible chapters (Debian bible-kjv-text), prompts-prose.jsonl")
+for kind in mix fg; do
+  name="moesched-upcycled-$kind"
+  stage "predictor-data-$kind" "$PY" tools/record/record.py --model "$W/models/$kind" \
+    --prompts "$W/models/predictor-train.jsonl" --mode prefill --prompt-tokens 256 --hidden layer_output \
+    --channels skip_gate --model-name "$name" --dataset "training passages (predictor-train.jsonl)" \
+    -o "$W/pred-$kind-train.trace.safetensors" --quiet
+  stage "predictor-$kind" "$PY" tools/record/train_predictor.py --trace "$W/pred-$kind-train.trace.safetensors" \
+    -o "$W/pred-$kind.safetensors" --report "$W/pred-$kind.json" "${pred[@]}"
+  for dom in code prose; do
+    stage "record-$kind-$dom-plain" "$PY" tools/record/record.py --model "$W/models/$kind" \
+      --prompts "$T/prompts-$dom.jsonl" --mode decode --prompt-tokens 64 "${rec[@]}" --ignore-eos \
+      --mlp-predictor "$W/pred-$kind.safetensors" --model-name "$name" --dataset "${DATASET[$dom]}" \
+      -o "$T/$kind-$dom-plain.trace.safetensors"
+    for g in $gammas; do
+      stage "record-$kind-$dom-sd$g" "$PY" tools/record/record.py --model "$W/models/$kind" \
+        --prompts "$T/prompts-$dom.jsonl" --mode sd --draft "$W/models/draft" --gamma "$g" --prompt-tokens 64 \
+        "${rec[@]}" --ignore-eos --mlp-predictor "$W/pred-$kind.safetensors" --model-name "$name" \
+        --dataset "${DATASET[$dom]}" -o "$T/$kind-$dom-sd$g.trace.safetensors"
+    done
+  done
+done
+
+check validate "$PY" tools/record/test_record.py validate "$T"/*.trace.safetensors
+same() {
+  local bad=0
+  for kind in mix fg; do for dom in code prose; do for g in $gammas; do
+    "$PY" tools/record/test_record.py same-output "$T/$kind-$dom-plain.trace.safetensors" \
+      "$T/$kind-$dom-sd$g.trace.safetensors" | tee -a "$W/same_output.txt" || bad=1
+  done; done; done
+  return 0  # reported, not fatal: float ties may legitimately differ
+}
+: > "$W/same_output.txt"
+check same-output same
+consist() {
+  "$PY" tools/record/test_record.py consistency --model "$W/models/mix" --json "$W/consistency-mix.json" \
+    $(for f in "$T"/mix-*.trace.safetensors; do echo --trace "$f"; done)
+  "$PY" tools/record/test_record.py consistency --model "$W/models/fg" --json "$W/consistency-fg.json" \
+    $(for f in "$T"/fg-*.trace.safetensors; do echo --trace "$f"; done)
+}
+check consistency consist
+check report "$PY" tools/record/report.py "$T"/*.trace.safetensors --json "$W/report.json" --markdown "$W/report.md"
+check arch-check "$PY" tools/record/test_record.py arch-check --tokenizer "$W/models/tokenizer" --out "$W/arch"
+cp "$W/arch/arch_check.json" "$W/arch_check.json" 2>/dev/null || true
+do_pack
+echo "run_gpu.sh: done"
+cat "$W/timings.tsv"

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""CPU test of the recorder's bookkeeping with small PyTorch models written here in the shape of
+the transformers 5 MoE layout (no transformers needed; torch and numpy are).
+
+Checks, on a mock MoE target and a mock dense draft with a real KV cache and causal attention:
+  - decode and speculative-decoding traces pass the format checks of test_record.validate_trace;
+  - speculative decoding (gamma 1, 3, 5) emits exactly the tokens of greedy decoding;
+  - the recorded routing equals a no-cache re-run on the same tokens (test_record.consistency);
+  - channel predictions sit where the README says: skip_gate at layers 1..L-1 with
+    available_after = layer - 1, draft_gate for verify tokens 0..gamma-1 with available_after -1;
+  - an SD trace's accepted counts agree with the tokens the verify steps produced.
+
+  python3 tools/record/test_mock_models.py      # prints "N passed, 0 failed"; exit 1 on failure
+"""
+
+import os
+import sys
+import tempfile
+import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    print("test_mock_models.py: torch is not installed; skipped")
+    sys.exit(0)
+
+import numpy as np  # noqa: E402
+
+import moesched_trace as mt  # noqa: E402
+
+
+class Cache:
+    def __init__(self, layers):
+        self.k = [None] * layers
+        self.v = [None] * layers
+
+    def get_seq_length(self):
+        return 0 if self.k[0] is None else self.k[0].shape[1]
+
+    def crop(self, n):
+        self.k = [x[:, :n] for x in self.k]
+        self.v = [x[:, :n] for x in self.v]
+
+
+class Router(torch.nn.Module):
+    def __init__(self, h, e, k):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(e, h) * 0.5)
+        self.top_k = k
+
+    def forward(self, x):
+        logits = F.linear(x, self.weight)
+        probs = logits.float().softmax(-1)
+        w, i = torch.topk(probs, self.top_k, dim=-1)
+        return logits, w / w.sum(-1, keepdim=True), i
+
+
+class Experts(torch.nn.Module):
+    def __init__(self, h, e):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(e, h, h) / h ** 0.5)
+
+    def forward(self, x, top_k_index, top_k_weights):
+        out = torch.zeros_like(x)
+        for j in range(top_k_index.shape[1]):
+            out += top_k_weights[:, j:j + 1] * torch.einsum("nh,nhg->ng", x, self.w[top_k_index[:, j]])
+        return out
+
+
+class Moe(torch.nn.Module):
+    def __init__(self, h, e, k):
+        super().__init__()
+        self.gate = Router(h, e, k)
+        self.experts = Experts(h, e)
+
+    def forward(self, hidden_states):
+        b, s, h = hidden_states.shape
+        x = hidden_states.reshape(-1, h)
+        _, w, i = self.gate(x)
+        return self.experts(x, i, w).reshape(b, s, h)
+
+
+class Dense(torch.nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.w = torch.nn.Linear(h, h)
+
+    def forward(self, x):
+        return torch.tanh(self.w(x))
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, h, mlp, idx):
+        super().__init__()
+        self.q, self.kp, self.vp = (torch.nn.Linear(h, h, bias=False) for _ in range(3))
+        self.mlp = mlp
+        self.idx = idx
+
+    def forward(self, x, cache):
+        q, k, v = self.q(x), self.kp(x), self.vp(x)
+        if cache.k[self.idx] is not None:
+            k = torch.cat([cache.k[self.idx], k], 1)
+            v = torch.cat([cache.v[self.idx], v], 1)
+        cache.k[self.idx], cache.v[self.idx] = k, v
+        n, m = x.shape[1], k.shape[1]
+        mask = torch.ones(n, m, dtype=torch.bool).tril(m - n)
+        att = (q @ k.transpose(1, 2) / x.shape[-1] ** 0.5).masked_fill(~mask, float("-inf")).softmax(-1)
+        x = x + att @ v
+        x = x + self.mlp(F.layer_norm(x, x.shape[-1:]))
+        return x
+
+
+class Model(torch.nn.Module):
+    def __init__(self, vocab, h, layers, moe=None, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.config = types.SimpleNamespace(hidden_size=h, num_hidden_layers=layers, eos_token_id=None,
+                                            num_experts_per_tok=moe[1] if moe else None)
+        self.model = torch.nn.Module()
+        self.model.embed = torch.nn.Embedding(vocab, h)
+        self.model.layers = torch.nn.ModuleList(
+            [Layer(h, Moe(h, moe[0], moe[1]) if moe and i != 1 else Dense(h), i) for i in range(layers)])
+        self.head = torch.nn.Linear(h, vocab)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True):
+        cache = past_key_values or Cache(len(self.model.layers))
+        x = self.model.embed(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, cache)
+        return types.SimpleNamespace(logits=self.head(x) * 3.0, past_key_values=cache)
+
+
+def args_for(mode, gamma, out):
+    return types.SimpleNamespace(
+        model="mock", draft="mock-draft" if mode == "sd" else None, prompts="mock", output=out, mode=mode,
+        gamma=gamma, max_new_tokens=20, prompt_tokens=0, max_requests=0, ignore_eos=True, channels=None,
+        mlp_predictor=None, candidates=0, channels_in_prefill=False, hidden=[], dtype="float32", device="cpu",
+        model_name="mock", dataset="mock", notes="", seed=0, quiet=True, argv=["mock"])
+
+
+def main():
+    import record
+    import test_record
+    vocab, h = 50, 24
+    target = Model(vocab, h, 4, moe=(6, 2), seed=1).eval()   # MoE layers at decoder layers 0, 2, 3
+    draft = Model(vocab, h, 4, seed=2).eval()
+    # make the draft agree with the target often: share embeddings, attention and head
+    with torch.no_grad():
+        draft.model.embed.weight.copy_(target.model.embed.weight)
+        draft.head.weight.copy_(target.head.weight)
+        draft.head.bias.copy_(target.head.bias)
+        for dl, tl in zip(draft.model.layers, target.model.layers):
+            for name in ("q", "kp", "vp"):
+                getattr(dl, name).weight.copy_(getattr(tl, name).weight)
+    # drafts that agree always (a copy of the target) and often (the target with noisy weights),
+    # so that full acceptance (the draft then catches up two tokens) and partial acceptance occur
+    import copy
+    twin = copy.deepcopy(target)
+    noisy = copy.deepcopy(target)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        for p in noisy.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.15 * p.std())
+    drafts = {"dense": draft, "twin": twin, "noisy": noisy}
+    prompts = [("a", [1, 2, 3, 4, 5]), ("b", [7, 8, 9]), ("c", [11, 3, 30, 4, 2, 8, 1])]
+    passed = failed = 0
+
+    def check(cond, what):
+        nonlocal passed, failed
+        if cond:
+            passed += 1
+        else:
+            failed += 1
+            print(f"FAIL {what}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        runs = [("decode", 0, None)] + [("sd", g, d) for d in drafts for g in (1, 3, 5)]
+        for mode, gamma, dname in runs:
+            out = os.path.join(tmp, f"{mode}{gamma}{dname or ''}.trace.safetensors")
+            a = args_for(mode, gamma, out)
+            rec = record.Recorder(a, target, drafts[dname] if mode == "sd" else None, None, lambda ids: "")
+            for r, (_, ids) in enumerate(prompts):
+                rec.run_request(r, ids)
+            tr = rec.finish(prompts, 0.0)
+            mt.write(out, tr)
+            paths[(mode, gamma, dname)] = out
+            errs = test_record.validate_trace(out)
+            check(not errs, f"{mode}{gamma}: valid trace: {errs}")
+            c = test_record.consistency(target, out, 40, "cpu")
+            check(c["passed"] and c["same_expert_set"] == 1.0, f"{mode}{gamma}: consistency {c}")
+            t = mt.read(out)
+            names = [ch["name"] for ch in t.channels]
+            check(names == (["skip_gate", "draft_gate"] if mode == "sd" else ["skip_gate"]), f"channels {names}")
+            skip = t.channels[0]
+            check(set(skip["layer"].tolist()) == {1, 2} and
+                  (skip["available_after"].astype(int) == skip["layer"].astype(int) - 1).all(), "skip_gate layers")
+            check(t.meta["model"]["moe_layers"] == 3, "dense layer 1 is not a MoE layer")
+            if mode == "sd":
+                dg = t.channels[1]
+                check((dg["available_after"] == -1).all() and dg["token"].max() == gamma - 1 and
+                      (t.step_phase[dg["step"]] == 2).all(), "draft_gate placement")
+                # accepted count = longest prefix where the next step continues the drafts
+                first = t.step_first_token()
+                ok = True
+                for s in np.nonzero(t.step_phase == 2)[0]:
+                    nxt = s + 1
+                    if nxt < len(t.step_tokens) and t.step_request[nxt] == t.step_request[s]:
+                        p0 = int(t.token_positions[first[s]])
+                        check_pos = int(t.token_positions[first[nxt]])
+                        ok &= check_pos == p0 + int(t.step_accepted[s]) + 1
+                check(ok, "next verify step starts after the accepted drafts")
+        base = test_record.final_sequences(mt.read(paths[("decode", 0, None)]))
+        for mode, g, dname in runs[1:]:
+            sd = test_record.final_sequences(mt.read(paths[(mode, g, dname)]))
+            same = all(sd[r][:min(len(sd[r]), len(base[r]))] == base[r][:min(len(sd[r]), len(base[r]))] for r in base)
+            check(same and all(len(sd[r]) >= len(base[r]) - 1 for r in base), f"sd gamma {g} ({dname} draft) emits the greedy tokens")
+            acc = mt.read(paths[(mode, g, dname)]).meta["provenance"]["acceptance_rate"]
+            if dname == "twin":
+                check(acc == 1.0, f"a draft equal to the target has acceptance {acc}")
+                dg = mt.read(paths[(mode, g, dname)]).channels[1]
+                t = mt.read(paths[(mode, g, dname)])
+                first = t.step_first_token()
+                rows = first[dg["step"].astype(np.int64)] + dg["token"].astype(np.int64)
+                truth = t.routing_experts[rows, dg["layer"].astype(np.int64)]
+                check((np.sort(truth, 1) == np.sort(dg["experts"], 1)).all(),
+                      "a draft equal to the target: draft_gate predicts the target's experts exactly")
+            print(f"gamma {g}, {dname} draft: acceptance {acc:.2f}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
