@@ -10,6 +10,7 @@
 #include <moesched/io/trace.hpp>
 #include <moesched/sim/engine.hpp>
 #include <moesched/sim/lower_bound.hpp>
+#include <moesched/sim/predictions.hpp>
 #include <moesched/sim/registry.hpp>
 
 #include <CLI/CLI.hpp>
@@ -23,6 +24,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -56,7 +58,9 @@ struct ScenarioOptions {
   std::optional<double> draft_gb;
   std::uint32_t max_requests = 0;
   bool no_prefill = false;
-  std::vector<std::string> policies{"on-demand", "lru", "lfu", "static", "oracle"};
+  std::optional<double> predictor_us;    // unset = per channel (predictor_latency)
+  std::uint32_t cpu_workers = 1;
+  std::uint32_t predict_top = 0;         // 0 = the model's top_k
 };
 
 inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
@@ -77,6 +81,13 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
   app.add_option("--seed", o.seed, "seed of the acceptance draws (SD replay)")->capture_default_str();
   app.add_option("--max-requests", o.max_requests, "replay only the first N requests (0 = all)")->capture_default_str();
   app.add_flag("--no-prefill", o.no_prefill, "leave prefill steps out (TTFT is then not measured)");
+  app.add_option("--predictor-us", o.predictor_us,
+                 "prefetch:CHANNEL: CPU time of one predictor call in us (default: 200 for channels whose name "
+                 "contains 'mlp', ProMoE's MLP; 20 for gate channels, one router GEMV and its copy back)");
+  app.add_option("--cpu-workers", o.cpu_workers, "prefetch:CHANNEL: predictor threads")->capture_default_str();
+  app.add_option("--predict-top", o.predict_top,
+                 "prefetch:CHANNEL: candidates prefetched per prediction (0 = the model's top_k)")
+      ->capture_default_str();
   if (!grid) {
     app.add_option("--cache-gb", o.cache_gb, "expert cache budget in GB (default: everything the GPU has left)");
     app.add_option("--bandwidth-gbps", o.bandwidth_gbps,
@@ -98,6 +109,8 @@ struct Scenario {
   Bytes budget{};
   bool has_draft = false;
   ScenarioOptions opt;
+  /// Prediction tables of the prefetch:CHANNEL policies to run, by channel.
+  std::map<std::string, std::shared_ptr<const policy::PredictionTable>, std::less<>> predictions;
 };
 
 /// Memory left for experts and what took the rest, for error messages.
@@ -177,6 +190,12 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const sim::Worklo
     s.gpu.h2d = TransferCurve::affine(gb_per_s(*o.bandwidth_gbps), b.gpu.h2d.time(Bytes{0}));
   }
   check_positive("workspace_gb", o.workspace_gb);
+  if (o.predictor_us && (!(*o.predictor_us >= 0.0) || !std::isfinite(*o.predictor_us))) {
+    throw ConfigError("", "predictor_us", to_text(*o.predictor_us), "must be zero or positive");
+  }
+  if (o.cpu_workers < 1 || o.cpu_workers > 1024) {
+    throw ConfigError("", "cpu_workers", std::to_string(o.cpu_workers), "must be between 1 and 1024");
+  }
   s.workload = std::move(w);
   for (const auto& p : s.workload->passes()) s.has_draft = s.has_draft || p.draft_len > 0;
   sim::CostOptions co;
@@ -225,6 +244,77 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const sim::Worklo
                                   o.cache_gb ? "" : "; the GPU has " + plan_text(s.plan)));
   }
   return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Predictive policies
+
+/// CPU time of one call of the predictor behind `channel` (see --predictor-us).
+inline Nanoseconds predictor_latency(const ScenarioOptions& o, std::string_view channel) {
+  if (o.predictor_us) return ceil_ns(*o.predictor_us * 1e3);
+  return channel.find("mlp") != std::string_view::npos ? Nanoseconds{200'000} : Nanoseconds{20'000};
+}
+
+/// Tables already built, by (workload, channel), so sweep points share them.
+using PredictionCache = std::map<std::pair<const sim::Workload*, std::string>, std::shared_ptr<const policy::PredictionTable>>;
+
+/// Builds (or takes from `cache`) the table of every prefetch:CHANNEL policy in `policies`.
+inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::vector<std::string>& policies,
+                               PredictionCache* cache = nullptr) {
+  for (const auto& p : policies) {
+    const std::string channel(sim::prefetch_channel(p));
+    if (channel.empty() || s.predictions.contains(channel)) continue;
+    std::shared_ptr<const policy::PredictionTable> t;
+    const auto key = std::make_pair(s.workload.get(), channel);
+    if (cache != nullptr && cache->contains(key)) {
+      t = cache->at(key);
+    } else {
+      std::uint32_t c = 0;
+      try {
+        c = b.trace->channel_index(channel);
+      } catch (const ConfigError& e) {
+        throw ConfigError(s.opt.trace, "policies", p, e.reason());
+      }
+      sim::PredictionOptions po;
+      po.name = channel;
+      po.max_candidates = b.trace->meta().channels[c].max_candidates;
+      po.top = s.opt.predict_top == 0 ? s.model.shape.top_k : s.opt.predict_top;
+      t = std::make_shared<const policy::PredictionTable>(sim::build_predictions(*b.trace, c, *s.workload, po));
+      if (cache != nullptr) (*cache)[key] = t;
+    }
+    s.predictions[channel] = std::move(t);
+  }
+}
+
+/// The policies compare runs by default: the baselines, the oracle, and prefetch:C for every
+/// channel C of the trace when steps replay as recorded.
+inline std::vector<std::string> default_policies(const ScenarioBase& b, const ScenarioOptions& o) {
+  std::vector<std::string> out;
+  for (auto n : sim::policy_names()) out.emplace_back(n);
+  if (o.gamma == 0) {
+    for (const auto& c : b.trace->meta().channels) out.push_back(std::string(sim::kPrefetchPrefix) + c.name);
+  }
+  return out;
+}
+
+inline sim::SimOptions sim_options(const Scenario& s) {
+  sim::SimOptions o;
+  o.budget = s.budget;
+  o.check_invariants = false;
+  o.cpu_workers = s.opt.cpu_workers;
+  return o;
+}
+
+/// Replays policy `name` on scenario `s` (its predictions attached when it is prefetch:CHANNEL).
+inline sim::RunMetrics run_scenario_policy(const Scenario& s, const std::string& name, const sim::SimOptions& o) {
+  sim::PolicyInputs in;
+  const std::string_view channel = sim::prefetch_channel(name);
+  if (!channel.empty()) {
+    const auto it = s.predictions.find(channel);
+    if (it != s.predictions.end()) in.predictions = it->second.get();
+    in.predictor_latency = predictor_latency(s.opt, channel);
+  }
+  return sim::run_policy(name, *s.workload, *s.cost, o, in);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,6 +380,12 @@ inline Json metrics_json(const sim::RunMetrics& m, const sim::LowerBound& lb, bo
                    {"precision", m.prefetch_precision()}, {"recall", m.prefetch_recall()},
                    {"goodpred", m.goodpred()}};
   j["evictions"] = m.evictions;
+  if (m.cpu_jobs > 0) {
+    j["predictor"] = {{"jobs", m.cpu_jobs},
+                      {"busy_ms", ms(m.cpu_busy)},
+                      {"wait_ms", ms(m.cpu_wait)},
+                      {"late", m.predictions_late}};
+  }
   j["wasted_bytes"] = m.wasted_bytes.count;
   j["peak_expert_bytes"] = m.peak_expert_memory.count;
   j["budget_bytes"] = m.budget.count;

@@ -37,9 +37,10 @@ std::vector<std::string> split_policies(const std::vector<std::string>& in) {
   return out;
 }
 
-std::string policies_help() {
-  std::string s = "policies, comma-separated:";
+std::string policies_help(const std::string& head) {
+  std::string s = head;
   for (auto n : sim::policy_names()) s += "\n  " + std::string(n) + ": " + std::string(sim::policy_summary(n));
+  s += "\n  " + std::string(sim::policy_summary("prefetch"));
   return s;
 }
 
@@ -59,12 +60,10 @@ CompareResult simulate(const Scenario& s, const std::vector<std::string>& polici
       r.bound = sim::tpot_lower_bound(*s.workload, *s.cost, slots);
       return;
     }
-    sim::SimOptions o;
-    o.budget = s.budget;
-    o.check_invariants = false;
+    sim::SimOptions o = sim_options(s);
     o.timeline = timeline;
     o.timeline_passes = timeline_passes;
-    r.runs[i] = sim::run_policy(policies[i], *s.workload, *s.cost, o);
+    r.runs[i] = run_scenario_policy(s, policies[i], o);
   });
   return r;
 }
@@ -85,15 +84,24 @@ Json compare_json(const Scenario& s, const CompareResult& r, bool layers) {
   return {{"tool", "moesched-sim"}, {"scenario", scenario_json(s)}, {"records", std::move(records)}};
 }
 
-Scenario prepare_single(const ScenarioOptions& o) {
+struct Prepared {
+  Scenario scenario;
+  std::vector<std::string> policies;
+};
+
+/// Opens the trace, builds the workload and the predictions; empty `policy_args` = the defaults.
+Prepared prepare_single(const ScenarioOptions& o, const std::vector<std::string>& policy_args) {
+  auto policies = policy_args.empty() ? std::vector<std::string>{} : split_policies(policy_args);
   const ScenarioBase b = open_base(o);
-  return prepare(b, build_workload_for(b, o), o);
+  if (policies.empty()) policies = default_policies(b, o);
+  Prepared p{prepare(b, build_workload_for(b, o), o), policies};
+  attach_predictions(p.scenario, b, p.policies);
+  return p;
 }
 
 int cmd_compare(const ScenarioOptions& o, const std::vector<std::string>& policy_args, const std::string& json,
                 unsigned jobs, bool progress) {
-  const auto policies = split_policies(policy_args);
-  const Scenario s = prepare_single(o);
+  const auto [s, policies] = prepare_single(o, policy_args);
   const auto r = simulate(s, policies, jobs, progress, nullptr, 0);
   if (json != "-") std::fputs(compare_table(s, r.runs, r.bound).c_str(), stdout);
   if (!json.empty()) write_text_file(json, compare_json(s, r, false).dump(2) + "\n");
@@ -102,8 +110,7 @@ int cmd_compare(const ScenarioOptions& o, const std::vector<std::string>& policy
 
 int cmd_run(const ScenarioOptions& o, const std::string& policy, const std::string& json, const std::string& timeline,
             std::uint64_t timeline_passes, bool layers) {
-  const auto policies = split_policies({policy});
-  const Scenario s = prepare_single(o);
+  const auto [s, policies] = prepare_single(o, {policy});
   sim::Timeline tl;
   const auto r = simulate(s, policies, 2, false, timeline.empty() ? nullptr : &tl, timeline_passes);
   if (json != "-") {
@@ -166,6 +173,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
   // 1. Every point, validated before any simulation starts.
   std::vector<SweepPoint> points;
   std::map<std::tuple<std::uint32_t, double, std::uint32_t>, std::shared_ptr<const sim::Workload>> workloads;
+  PredictionCache tables;
   for (std::uint32_t batch : grid.batch) {
     for (std::uint32_t gamma : grid.gamma) {
       for (double acc : gamma == 0 ? std::vector<double>{0.0} : grid.acceptance) {
@@ -192,6 +200,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
             o.cache_gb = c;
             try {
               points.push_back({prepare(b, w, o), bw});
+              attach_predictions(points.back().scenario, b, policies, &tables);
             } catch (const ConfigError& e) {
               throw ConfigError(e.source(), e.field(), e.value(),
                                 e.reason() + fmt::format(" (sweep point: cache {} GB, batch {}, gamma {}{})", c, batch, gamma,
@@ -219,10 +228,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
       bounds[i / per] = sim::tpot_lower_bound(*s.workload, *s.cost, slots);
       return;
     }
-    sim::SimOptions o;
-    o.budget = s.budget;
-    o.check_invariants = false;
-    runs[i] = sim::run_policy(policies[k], *s.workload, *s.cost, o);
+    runs[i] = run_scenario_policy(s, policies[k], sim_options(s));
   });
   // 3. Output: one row per (point, policy), the bound as policy "lower-bound".
   std::string out_csv =
@@ -298,9 +304,10 @@ int main(int argc, char** argv) {
   auto* compare = app.add_subcommand("compare", "several policies on one trace, side by side, with the lower bound");
   ScenarioOptions co;
   add_scenario_options(*compare, co, false);
-  std::vector<std::string> compare_policies{"on-demand,lru,lfu,static,oracle"};
+  std::vector<std::string> compare_policies;
   std::string compare_json_path;
-  compare->add_option("--policies", compare_policies, policies_help())->capture_default_str();
+  compare->add_option("--policies", compare_policies, policies_help("policies, comma-separated (default: on-demand,lru,lfu,static,oracle and "
+                                                      "prefetch:C for each prediction channel C of the trace when steps replay as recorded):"));
   compare->add_option("--json", compare_json_path, "write one record per policy (and the bound) as JSON to FILE ('-' = stdout, no table)");
   compare->add_option("--jobs", jobs, "threads (policies run in parallel)")->capture_default_str();
   compare->add_flag("--progress", progress, "report progress on stderr even when it is not a terminal");
@@ -311,7 +318,7 @@ int main(int argc, char** argv) {
   std::string run_policy = "lru", run_json, run_timeline;
   std::uint64_t timeline_passes = 16;
   bool run_layers = false;
-  run->add_option("--policy", run_policy, policies_help())->capture_default_str();
+  run->add_option("--policy", run_policy, policies_help("the policy:"))->capture_default_str();
   run->add_option("--json", run_json, "write the metrics (with per-layer detail) as JSON to FILE ('-' = stdout)");
   run->add_option("--timeline", run_timeline, "write a Chrome/Perfetto trace-event JSON timeline to FILE");
   run->add_option("--timeline-passes", timeline_passes, "passes the timeline covers (from the start)")->capture_default_str();
@@ -328,7 +335,7 @@ int main(int argc, char** argv) {
   sweep->add_option("--gamma", grid.gamma, "SD draft lengths (0 = steps as recorded)")->delimiter(',')->capture_default_str();
   sweep->add_option("--acceptance", grid.acceptance, "SD per-token acceptance rates")->delimiter(',')->capture_default_str();
   sweep->add_option("--batch", grid.batch, "requests decoding together")->delimiter(',')->capture_default_str();
-  sweep->add_option("--policies", sweep_policies, policies_help())->capture_default_str();
+  sweep->add_option("--policies", sweep_policies, policies_help("policies, comma-separated:"))->capture_default_str();
   sweep->add_option("--csv", sweep_csv, "write one row per (point, policy) as CSV to FILE");
   sweep->add_option("--json", sweep_json, "write one record per (point, policy) as JSON to FILE");
   sweep->add_option("--plot", sweep_plot, "plot TPOT against cache budget per policy to FILE (.png or .svg; needs matplotlib)");

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 namespace moesched::test {
@@ -15,6 +16,29 @@ struct VecRouting {
   std::uint32_t top_k = 1;
   std::vector<StepInfo> steps;
   std::vector<std::uint16_t> ids;  // token-major: token x layer x k
+
+  /// One prediction of the single in-memory channel (models sim::PredictionSource with c = 0).
+  struct Prediction {
+    std::uint32_t step = 0;
+    std::uint16_t layer = 0;
+    std::int32_t token = -1;
+    std::int16_t available_after = -1;
+    std::vector<std::uint16_t> candidates;
+  };
+  std::vector<Prediction> predictions;  // sorted by step
+
+  [[nodiscard]] std::pair<std::uint64_t, std::uint64_t> predictions_of_step(std::uint32_t, std::uint64_t s) const {
+    std::uint64_t a = 0;
+    while (a < predictions.size() && predictions[a].step < s) ++a;
+    std::uint64_t b = a;
+    while (b < predictions.size() && predictions[b].step == s) ++b;
+    return {a, b};
+  }
+  [[nodiscard]] const Prediction& prediction(std::uint32_t, std::uint64_t i) const { return predictions[i]; }
+  std::uint32_t candidates(std::uint32_t, std::uint64_t i, std::uint16_t* out) const {
+    for (std::size_t r = 0; r < predictions[i].candidates.size(); ++r) out[r] = predictions[i].candidates[r];
+    return static_cast<std::uint32_t>(predictions[i].candidates.size());
+  }
 
   [[nodiscard]] std::uint64_t step_count() const { return steps.size(); }
   [[nodiscard]] StepInfo step(std::uint64_t s) const { return steps[s]; }

@@ -57,11 +57,16 @@ void demand(E& e, std::span<const ExpertId> needed, Victim&& victim, OnCopy&& on
   }
 }
 
-/// Oldest evictable id of `list`, or kNone.
-template <Executor E>
-std::uint32_t oldest_evictable(const E& e, const RecencyList& list) {
+/// Never skips: the default filter of oldest_evictable.
+struct KeepAll {
+  constexpr bool operator()(std::uint32_t) const noexcept { return false; }
+};
+
+/// Oldest evictable id of `list` that `skip` does not exclude, or kNone.
+template <Executor E, class Skip = KeepAll>
+std::uint32_t oldest_evictable(const E& e, const RecencyList& list, const Skip& skip = {}) {
   for (std::uint32_t v = list.oldest(); v != RecencyList::kNone; v = list.newer(v)) {
-    if (e.evictable(ExpertId::from_flat(v, e.experts_per_layer()))) return v;
+    if (e.evictable(ExpertId::from_flat(v, e.experts_per_layer())) && !skip(v)) return v;
   }
   return RecencyList::kNone;
 }
@@ -104,9 +109,43 @@ class OnDemand {
 /// Per-layer LRU: each MoE layer owns an equal share of the budget (the first layers get the
 /// remainder) and evicts its own least recently used expert. A layer that needs more experts at
 /// once than its share borrows from the layer furthest over its share.
+///
+/// Also a cache component for predictive policies: touch(), forget() and victim() let a policy
+/// place prefetched experts in the same per-layer order (policy::Prefetch does).
 class LayerLru {
  public:
   [[nodiscard]] static constexpr std::string_view name() noexcept { return "lru"; }
+
+  /// Makes `id` its layer's most recently used expert.
+  void touch(ExpertId id, std::uint32_t experts_per_layer) { lists_[id.layer].touch(id.flat(experts_per_layer)); }
+  /// Drops `id` from the order (it was evicted or its copy cancelled).
+  void forget(ExpertId id, std::uint32_t experts_per_layer) { lists_[id.layer].remove(id.flat(experts_per_layer)); }
+  /// Least recently used evictable expert of `layer` that `skip` does not exclude, or kNone.
+  template <Executor E, class Skip = baseline_detail::KeepAll>
+  std::uint32_t oldest_of_layer(const E& e, std::uint32_t layer, const Skip& skip = {}) const {
+    return baseline_detail::oldest_evictable(e, lists_[layer], skip);
+  }
+  /// Flat id of the expert to evict to make room for one of `layer`, skipping ids `skip` excludes;
+  /// RecencyList::kNone when nothing can be evicted.
+  template <Executor E, class Skip = baseline_detail::KeepAll>
+  std::uint32_t victim(const E& e, std::uint32_t layer, const Skip& skip = {}) const {
+    if (lists_[layer].size() >= share_[layer]) {
+      const std::uint32_t v = baseline_detail::oldest_evictable(e, lists_[layer], skip);
+      if (v != RecencyList::kNone) return v;
+    }
+    // Borrow: the layer furthest over its share that has an evictable expert.
+    std::uint32_t best = RecencyList::kNone;
+    std::int64_t over = std::numeric_limits<std::int64_t>::min();
+    for (std::uint32_t l = 0; l < lists_.size(); ++l) {
+      const std::int64_t o = std::int64_t{lists_[l].size()} - std::int64_t{share_[l]};
+      if (o <= over) continue;
+      const std::uint32_t v = baseline_detail::oldest_evictable(e, lists_[l], skip);
+      if (v == RecencyList::kNone) continue;
+      best = v;
+      over = o;
+    }
+    return best;
+  }
 
   template <Executor E>
   void on_pass_begin(E& e, const PassInfo&) {
@@ -133,26 +172,6 @@ class LayerLru {
   template <Executor E> void on_layer_done(E&, std::uint32_t) {}
 
  private:
-  template <Executor E>
-  std::uint32_t victim(const E& e, std::uint32_t layer) const {
-    if (lists_[layer].size() >= share_[layer]) {
-      const std::uint32_t v = baseline_detail::oldest_evictable(e, lists_[layer]);
-      if (v != RecencyList::kNone) return v;
-    }
-    // Borrow: the layer furthest over its share that has an evictable expert.
-    std::uint32_t best = RecencyList::kNone;
-    std::int64_t over = std::numeric_limits<std::int64_t>::min();
-    for (std::uint32_t l = 0; l < lists_.size(); ++l) {
-      const std::int64_t o = std::int64_t{lists_[l].size()} - std::int64_t{share_[l]};
-      if (o <= over) continue;
-      const std::uint32_t v = baseline_detail::oldest_evictable(e, lists_[l]);
-      if (v == RecencyList::kNone) continue;
-      best = v;
-      over = o;
-    }
-    return best;
-  }
-
   std::vector<RecencyList> lists_;
   std::vector<std::uint32_t> share_;
 };

@@ -26,6 +26,13 @@
 ///   on_expert_done(exec, id)           one expert's FFN finished (it is unpinned)
 ///   on_copy_done(exec, id)             a copy landed: the expert is resident
 ///   on_layer_done(exec, layer)         every expert of `layer` ran
+///   on_cpu_done(exec, tag)             optional: a job the policy gave a CpuExecutor finished
+///
+/// A `CpuExecutor` also runs the policy's predictor jobs on CPU worker threads (ProMoE's MLP
+/// predictor costs about 200 us a prediction): cpu_submit(tag, ready_at, duration) queues a job
+/// whose input exists from `ready_at` on; it runs on the first free worker, first come first
+/// served, and on_cpu_done(exec, tag) reports its end. The simulator charges `duration`; a live
+/// executor runs the predictor and reports when it really finished.
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
@@ -76,6 +83,17 @@ concept Executor = requires(E& e, const E& ce, ExpertId id, CopyPriority p) {
   { e.cancel(id) } -> std::same_as<bool>;      ///< queued -> absent; false if already moving
   { e.promote(id) } -> std::same_as<void>;     ///< a low copy of `id` becomes high
 };
+
+/// An Executor with CPU worker threads for predictor jobs (see the header comment).
+template <class E>
+concept CpuExecutor = Executor<E> && requires(E& e, const E& ce, std::uint32_t tag, Nanoseconds t) {
+  { ce.cpu_workers() } -> std::same_as<std::uint32_t>;
+  { e.cpu_submit(tag, t, t) } -> std::same_as<void>;  ///< (tag, ready_at, duration)
+};
+
+/// A policy that submits CPU jobs and wants their completions.
+template <class P, class E>
+concept CpuPolicy = CpuExecutor<E> && requires(P& p, E& e, std::uint32_t tag) { p.on_cpu_done(e, tag); };
 
 /// A scheduling policy driving executor `E`.
 template <class P, class E>

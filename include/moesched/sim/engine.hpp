@@ -15,6 +15,8 @@
 ///   experts' outputs are summed, so order is free); then the LM head. Passes run back to back.
 /// - One host-to-device link moves one chunk at a time (two streams do not beat one: the link is
 ///   the limit), high-priority copies first; a high copy waits for at most the chunk in transit.
+/// - CPU workers (`cpu_workers`, a CpuExecutor) run the policy's predictor jobs, first come first
+///   served, each for the duration the policy gives (its predictor's latency).
 /// - Expert memory in slots: a copy takes a slot when submitted, evict/cancel give it back, the
 ///   needed experts of the running layer are pinned until their FFN ran.
 /// Invariants (checked on every event when `check_invariants`, which tests and debug builds turn
@@ -65,6 +67,7 @@ struct SimOptions {
   bool check_invariants = kCheckInvariantsByDefault;
   Timeline* timeline = nullptr;    ///< record compute, copies and stalls here when set
   std::uint64_t timeline_passes = 64;  ///< record only the first passes (files stay openable)
+  std::uint32_t cpu_workers = 1;   ///< predictor threads (jobs of predictive policies)
 };
 
 [[nodiscard]] inline std::string expert_text(ExpertId id) {
@@ -81,10 +84,10 @@ class SimMachine {
  public:
   static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
 
-  enum class EventKind : std::uint8_t { compute_done, chunk_done };
+  enum class EventKind : std::uint8_t { compute_done, chunk_done, cpu_done };
   struct EventData {
     EventKind kind = EventKind::compute_done;
-    std::uint32_t expert = kNone;  ///< chunk_done: flat id
+    std::uint32_t expert = kNone;  ///< chunk_done: flat id; cpu_done: the job's tag
   };
 
   SimMachine(const CostModel& cost, RoutingShape shape, const SimOptions& opt)
@@ -93,6 +96,7 @@ class SimMachine {
     const std::uint64_t slots = opt.budget.count / e.count;
     capacity_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(slots, std::uint64_t{shape.layers} * shape.experts));
     slots_.resize(std::size_t{shape.layers} * shape.experts);
+    cpu_free_.assign(opt.cpu_workers, Nanoseconds{0});
     queue_.reserve(64);
   }
 
@@ -160,6 +164,23 @@ class SimMachine {
     } else if (f == current_) {
       s.priority = CopyPriority::high;
     }
+  }
+
+  // ---- CpuExecutor ----
+  [[nodiscard]] std::uint32_t cpu_workers() const noexcept { return static_cast<std::uint32_t>(cpu_free_.size()); }
+  /// Runs a job of `duration` on the first free worker, not before `ready_at` (nor now).
+  void cpu_submit(std::uint32_t tag, Nanoseconds ready_at, Nanoseconds duration) {
+    if (cpu_free_.empty()) throw PolicyError("a CPU job was submitted, but the machine has no CPU workers");
+    if (duration.count() < 0) throw PolicyError("a CPU job of negative duration was submitted");
+    const auto w = static_cast<std::size_t>(std::min_element(cpu_free_.begin(), cpu_free_.end()) - cpu_free_.begin());
+    const Nanoseconds ready = std::max(ready_at, now());
+    const Nanoseconds start = std::max(ready, cpu_free_[w]);
+    cpu_free_[w] = start + duration;
+    ++metrics_.cpu_jobs;
+    metrics_.cpu_busy += duration;
+    metrics_.cpu_wait += start - ready;
+    if (timeline_ != nullptr) timeline_->cpu(start, duration, static_cast<std::uint32_t>(w), tag);
+    queue_.push(start + duration, {EventKind::cpu_done, tag});
   }
 
   // ---- for the replay driver and tests ----
@@ -292,12 +313,14 @@ class SimMachine {
   std::uint32_t head_[2]{kNone, kNone};
   std::uint32_t tail_[2]{kNone, kNone};
   std::uint32_t current_ = kNone;
+  std::vector<Nanoseconds> cpu_free_;  // per worker: when it is free
   EventQueue<EventData> queue_;
   RunMetrics metrics_;
   Timeline* timeline_ = nullptr;
 };
 
 static_assert(Executor<SimMachine>);
+static_assert(CpuExecutor<SimMachine>);
 
 namespace engine_detail {
 
@@ -381,6 +404,7 @@ RunMetrics replay(const Workload& w, const CostModel& cost, P& pol, const SimOpt
   std::span<const ExpertUse> uses;
   const Pass* pass = nullptr;
   bool recording = false;
+  Nanoseconds end_time{};  // the last pass's end (copies or CPU jobs may still run after it)
 
   auto run_kernel = [&](Nanoseconds d, TimelineKind kind, std::uint32_t a, std::uint32_t b) {
     compute_busy = true;
@@ -522,6 +546,7 @@ RunMetrics replay(const Workload& w, const CostModel& cost, P& pol, const SimOpt
             stage = Stage::pass_begin;
           } else {
             stage = Stage::done;
+            end_time = m.now();
             return;
           }
           break;
@@ -537,6 +562,12 @@ RunMetrics replay(const Workload& w, const CostModel& cost, P& pol, const SimOpt
     if (ev.payload.kind == Kind::chunk_done) {
       const std::uint32_t landed = m.finish_chunk(ev.payload.expert);
       if (landed != kNone) pol.on_copy_done(m, ExpertId::from_flat(landed, shape.experts));
+    } else if (ev.payload.kind == Kind::cpu_done) {
+      if constexpr (CpuPolicy<P, SimMachine>) {
+        pol.on_cpu_done(m, ev.payload.expert);
+      } else {
+        throw InvariantError("a CPU job ended, but policy '" + std::string(P::name()) + "' takes no CPU results");
+      }
     } else {
       compute_busy = false;
       if (running != kNone) {
@@ -569,7 +600,7 @@ RunMetrics replay(const Workload& w, const CostModel& cost, P& pol, const SimOpt
   }
 
   // Totals.
-  r.total_time = m.now();
+  r.total_time = end_time;
   r.peak_expert_memory = cost.expert_bytes() * m.peak_slots();
   for (const auto& lm : r.layers) {
     r.uses += lm.uses;

@@ -17,7 +17,10 @@
 ///   recall = prefetch hits / (prefetch hits + late + misses); GoodPred = prefetch hits / prefetch
 ///   copies (ProMoE's accuracy x fetch rate: predicted, used, and there in time).
 /// - Wasted bytes: bytes of copies evicted before any use.
-/// - Link busy share: time the host-to-device link moves bytes / total time.
+/// - Link busy share: time the host-to-device link moves bytes / total time (total time ends with
+///   the last pass's LM head).
+/// - Predictor: CPU jobs, their busy time, the time they queued for a worker, and predictions
+///   that ended after the gate of the layer they predicted (too late to help).
 
 #include "moesched/core/units.hpp"
 
@@ -78,6 +81,10 @@ struct RunMetrics {
   Bytes budget{};
   Bytes peak_expert_memory{};
   std::uint32_t capacity_slots = 0;
+  std::uint64_t cpu_jobs = 0;        ///< predictor jobs run on the CPU workers
+  Nanoseconds cpu_busy{};            ///< their total duration
+  Nanoseconds cpu_wait{};            ///< time jobs waited for a free worker after their input existed
+  std::uint64_t predictions_late = 0;///< predictions that ended after their layer's gate (unused)
   std::vector<LayerMetrics> layers;
 
   friend bool operator==(const RunMetrics&, const RunMetrics&) = default;

@@ -7,11 +7,13 @@
 ///
 /// `static` needs a popularity profile: by default it counts the replayed workload itself (an
 /// optimistic static placement: it knows the run's overall popularity in advance); pass
-/// `profile` to use another trace's counts.
+/// `PolicyInputs::profile` to use another trace's counts. `prefetch:CHANNEL` needs the channel's
+/// PredictionTable (moesched/sim/predictions.hpp) and its predictor latency.
 
 #include "moesched/core/error.hpp"
 #include "moesched/policy/baseline.hpp"
 #include "moesched/policy/oracle.hpp"
+#include "moesched/policy/prefetch.hpp"
 #include "moesched/sim/engine.hpp"
 #include "moesched/sim/workload.hpp"
 
@@ -24,10 +26,19 @@
 
 namespace moesched::sim {
 
-/// Names accepted by run_policy, in the order tables list them.
+/// Names accepted by run_policy, in the order tables list them. Beside them, `prefetch:CHANNEL`
+/// names the predictive policy replaying a trace's prediction channel (policy::Prefetch).
 [[nodiscard]] inline std::span<const std::string_view> policy_names() noexcept {
   static constexpr std::array<std::string_view, 5> kNames{"on-demand", "lru", "lfu", "static", "oracle"};
   return kNames;
+}
+
+/// The prefix of predictive policy names: "prefetch:" + channel.
+inline constexpr std::string_view kPrefetchPrefix = "prefetch:";
+
+/// The channel a `prefetch:CHANNEL` name replays, or "" for other names.
+[[nodiscard]] inline std::string_view prefetch_channel(std::string_view name) noexcept {
+  return name.starts_with(kPrefetchPrefix) ? name.substr(kPrefetchPrefix.size()) : std::string_view{};
 }
 
 /// One-line description of a policy, for --help.
@@ -37,6 +48,10 @@ namespace moesched::sim {
   if (name == "lfu") return "evict the least frequently used expert (ties: least recently used)";
   if (name == "static") return "pin the most used experts at start, stage misses through LRU slots";
   if (name == "oracle") return "perfect future knowledge: Belady eviction, copies as early as memory allows";
+  if (name == "prefetch") {
+    return "prefetch:CHANNEL replays the trace's prediction channel CHANNEL through CPU predictor jobs, "
+           "prefetching at low priority with early preemption (ProMoE's mechanism)";
+  }
   return "";
 }
 
@@ -50,19 +65,30 @@ namespace moesched::sim {
   return c;
 }
 
-/// Throws ConfigError (field `policies`) unless `name` is a known policy.
+/// Throws ConfigError (field `policies`) unless `name` is a known policy or `prefetch:CHANNEL`.
 inline void check_policy_name(std::string_view name) {
   for (auto n : policy_names()) {
     if (n == name) return;
   }
+  if (!prefetch_channel(name).empty()) return;
   std::string list;
   for (auto n : policy_names()) list += (list.empty() ? "" : ", ") + std::string(n);
-  throw ConfigError("", "policies", std::string(name), "unknown policy; known: " + list);
+  throw ConfigError("", "policies", std::string(name), "unknown policy; known: " + list + ", prefetch:CHANNEL");
 }
+
+/// What some policies need besides the workload.
+struct PolicyInputs {
+  /// `static`: use counts per flat expert id; null = count the replayed workload itself.
+  const std::vector<std::uint64_t>* profile = nullptr;
+  /// `prefetch:CHANNEL`: the channel's predictions for the workload's passes (required).
+  const policy::PredictionTable* predictions = nullptr;
+  /// `prefetch:CHANNEL`: CPU time of one predictor call.
+  Nanoseconds predictor_latency{200'000};
+};
 
 /// Replays `w` under the policy called `name`.
 [[nodiscard]] inline RunMetrics run_policy(std::string_view name, const Workload& w, const CostModel& cost,
-                                           const SimOptions& opt, const std::vector<std::uint64_t>* profile = nullptr) {
+                                           const SimOptions& opt, const PolicyInputs& in = {}) {
   check_policy_name(name);
   if (name == "on-demand") {
     policy::OnDemand p;
@@ -77,11 +103,27 @@ inline void check_policy_name(std::string_view name) {
     return replay(w, cost, p, opt);
   }
   if (name == "static") {
-    policy::StaticPopular p(profile != nullptr ? *profile : expert_use_counts(w), w.max_layer_union());
+    policy::StaticPopular p(in.profile != nullptr ? *in.profile : expert_use_counts(w), w.max_layer_union());
     return replay(w, cost, p, opt);
   }
-  policy::Oracle p(w);
-  return replay(w, cost, p, opt);
+  if (name == "oracle") {
+    policy::Oracle p(w);
+    return replay(w, cost, p, opt);
+  }
+  const std::string_view channel = prefetch_channel(name);
+  if (in.predictions == nullptr || in.predictions->channel() != channel) {
+    throw ConfigError("", "policies", std::string(name), "no predictions of channel '" + std::string(channel) + "' were given");
+  }
+  if (in.predictions->pass_count() != w.pass_count()) {
+    throw ConfigError("", "policies", std::string(name),
+                      "the predictions cover " + std::to_string(in.predictions->pass_count()) + " passes, the workload has " +
+                          std::to_string(w.pass_count()));
+  }
+  policy::Prefetch p(*in.predictions, in.predictor_latency);
+  RunMetrics m = replay(w, cost, p, opt);
+  m.policy = std::string(name);
+  m.predictions_late = p.too_late();
+  return m;
 }
 
 }  // namespace moesched::sim

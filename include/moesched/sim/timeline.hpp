@@ -6,8 +6,9 @@
 ///   std::ofstream f("run.json");
 ///   tl.write_chrome_json(f, "lru");     // open in ui.perfetto.dev or chrome://tracing
 ///
-/// Three tracks: "compute" (draft, dense part, each expert FFN, LM head), "h2d link" (each copied
-/// chunk, high or low priority) and "stall" (the compute stream waiting for an expert). Times are
+/// Four tracks: "compute" (draft, dense part, each expert FFN, LM head), "h2d link" (each copied
+/// chunk, high or low priority), "stall" (the compute stream waiting for an expert) and "cpu
+/// predictors" (predictor jobs of predictive policies). Times are
 /// microseconds with nanosecond precision, as the trace-event format expects.
 
 #include "moesched/core/expert_id.hpp"
@@ -21,7 +22,7 @@
 
 namespace moesched::sim {
 
-enum class TimelineKind : std::uint8_t { draft, dense, expert, head, copy_high, copy_low, stall };
+enum class TimelineKind : std::uint8_t { draft, dense, expert, head, copy_high, copy_low, stall, cpu };
 
 class Timeline {
  public:
@@ -42,6 +43,10 @@ class Timeline {
     records_.push_back({start, dur, high ? TimelineKind::copy_high : TimelineKind::copy_low, id.layer, id.expert,
                         chunk, chunks});
   }
+  /// A predictor job `tag` on CPU worker `worker`.
+  void cpu(Nanoseconds start, Nanoseconds dur, std::uint32_t worker, std::uint32_t tag) {
+    records_.push_back({start, dur, TimelineKind::cpu, tag, 0, worker, 0});
+  }
   void stall(Nanoseconds start, Nanoseconds dur, std::uint32_t layer) {
     records_.push_back({start, dur, TimelineKind::stall, layer, 0, 0, 0});
   }
@@ -51,8 +56,8 @@ class Timeline {
   void write_chrome_json(std::ostream& out, std::string_view process_name) const {
     out << "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n";
     out << R"({"name":"process_name","ph":"M","pid":1,"args":{"name":")" << escaped(process_name) << "\"}}";
-    const char* tracks[] = {"compute", "h2d link", "stall"};
-    for (int t = 0; t < 3; ++t) {
+    const char* tracks[] = {"compute", "h2d link", "stall", "cpu predictors"};
+    for (int t = 0; t < 4; ++t) {
       out << ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":" << t + 1
           << ",\"args\":{\"name\":\"" << tracks[t] << "\"}}";
     }
@@ -74,6 +79,7 @@ class Timeline {
       case TimelineKind::copy_high:
       case TimelineKind::copy_low: return 2;
       case TimelineKind::stall: return 3;
+      case TimelineKind::cpu: return 4;
       default: return 1;
     }
   }
@@ -86,6 +92,7 @@ class Timeline {
       case TimelineKind::copy_high: return "copy,high";
       case TimelineKind::copy_low: return "copy,low";
       case TimelineKind::stall: return "stall";
+      case TimelineKind::cpu: return "predictor";
     }
     return "?";
   }
@@ -102,6 +109,7 @@ class Timeline {
                (r.d > 1 ? " " + std::to_string(r.c + 1) + "/" + std::to_string(r.d) : std::string()) +
                (r.kind == TimelineKind::copy_high ? " (high)" : " (low)");
       case TimelineKind::stall: return "stall " + layer;
+      case TimelineKind::cpu: return "predict #" + std::to_string(r.a) + " (worker " + std::to_string(r.c) + ")";
     }
     return "?";
   }

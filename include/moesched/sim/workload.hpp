@@ -74,10 +74,14 @@ struct ExpertUse {
   std::uint32_t tokens = 0;
 };
 
+/// No trace step (a pass member re-cut by SD replay).
+inline constexpr std::uint64_t kNoStep = ~std::uint64_t{0};
+
 /// A request's share of a pass.
 struct PassMember {
   std::uint32_t request = 0;
-  std::uint32_t emitted = 0;  ///< output tokens this pass produces for the request
+  std::uint32_t emitted = 0;   ///< output tokens this pass produces for the request
+  std::uint64_t step = kNoStep;///< the trace step it replays; kNoStep when SD replay re-cut it
 };
 
 /// One forward pass of the target model.
@@ -179,6 +183,7 @@ struct Unit {
   std::uint16_t draft_len = 0;
   std::uint32_t emitted = 0;
   std::vector<std::uint64_t> token_list;  ///< used instead of first/tokens when non-contiguous
+  std::uint64_t step = kNoStep;           ///< trace step replayed as recorded
 };
 
 struct RequestUnits {
@@ -227,7 +232,7 @@ template <RoutingSource S>
       reqs.push_back({st.request, {}, {}});
     }
     auto& r = reqs[it->second];
-    Unit u{st.phase, st.first_token, st.tokens, st.draft_len, st.emitted_tokens(), {}};
+    Unit u{st.phase, st.first_token, st.tokens, st.draft_len, st.emitted_tokens(), {}, s};
     if (st.phase == StepPhase::prefill) {
       if (opt.prefill) r.prefill.push_back(std::move(u));
     } else {
@@ -249,12 +254,12 @@ template <RoutingSource S>
         const auto g = static_cast<std::uint32_t>(std::min<std::size_t>(opt.sd->gamma, out.size() - i - 1));
         Unit w;
         if (g == 0) {
-          w = Unit{StepPhase::decode, out[i], 1, 0, 1, {}};
+          w = Unit{StepPhase::decode, out[i], 1, 0, 1, {}, kNoStep};
         } else {
           const std::uint32_t a = workload_detail::draw_accepted(rng, g, opt.sd->acceptance);
           w = Unit{StepPhase::verify, 0, g + 1, static_cast<std::uint16_t>(g), a + 1,
                    std::vector<std::uint64_t>(out.begin() + static_cast<std::ptrdiff_t>(i),
-                                              out.begin() + static_cast<std::ptrdiff_t>(i + g + 1))};
+                                              out.begin() + static_cast<std::ptrdiff_t>(i + g + 1)), kNoStep};
         }
         i += w.emitted;
         windows.push_back(std::move(w));
@@ -290,7 +295,7 @@ template <RoutingSource S>
       p.attention_pairs += std::uint64_t{u.tokens} * ctx;
       // Decode: the emitted tokens join the context. Prefill: the whole prompt does.
       context[unit_req[m]] += phase == StepPhase::prefill ? u.tokens : u.emitted;
-      members.push_back({reqs[unit_req[m]].id, u.emitted});
+      members.push_back({reqs[unit_req[m]].id, u.emitted, u.step});
       for (std::uint32_t t = 0; t < u.tokens; ++t) {
         const std::uint64_t tok = u.token_list.empty() ? u.first + t : u.token_list[t];
         src.token_experts(tok, ids.data());

@@ -1,0 +1,139 @@
+#pragma once
+/// Prediction tables from a trace's prediction channel, aligned with a workload's passes.
+///
+///   auto w = moesched::sim::build_workload(trace, shape);
+///   auto table = moesched::sim::build_predictions(trace, trace.channel_index("skip_gate"), w,
+///                                                 {.max_candidates = 4, .top = 2});
+///   moesched::policy::Prefetch pol(table, moesched::Nanoseconds{20'000});
+///
+/// Rules (ARCHITECTURE.md, "Predictions", repeats them):
+/// - Pass p's sets come from the predictions of the trace steps its members replay; predictions
+///   of the same (available after, draft tokens, layer) are merged into one set (one predictor
+///   call over the batch's tokens), candidates ordered by their best rank, each at most once.
+/// - Each prediction keeps its first `top` candidates (0 = all recorded).
+/// - `available_after = l` >= 0: usable once MoE layer l of the pass ran; predictions of a layer
+///   <= l are dropped (they could not be used before their own gate).
+/// - `available_after = -1`: usable before the target's first layer. In an SD verify step it is
+///   taken to come from drafting (SP-MoE's draft gate): a prediction for token t of the step
+///   (token 0 is the last accepted token, 1..g the drafts) exists once the draft has run t + 1 of
+///   its g forwards, a whole-step prediction once drafting is done. Elsewhere: at the pass start.
+/// - Recorded predictions belong to recorded steps: a workload whose passes SD replay re-cut
+///   (--gamma) has no predictions to replay (ConfigError).
+
+#include "moesched/core/error.hpp"
+#include "moesched/core/routing.hpp"
+#include "moesched/policy/prediction_table.hpp"
+#include "moesched/sim/workload.hpp"
+
+#include <algorithm>
+#include <concepts>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace moesched::sim {
+
+/// What build_predictions reads: io::Trace models it.
+template <class S>
+concept PredictionSource = RoutingSource<S> && requires(const S& s, std::uint32_t c, std::uint64_t i, std::uint16_t* out) {
+  { s.predictions_of_step(c, i) } -> std::same_as<std::pair<std::uint64_t, std::uint64_t>>;
+  { s.prediction(c, i).layer } -> std::convertible_to<std::uint32_t>;
+  { s.prediction(c, i).token } -> std::convertible_to<std::int64_t>;
+  { s.prediction(c, i).available_after } -> std::convertible_to<std::int64_t>;
+  { s.candidates(c, i, out) } -> std::convertible_to<std::uint32_t>;
+};
+
+struct PredictionOptions {
+  std::string name;                ///< channel name (errors and the table's label)
+  std::uint32_t max_candidates = 0;///< the channel's candidates per prediction (buffer size)
+  std::uint32_t top = 0;           ///< candidates kept per prediction; 0 = all
+};
+
+/// Builds the table of channel `c` of `src` for the passes of `w` (see the header comment).
+template <PredictionSource S>
+[[nodiscard]] policy::PredictionTable build_predictions(const S& src, std::uint32_t c, const Workload& w,
+                                                        const PredictionOptions& opt) {
+  policy::PredictionTable t(opt.name);
+  std::vector<std::uint16_t> buf(std::max<std::uint32_t>(opt.max_candidates, 1));
+  struct Item {
+    std::int16_t after;
+    std::uint16_t draft_tokens;
+    std::uint16_t layer;
+    std::uint32_t rank;
+    std::uint32_t seq;
+    std::uint16_t expert;
+  };
+  std::vector<Item> items;
+  std::vector<std::uint16_t> merged;
+  std::vector<std::uint64_t> seen(std::size_t{w.layers()} * w.shape().experts, 0);
+  std::uint64_t stamp = 0;
+  for (std::uint64_t p = 0; p < w.pass_count(); ++p) {
+    t.begin_pass();
+    items.clear();
+    for (const PassMember& m : w.members(w.pass(p))) {
+      if (m.step == kNoStep) {
+        throw ConfigError("", "policies", "prefetch:" + opt.name,
+                          "recorded predictions replay only on the recorded steps; SD replay (--gamma) re-cuts "
+                          "them into other passes: leave --gamma at 0 for predictive policies");
+      }
+      const StepInfo st = src.step(m.step);
+      const auto [first, last] = src.predictions_of_step(c, m.step);
+      for (std::uint64_t i = first; i < last; ++i) {
+        const auto pr = src.prediction(c, i);
+        const auto after = static_cast<std::int64_t>(pr.available_after);
+        const auto layer = static_cast<std::uint32_t>(pr.layer);
+        if (layer >= w.layers() || after >= static_cast<std::int64_t>(w.layers())) {
+          throw ConfigError("", "channel '" + opt.name + "' prediction " + std::to_string(i),
+                            "layer " + std::to_string(layer) + ", available_after " + std::to_string(after),
+                            "outside the model's " + std::to_string(w.layers()) + " MoE layers");
+        }
+        if (after >= 0 && layer <= static_cast<std::uint64_t>(after)) continue;
+        std::uint16_t draft = 0;
+        if (after < 0 && st.phase == StepPhase::verify && st.draft_len > 0) {
+          const auto token = static_cast<std::int64_t>(pr.token);
+          draft = token < 0 ? st.draft_len
+                            : static_cast<std::uint16_t>(std::min<std::int64_t>(token + 1, st.draft_len));
+        }
+        std::uint32_t n = src.candidates(c, i, buf.data());
+        if (opt.top > 0) n = std::min(n, opt.top);
+        for (std::uint32_t r = 0; r < n; ++r) {
+          if (buf[r] >= w.shape().experts) {
+            throw ConfigError("", "channel '" + opt.name + "' prediction " + std::to_string(i), std::to_string(buf[r]),
+                              "candidate expert is not below experts_per_layer (" + std::to_string(w.shape().experts) + ")");
+          }
+          items.push_back({static_cast<std::int16_t>(after), draft, static_cast<std::uint16_t>(layer), r,
+                           static_cast<std::uint32_t>(items.size()), buf[r]});
+        }
+      }
+    }
+    std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+      return std::tie(a.after, a.draft_tokens, a.layer, a.rank, a.seq) <
+             std::tie(b.after, b.draft_tokens, b.layer, b.rank, b.seq);
+    });
+    for (std::size_t i = 0; i < items.size();) {
+      const Item& head = items[i];
+      ++stamp;
+      merged.clear();
+      std::size_t j = i;
+      for (; j < items.size() && items[j].after == head.after && items[j].draft_tokens == head.draft_tokens &&
+             items[j].layer == head.layer;
+           ++j) {
+        auto& s = seen[std::size_t{items[j].layer} * w.shape().experts + items[j].expert];
+        if (s == stamp) continue;
+        s = stamp;
+        merged.push_back(items[j].expert);
+      }
+      t.add({head.layer, head.after, head.draft_tokens, 0, 0}, merged);
+      i = j;
+    }
+  }
+  if (t.set_count() > std::numeric_limits<std::uint32_t>::max()) {
+    throw ConfigError("", "channel", opt.name, "more than 2^32 prediction sets; replay fewer requests (--max-requests)");
+  }
+  return t;
+}
+
+}  // namespace moesched::sim
