@@ -61,6 +61,8 @@ struct ScenarioOptions {
   std::optional<double> predictor_us;    // unset = per channel (predictor_latency)
   std::uint32_t cpu_workers = 1;
   std::uint32_t predict_top = 0;         // 0 = the model's top_k
+  std::uint32_t prefetch_depth = 2;
+  std::uint32_t lookahead = 0;
 };
 
 inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
@@ -87,6 +89,11 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
   app.add_option("--cpu-workers", o.cpu_workers, "prefetch:CHANNEL: predictor threads")->capture_default_str();
   app.add_option("--predict-top", o.predict_top,
                  "prefetch:CHANNEL: candidates prefetched per prediction (0 = the model's top_k)")
+      ->capture_default_str();
+  app.add_option("--prefetch-depth", o.prefetch_depth,
+                 "prefetch:CHANNEL: copies kept outstanding (demand included) before another prefetch is issued")
+      ->capture_default_str();
+  app.add_option("--lookahead", o.lookahead, "prefetch:CHANNEL: prefetch at most N layers ahead (0 = any later layer)")
       ->capture_default_str();
   if (!grid) {
     app.add_option("--cache-gb", o.cache_gb, "expert cache budget in GB (default: everything the GPU has left)");
@@ -192,6 +199,9 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const sim::Worklo
   check_positive("workspace_gb", o.workspace_gb);
   if (o.predictor_us && (!(*o.predictor_us >= 0.0) || !std::isfinite(*o.predictor_us))) {
     throw ConfigError("", "predictor_us", to_text(*o.predictor_us), "must be zero or positive");
+  }
+  if (o.prefetch_depth < 1 || o.prefetch_depth > 4096) {
+    throw ConfigError("", "prefetch_depth", std::to_string(o.prefetch_depth), "must be between 1 and 4096");
   }
   if (o.cpu_workers < 1 || o.cpu_workers > 1024) {
     throw ConfigError("", "cpu_workers", std::to_string(o.cpu_workers), "must be between 1 and 1024");
@@ -313,6 +323,8 @@ inline sim::RunMetrics run_scenario_policy(const Scenario& s, const std::string&
     const auto it = s.predictions.find(channel);
     if (it != s.predictions.end()) in.predictions = it->second.get();
     in.predictor_latency = predictor_latency(s.opt, channel);
+    in.prefetch_depth = s.opt.prefetch_depth;
+    in.lookahead = s.opt.lookahead;
   }
   return sim::run_policy(name, *s.workload, *s.cost, o, in);
 }

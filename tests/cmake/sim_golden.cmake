@@ -3,7 +3,7 @@
 # Runs the same comparison with 1 and 2 threads: both JSON files must be byte-identical to each
 # other and to the committed golden file (regenerate it with -DUPDATE=ON after an intended change).
 set(args compare --trace traces/synthetic/mixtral-sd4.trace.safetensors --gpu rtx4090 --cache-gb 6
-         --policies on-demand,lru,lfu,static,oracle)
+         --policies on-demand,lru,lfu,static,oracle,prefetch:synthetic_skip_gate,prefetch:synthetic_draft_gate)
 foreach(jobs 1 2)
   execute_process(COMMAND ${SIM} ${args} --jobs ${jobs} --json ${OUT}/golden-${jobs}.json
                   WORKING_DIRECTORY ${SOURCE_DIR} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)

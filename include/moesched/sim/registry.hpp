@@ -84,6 +84,9 @@ struct PolicyInputs {
   const policy::PredictionTable* predictions = nullptr;
   /// `prefetch:CHANNEL`: CPU time of one predictor call.
   Nanoseconds predictor_latency{200'000};
+  /// `prefetch:CHANNEL`: copies kept outstanding, and layers ahead it may prefetch (0 = any).
+  std::uint32_t prefetch_depth = 2;
+  std::uint32_t lookahead = 0;
 };
 
 /// Replays `w` under the policy called `name`.
@@ -119,7 +122,7 @@ struct PolicyInputs {
                       "the predictions cover " + std::to_string(in.predictions->pass_count()) + " passes, the workload has " +
                           std::to_string(w.pass_count()));
   }
-  policy::Prefetch p(*in.predictions, in.predictor_latency);
+  policy::Prefetch p(*in.predictions, in.predictor_latency, in.prefetch_depth, in.lookahead);
   RunMetrics m = replay(w, cost, p, opt);
   m.policy = std::string(name);
   m.predictions_late = p.too_late();
