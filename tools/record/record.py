@@ -185,6 +185,13 @@ class MlpPredictor:
         return top.indices, top.values.sigmoid()
 
 
+def crop(cache, keep):
+    """Drop the cache entries at positions >= keep (transformers wants the count to remove, negative)."""
+    drop = cache.get_seq_length() - keep
+    if drop > 0:
+        cache.crop(-drop)
+
+
 class Recorder:
     """Runs requests and accumulates the trace's arrays."""
 
@@ -202,6 +209,7 @@ class Recorder:
             raise UsageError(f"--model {args.model}: no MoE layer found (no feed-forward block with 'gate' and "
                              f"'experts'); is this a dense model?")
         L, E, K = self.layout.moe_layers, self.layout.experts, self.layout.top_k
+        self.id_dtype = torch.int16 if E < 32768 else torch.int32  # expert ids while on the device
         self.candidates = args.candidates or K
         if not 1 <= self.candidates <= E:
             raise UsageError(f"--candidates {self.candidates}: must be between 1 and the expert count ({E})")
@@ -270,14 +278,16 @@ class Recorder:
 
     # ---- bookkeeping ----
     def _add_predictions(self, name, step, layer, experts, scores, available_after, tokens=None):
+        """Queue one layer's predictions for the tokens of a step; tensors stay on the device
+        until finish(), so recording does not wait for the GPU after every prediction."""
         n = experts.shape[0]
         d = self.pred[name]
         d["step"].append(np.full(n, step, np.uint32))
         d["layer"].append(np.full(n, layer, np.uint16))
         d["token"].append(np.arange(n, dtype=np.int32) if tokens is None else np.asarray(tokens, np.int32))
         d["available_after"].append(np.full(n, available_after, np.int16))
-        d["experts"].append(experts.cpu().numpy())
-        d["scores"].append(scores.float().cpu().numpy().astype(np.float16))
+        d["experts"].append(experts.to(self.id_dtype))
+        d["scores"].append(scores.half())
 
     def _add_step(self, req, phase, ids, first_pos, draft_len=0, accepted=0, draft_hidden=None):
         from moe_hooks import ranked_candidates
@@ -287,14 +297,14 @@ class Recorder:
         step = len(self.steps["request"])
         for k, v in (("request", req), ("phase", phase), ("tokens", n), ("draft_len", draft_len), ("accepted", accepted)):
             self.steps[k].append(v)
-        self.routing_experts.append(torch.stack(h.index, 1).cpu().numpy())
-        self.routing_weights.append(torch.stack(h.weights, 1).cpu().numpy().astype(np.float16))
+        self.routing_experts.append(torch.stack(h.index, 1).to(self.id_dtype))
+        self.routing_weights.append(torch.stack(h.weights, 1).half())
         self.token_ids.append(np.asarray(ids, np.uint32))
         self.token_positions.append(np.arange(first_pos, first_pos + n, dtype=np.uint32))
         if "layer_output" in self.hidden:
-            self.hidden["layer_output"].append(torch.stack(h.layer_output, 1).cpu().numpy().astype(np.float16))
+            self.hidden["layer_output"].append(torch.stack(h.layer_output, 1).half())
         if "moe_input" in self.hidden:
-            self.hidden["moe_input"].append(torch.stack(h.moe_input, 1).cpu().numpy().astype(np.float16))
+            self.hidden["moe_input"].append(torch.stack(h.moe_input, 1).half())
         L, C, blocks = self.layout.moe_layers, self.candidates, self.layout.moe_blocks
         if phase != PREFILL or self.args.channels_in_prefill:
             if "skip_gate" in self.channels:
@@ -355,9 +365,9 @@ class Recorder:
                     self.verify_stats.append((a.gamma, acc))
                     seq += drafts[:acc] + [best[acc]]
                     emitted += acc + 1
-                    t_cache.crop(n + acc)
+                    crop(t_cache, n + acc)
                     d_len = min(d_len, n + acc)
-                    d_cache.crop(d_len)
+                    crop(d_cache, d_len)
         return seq
 
     def _stop(self, tok):
@@ -373,15 +383,19 @@ class Recorder:
         tr.step_draft_len = np.asarray(self.steps["draft_len"], np.uint16)
         tr.step_accepted = np.asarray(self.steps["accepted"], np.uint16)
         ids_dtype = np.uint8 if E <= 255 else np.uint16
-        tr.routing_experts = np.concatenate(self.routing_experts).astype(ids_dtype)
-        tr.routing_weights = np.concatenate(self.routing_weights)
+
+        def host(parts):
+            import torch
+            return torch.cat(parts).cpu().numpy()
+        tr.routing_experts = host(self.routing_experts).astype(ids_dtype)
+        tr.routing_weights = host(self.routing_weights)
         tr.token_ids = np.concatenate(self.token_ids)
         tr.token_positions = np.concatenate(self.token_positions)
         for name in self.channels:
             d = self.pred[name]
             if not d["step"]:
                 continue
-            cat = {k: np.concatenate(v) for k, v in d.items()}
+            cat = {k: (host(v) if k in ("experts", "scores") else np.concatenate(v)) for k, v in d.items()}
             order = np.lexsort((cat["token"], cat["layer"], cat["step"]))
             ch = {k: v[order] for k, v in cat.items()}
             ch["experts"] = ch["experts"].astype(ids_dtype)
@@ -390,7 +404,7 @@ class Recorder:
             tr.channels.append(ch)
         for name, parts in self.hidden.items():
             tr.hidden.append({"name": name, "description": HIDDEN_TEXT[name], "layers": list(range(L)),
-                              "hidden_size": self.layout.hidden_size, "dtype": "F16", "values": np.concatenate(parts)})
+                              "hidden_size": self.layout.hidden_size, "dtype": "F16", "values": host(parts)})
         import torch
         try:
             import transformers

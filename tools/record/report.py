@@ -106,12 +106,12 @@ def pct(x):
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--json", help="write everything as JSON")
     ap.add_argument("--markdown", help="write the tables as Markdown (default: print them)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     for path in a.traces:
         if not os.path.isfile(path):
             print(f"report.py: error: {path}: no such file", file=sys.stderr)

@@ -16,23 +16,30 @@
 # weights is packed into that tarball after every stage (so a run cut short still returns what
 # it made). "smoke" runs every code path at a tiny size in about a minute.
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
-size="${1:-full}"
-pack="${2:-}"
 W=tools/record/work
-T=traces/real
-[ "$size" = smoke ] && T=$W/smoke-traces
+if [ "${1:-}" = --pack-only ]; then  # used between jobs: pack what exists now
+  pack="$2"; T="$3"
+else
+  size="${1:-full}"
+  pack="${2:-}"
+  T=traces/real
+  [ "$size" = smoke ] && T=$W/smoke-traces
+fi
 mkdir -p "$W" "$T"
 export PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
-: > "$W/timings.tsv"
 PY="${PYTHON:-python3}"
 
 do_pack() {
   [ -n "$pack" ] || return 0
-  tar -czf "$pack.tmp" --exclude='*/models/*/model*.safetensors' --exclude="$W/pred-*.safetensors" \
-    --exclude="$W/arch" "$W" "$T" 2>/dev/null || true
+  tar -czf "$pack.tmp" --exclude='*/models/*/model*.safetensors' --exclude='*/arch/*/model*.safetensors' \
+    --exclude="$W/pred-*.safetensors" "$W" "$T" 2>/dev/null || true
   mv -f "$pack.tmp" "$pack"
 }
+
+if [ "${1:-}" = --pack-only ]; then do_pack; exit 0; fi
+: > "$W/timings.tsv"
 
 stage() {  # stage NAME command... : time it, pack; a failure stops the run
   local name="$1"; shift
@@ -52,7 +59,7 @@ if [ "$size" = smoke ]; then
   pred=(--steps 50)
   gammas="4"
 else
-  train=(--draft-steps "${DRAFT_STEPS:-1200}" --target-steps "${TARGET_STEPS:-400}")
+  train=(--draft-steps "${DRAFT_STEPS:-1000}" --target-steps "${TARGET_STEPS:-500}")
   rec=(--max-requests 4 --max-new-tokens 128)
   pred=(--steps 800)
   gammas="2 4 8"
@@ -72,49 +79,52 @@ cp "$W/models/tokenizer/tokenizer.json" "$T/tokenizer.json"
 declare -A DATASET=(
   [code]="held-out Python 3.11 standard-library files (Debian libpython3.11-stdlib), prompts-code.jsonl"
   [prose]="held-out King James Bible chapters (Debian bible-kjv-text), prompts-prose.jsonl")
-for kind in mix fg; do
-  name="moesched-upcycled-$kind"
-  stage "predictor-data-$kind" "$PY" tools/record/record.py --model "$W/models/$kind" \
-    --prompts "$W/models/predictor-train.jsonl" --mode prefill --prompt-tokens 256 --hidden layer_output \
-    --channels skip_gate --model-name "$name" --dataset "training passages (predictor-train.jsonl)" \
-    -o "$W/pred-$kind-train.trace.safetensors" --quiet
-  stage "predictor-$kind" "$PY" tools/record/train_predictor.py --trace "$W/pred-$kind-train.trace.safetensors" \
-    -o "$W/pred-$kind.safetensors" --report "$W/pred-$kind.json" "${pred[@]}"
-  for dom in code prose; do
-    stage "record-$kind-$dom-plain" "$PY" tools/record/record.py --model "$W/models/$kind" \
-      --prompts "$T/prompts-$dom.jsonl" --mode decode --prompt-tokens 64 "${rec[@]}" --ignore-eos \
-      --mlp-predictor "$W/pred-$kind.safetensors" --model-name "$name" --dataset "${DATASET[$dom]}" \
-      -o "$T/$kind-$dom-plain.trace.safetensors"
-    for g in $gammas; do
-      stage "record-$kind-$dom-sd$g" "$PY" tools/record/record.py --model "$W/models/$kind" \
-        --prompts "$T/prompts-$dom.jsonl" --mode sd --draft "$W/models/draft" --gamma "$g" --prompt-tokens 64 \
-        "${rec[@]}" --ignore-eos --mlp-predictor "$W/pred-$kind.safetensors" --model-name "$name" \
-        --dataset "${DATASET[$dom]}" -o "$T/$kind-$dom-sd$g.trace.safetensors"
+# everything after training runs in one Python process (run_jobs.py): one job a line
+jobs="$W/jobs.txt"
+q() { printf '%q ' "$@"; }
+{
+  echo -e "check-arch\t$(q python3 tools/record/test_record.py arch-check --tokenizer "$W/models/tokenizer" --out "$W/arch")"
+  for kind in mix fg; do
+    name="moesched-upcycled-$kind"
+    echo -e "predictor-data-$kind\t$(q python3 tools/record/record.py --model "$W/models/$kind" \
+      --prompts "$W/models/predictor-train.jsonl" --mode prefill --prompt-tokens 256 --hidden layer_output \
+      --channels skip_gate --model-name "$name" --dataset "training passages (predictor-train.jsonl)" \
+      -o "$W/pred-$kind-train.trace.safetensors" --quiet)"
+    echo -e "predictor-$kind\t$(q python3 tools/record/train_predictor.py --trace "$W/pred-$kind-train.trace.safetensors" \
+      -o "$W/pred-$kind.safetensors" --report "$W/pred-$kind.json" "${pred[@]}")"
+    for dom in code prose; do
+      echo -e "record-$kind-$dom-plain\t$(q python3 tools/record/record.py --model "$W/models/$kind" \
+        --prompts "$T/prompts-$dom.jsonl" --mode decode --prompt-tokens 64 "${rec[@]}" --ignore-eos \
+        --mlp-predictor "$W/pred-$kind.safetensors" --model-name "$name" --dataset "${DATASET[$dom]}" \
+        -o "$T/$kind-$dom-plain.trace.safetensors")"
+      for g in $gammas; do
+        echo -e "record-$kind-$dom-sd$g\t$(q python3 tools/record/record.py --model "$W/models/$kind" \
+          --prompts "$T/prompts-$dom.jsonl" --mode sd --draft "$W/models/draft" --gamma "$g" --prompt-tokens 64 \
+          "${rec[@]}" --ignore-eos --mlp-predictor "$W/pred-$kind.safetensors" --model-name "$name" \
+          --dataset "${DATASET[$dom]}" -o "$T/$kind-$dom-sd$g.trace.safetensors")"
+      done
     done
   done
-done
-
-check validate "$PY" tools/record/test_record.py validate "$T"/*.trace.safetensors
-same() {
-  local bad=0
+  all_traces=$(for kind in mix fg; do for dom in code prose; do for m in plain $(for g in $gammas; do echo sd$g; done); do
+      printf '%s ' "$T/$kind-$dom-$m.trace.safetensors"; done; done; done)
+  echo -e "check-validate\t$(q python3 tools/record/test_record.py validate) $all_traces"
   for kind in mix fg; do for dom in code prose; do for g in $gammas; do
-    "$PY" tools/record/test_record.py same-output "$T/$kind-$dom-plain.trace.safetensors" \
-      "$T/$kind-$dom-sd$g.trace.safetensors" | tee -a "$W/same_output.txt" || bad=1
+    echo -e "check-same-output-$kind-$dom-sd$g\t$(q python3 tools/record/test_record.py same-output \
+      "$T/$kind-$dom-plain.trace.safetensors" "$T/$kind-$dom-sd$g.trace.safetensors")"
   done; done; done
-  return 0  # reported, not fatal: float ties may legitimately differ
-}
-: > "$W/same_output.txt"
-check same-output same
-consist() {
-  "$PY" tools/record/test_record.py consistency --model "$W/models/mix" --json "$W/consistency-mix.json" \
-    $(for f in "$T"/mix-*.trace.safetensors; do echo --trace "$f"; done)
-  "$PY" tools/record/test_record.py consistency --model "$W/models/fg" --json "$W/consistency-fg.json" \
-    $(for f in "$T"/fg-*.trace.safetensors; do echo --trace "$f"; done)
-}
-check consistency consist
-check report "$PY" tools/record/report.py "$T"/*.trace.safetensors --json "$W/report.json" --markdown "$W/report.md"
-check arch-check "$PY" tools/record/test_record.py arch-check --tokenizer "$W/models/tokenizer" --out "$W/arch"
+  for kind in mix fg; do
+    echo -e "check-consistency-$kind\t$(q python3 tools/record/test_record.py consistency --model "$W/models/$kind" \
+      --json "$W/consistency-$kind.json") $(for dom in code prose; do for m in plain $(for g in $gammas; do echo sd$g; done); do
+        printf -- '--trace %s ' "$T/$kind-$dom-$m.trace.safetensors"; done; done)"
+  done
+  echo -e "check-report\t$(q python3 tools/record/report.py --json "$W/report.json" --markdown "$W/report.md") $all_traces"
+} > "$jobs"
+after=""
+[ -n "$pack" ] && after="bash $(printf '%q' "$self") --pack-only $(printf '%q' "$pack") $(printf '%q' "$T")"
+rc=0
+"$PY" tools/record/run_jobs.py "$jobs" --timings "$W/timings.tsv" ${after:+--after "$after"} || rc=$?
 cp "$W/arch/arch_check.json" "$W/arch_check.json" 2>/dev/null || true
 do_pack
-echo "run_gpu.sh: done"
+echo "run_gpu.sh: done (jobs rc=$rc)"
 cat "$W/timings.tsv"
+exit "$rc"

@@ -43,6 +43,8 @@ class Cache:
         return 0 if self.k[0] is None else self.k[0].shape[1]
 
     def crop(self, n):
+        if n < 0:  # like transformers: a negative count removes that many entries
+            n = self.get_seq_length() + n
         self.k = [x[:, :n] for x in self.k]
         self.v = [x[:, :n] for x in self.v]
 

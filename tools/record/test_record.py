@@ -321,7 +321,7 @@ def cmd_arch_check(a):
     return 1 if bad else 0
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("validate", help="check traces against the format rules (numpy only)")
@@ -341,7 +341,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--device")
     p.add_argument("--seed", type=int, default=2026)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     for path in getattr(a, "traces", []) + [x for x in (getattr(a, "a", None), getattr(a, "b", None)) if x]:
         if not os.path.isfile(path):
             print(f"test_record.py: error: {path}: no such file", file=sys.stderr)

@@ -222,7 +222,7 @@ def train(model, data, steps, batch, lr, warmup, aux_coef, label, curve):
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            ce_v = float(ce)
+            ce_v = float(ce.detach())
             curve.append({"step": step, "train_ce": round(ce_v, 4)})
             rate = (step + 1) * batch * data.seq / max(1e-9, time.time() - t0)
             log(f"{label}: step {step}/{steps} ce {ce_v:.3f} lr {sched.get_last_lr()[0]:.2e} {rate / 1e3:.0f}k tok/s")
@@ -323,11 +323,14 @@ def first_ffn_input_diff(target, draft, x):
     import torch
     from moe_hooks import FfnInputHooks, Layout
     ht, hd = FfnInputHooks(Layout(target)), FfnInputHooks(Layout(draft))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     with torch.no_grad():
         lt = target(input_ids=x, use_cache=False).logits.float()
         ld = draft(input_ids=x, use_cache=False).logits.float()
     d0 = float((ht.inputs[0] - hd.inputs[0]).abs().max())
     dl = float((lt - ld).abs().max())
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     ht.remove()
     hd.remove()
     return d0, dl
@@ -346,8 +349,8 @@ def main():
     ap.add_argument("--ffn", type=int, default=1536, help="draft FFN width = one Mixtral-like expert (default 1536)")
     ap.add_argument("--seq", type=int, default=256, help="training window in tokens (default 256)")
     ap.add_argument("--batch", type=int, default=32, help="windows per step, half per domain (default 32)")
-    ap.add_argument("--draft-steps", type=int, default=1000)
-    ap.add_argument("--target-steps", type=int, default=500)
+    ap.add_argument("--draft-steps", type=int, default=1000, help="draft optimiser steps (default 1000)")
+    ap.add_argument("--target-steps", type=int, default=500, help="steps for each target (default 500)")
     ap.add_argument("--draft-lr", type=float, default=1.5e-3)
     ap.add_argument("--target-lr", type=float, default=6e-4)
     ap.add_argument("--warmup", type=float, default=0.05, help="warm-up share of the steps (default 0.05)")

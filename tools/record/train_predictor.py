@@ -68,7 +68,7 @@ def load(paths):
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(reqs), meta
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", action="append", required=True, metavar="FILE",
                     help="trace with hidden state 'layer_output' (repeat for several)")
@@ -83,7 +83,7 @@ def main():
     ap.add_argument("--seed", type=int, default=2026, help="seed (default 2026)")
     ap.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     ap.add_argument("--report", metavar="FILE", help="write a JSON summary (per-layer held-out recall, sizes, time)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.stride < 1:
         fail(f"--stride {a.stride}: must be >= 1")
     for name in ("hidden_dim", "steps", "batch", "val_every"):
