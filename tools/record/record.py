@@ -554,6 +554,12 @@ def main(argv=None):
     except UsageError as e:
         print(f"record.py: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # moe_hooks.LayoutError: a model layout the recorder does not know
+        from moe_hooks import LayoutError
+        if not isinstance(e, LayoutError):
+            raise
+        print(f"record.py: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
