@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: build the tools and compare every offloading policy, against the provable lower
-# bound, on a shipped routing trace (Mixtral-8x7B with speculative decoding on an RTX 4090).
+# bound, on a shipped routing trace (the project's Mixtral-like target with speculative decoding,
+# recorded on a GPU, replayed on a simulated RTX 4090).
 # Arguments are passed to `moesched-sim compare` and override the defaults, e.g.
-#   bash scripts/demo.sh --gpu rtx3090 --cache-gb 5 --policies lru,oracle --json out.json
+#   bash scripts/demo.sh --gpu rtx3090 --cache-gb 0.1 --policies lru,oracle,prefetch:draft_gate --json out.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -15,7 +16,16 @@ if ! cmake --build "$build" --target moesched-sim moesched-sizing moesched-trace
   exit 1
 fi
 has_trace=0
-for a in "$@"; do [[ "$a" == --trace || "$a" == --trace=* ]] && has_trace=1; done
+has_cache=0
+for a in "$@"; do
+  [[ "$a" == --trace || "$a" == --trace=* ]] && has_trace=1
+  [[ "$a" == --cache-gb || "$a" == --cache-gb=* ]] && has_cache=1
+done
 defaults=(--gpu rtx4090)
-[[ $has_trace == 1 ]] || defaults+=(--trace traces/synthetic/mixtral-sd4.trace.safetensors)
+# Default data: SD (gamma 4) on the project's own Mixtral-like target, recorded with real draft
+# predictions (traces/real/MODEL_CARD.md); a third of its experts fit the default cache.
+if [[ $has_trace == 0 ]]; then
+  defaults+=(--trace traces/real/mix-prose-sd4.trace.safetensors)
+  [[ $has_cache == 1 ]] || defaults+=(--cache-gb 0.15)
+fi
 exec "$build/sim/moesched-sim" compare "${defaults[@]}" "$@"
