@@ -24,8 +24,9 @@ std::vector<std::string> names(const std::vector<io::PresetCatalog::Entry>& entr
 TEST_CASE("the shipped catalog lists every model and GPU once", "[io][catalog]") {
   const io::PresetCatalog c({kPresets});
   CHECK(names(c.list_models()) ==
-        std::vector<std::string>{"deepseek-v2-lite", "gpt-oss-20b", "mixtral-8x7b", "olmoe-1b-7b",
-                                 "phi-3.5-moe", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b"});
+        std::vector<std::string>{"deepseek-v2-lite", "gpt-oss-20b", "mixtral-8x7b", "moesched-upcycled-fg",
+                                 "moesched-upcycled-mix", "olmoe-1b-7b", "phi-3.5-moe", "qwen1.5-moe-a2.7b",
+                                 "qwen3-30b-a3b"});
   CHECK(names(c.list_gpus()) ==
         std::vector<std::string>{"a100-40gb-pcie", "h100-pcie", "h200", "h200-measured", "rtx3090", "rtx4090"});
   // each listed preset loads fully, and its file stem is its name
