@@ -61,6 +61,10 @@ void demand(E& e, std::span<const ExpertId> needed, Victim&& victim, OnCopy&& on
 struct KeepAll {
   constexpr bool operator()(std::uint32_t) const noexcept { return false; }
 };
+/// Does nothing: the default eviction listener of LayerLru::demand.
+struct Ignore {
+  constexpr void operator()(std::uint32_t) const noexcept {}
+};
 
 /// Oldest evictable id of `list` that `skip` does not exclude, or kNone.
 template <Executor E, class Skip = KeepAll>
@@ -157,14 +161,31 @@ class LayerLru {
   }
   template <Executor E>
   void on_gate(E& e, std::uint32_t layer, std::span<const ExpertId> needed) {
+    demand(e, layer, needed);
+  }
+  /// The gate's demand: touches the needed experts already held and copies the absent ones at
+  /// high priority, evicting victim(layer). Experts `spare` excludes are evicted only when
+  /// nothing else can go; `on_evict(flat id)` hears of every eviction.
+  template <Executor E, class Spare = baseline_detail::KeepAll, class OnEvict = baseline_detail::Ignore>
+  void demand(E& e, std::uint32_t layer, std::span<const ExpertId> needed, const Spare& spare = {},
+              const OnEvict& on_evict = {}) {
     const std::uint32_t per = e.experts_per_layer();
     for (ExpertId id : needed) {
       if (e.residency(id) != Residency::absent) lists_[layer].touch(id.flat(per));
     }
     baseline_detail::demand(
-        e, needed, [&] { return victim(e, layer); },
+        e, needed,
+        [&] {
+          const std::uint32_t v = victim(e, layer, spare);
+          return v != RecencyList::kNone ? v : victim(e, layer);
+        },
         [&](ExpertId id, bool in) {
-          if (in) lists_[id.layer].touch(id.flat(per)); else lists_[id.layer].remove(id.flat(per));
+          if (in) {
+            lists_[id.layer].touch(id.flat(per));
+          } else {
+            lists_[id.layer].remove(id.flat(per));
+            on_evict(id.flat(per));
+          }
         });
   }
   template <Executor E> void on_expert_done(E&, ExpertId) {}

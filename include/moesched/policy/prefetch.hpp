@@ -54,7 +54,6 @@ class Prefetch {
 
   /// Predictor jobs that ended after the gate of the layer they predicted (or after their pass).
   [[nodiscard]] std::uint64_t too_late() const noexcept { return too_late_; }
-  [[nodiscard]] std::uint64_t predictions() const noexcept { return predictions_; }
 
   template <CpuExecutor E>
   void on_pass_begin(E& e, const PassInfo& pass) {
@@ -108,20 +107,10 @@ class Prefetch {
       }
       low_[layer].clear();
     }
-    // Demand: the absent needed experts at high priority, evicting as per-layer LRU does but
-    // sparing this pass's unused prefetches while anything else can go.
-    for (ExpertId id : needed) {
-      if (e.residency(id) != Residency::absent) cache_.touch(id, per);
-    }
-    baseline_detail::demand(
-        e, needed,
-        [&] {
-          const std::uint32_t v = cache_.victim(e, layer, [&](std::uint32_t held) { return unused_prefetch(held, per); });
-          return v != RecencyList::kNone ? v : cache_.victim(e, layer);
-        },
-        [&](ExpertId id, bool in) {
-          if (in) cache_.touch(id, per); else forget(e, id.flat(per));
-        });
+    // Demand as per-layer LRU, sparing this pass's unused prefetches while anything else can go.
+    cache_.demand(
+        e, layer, needed, [&](std::uint32_t held) { return unused_prefetch(held, per); },
+        [&](std::uint32_t evicted) { marks_[evicted] = 0; });
   }
 
   template <CpuExecutor E>
@@ -145,7 +134,6 @@ class Prefetch {
 
   template <CpuExecutor E>
   void on_cpu_done(E& e, std::uint32_t tag) {
-    ++predictions_;
     if (pass_ >= table_->pass_count() || tag < table_->pass_begin(pass_) || tag >= table_->pass_end(pass_)) {
       ++too_late_;  // the pass it was for is over
       return;
@@ -257,7 +245,6 @@ class Prefetch {
   std::int64_t layer_ = -1;                     // last gated layer of the pass, -1 before
   std::uint64_t next_ = 0;                      // next set of the pass to submit
   std::uint64_t end_ = 0;
-  std::uint64_t predictions_ = 0;
   std::uint64_t too_late_ = 0;
 };
 
