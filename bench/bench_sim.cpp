@@ -9,7 +9,7 @@
 #include <moesched/io/trace.hpp>
 #include <moesched/policy/recency_list.hpp>
 #include <moesched/sim/lower_bound.hpp>
-#include <moesched/sim/registry.hpp>
+#include "registry.hpp"  // moesched-sim's policy registry (sim/src)
 #include <moesched/trace/synth.hpp>
 
 #include <benchmark/benchmark.h>
@@ -24,7 +24,7 @@ using namespace moesched;
 
 struct Setup {
   std::shared_ptr<io::Trace> trace;
-  std::unique_ptr<sim::Workload> workload;
+  std::unique_ptr<Workload> workload;
   std::unique_ptr<sim::CostModel> cost;
   Bytes budget{};
   Setup(const char* model_name, std::uint32_t layers, std::uint32_t experts, std::uint32_t top_k,
@@ -49,7 +49,7 @@ struct Setup {
     model_file += ".json";
     const auto model = io::load_model_preset(model_file);
     const auto gpu = io::load_gpu_preset(presets / "gpus" / "rtx4090.json");
-    workload = std::make_unique<sim::Workload>(sim::build_workload(*trace, {layers, experts, top_k}));
+    workload = std::make_unique<Workload>(build_workload(*trace, {layers, experts, top_k}));
     cost = std::make_unique<sim::CostModel>(model, gpu);
     budget = model.expert_bytes() * (std::uint64_t{layers} * experts / 4);
   }
@@ -71,7 +71,7 @@ void replay(benchmark::State& state, const char* policy) {
   o.budget = s.budget;
   o.check_invariants = false;
   for (auto _ : state) {
-    auto m = sim::run_policy(policy, *s.workload, *s.cost, o);
+    auto m = tools::run_policy(policy, *s.workload, *s.cost, o);
     benchmark::DoNotOptimize(m.total_time);
   }
   state.counters["activations/s"] = benchmark::Counter(static_cast<double>(s.workload->activations()),
@@ -114,7 +114,7 @@ void BM_BuildWorkload(benchmark::State& state) {
   Setup& s = pick(state.range(0));
   const auto& m = s.trace->meta().model;
   for (auto _ : state) {
-    auto w = sim::build_workload(*s.trace, {m.moe_layers, m.experts_per_layer, m.top_k});
+    auto w = build_workload(*s.trace, {m.moe_layers, m.experts_per_layer, m.top_k});
     benchmark::DoNotOptimize(w.pass_count());
   }
   state.counters["activations/s"] = benchmark::Counter(static_cast<double>(s.workload->activations()),

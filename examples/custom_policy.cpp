@@ -3,9 +3,10 @@
 //
 //   trace ──► Workload (passes x layers: expert unions)
 //                 │
-//                 ▼                      hooks: on_pass_begin, on_gate, on_expert_done,
-//   replay<NextLayerPrefetch> ◄──────────        on_copy_done, on_layer_done
-//        │    on SimMachine (slots, serial H2D link, one compute stream)
+//                 ▼                           hooks: on_pass_begin, on_gate, on_expert_done,
+//   LayerDriver ── NextLayerPrefetch ◄────────        on_copy_done, on_layer_done
+//        │   drives a backend: SimBackend (slots, serial H2D link, one compute stream);
+//        │   the same policy runs on the host backend and the CUDA executor unchanged
 //        ▼
 //   RunMetrics (TPOT, stall, hits)  vs  tpot_lower_bound
 //
@@ -19,7 +20,9 @@
 #include <moesched/io/trace.hpp>
 #include <moesched/policy/recency_list.hpp>
 #include <moesched/sim/lower_bound.hpp>
-#include <moesched/sim/registry.hpp>
+#include <moesched/policy/baseline.hpp>
+#include <moesched/runtime/archetype.hpp>
+#include <moesched/sim/replay.hpp>
 
 #include <cstdio>
 #include <exception>
@@ -48,8 +51,7 @@ class NextLayerPrefetch {
         held_.touch(id.flat(per));
         e.promote(id);  // a prefetch that is now needed goes first
       } else if (make_room(e)) {
-        e.copy(id, CopyPriority::high);
-        held_.touch(id.flat(per));
+        if (e.copy(id, CopyPriority::high)) held_.touch(id.flat(per));
       }
     }
     if (needed.size() == 0) return;
@@ -58,8 +60,7 @@ class NextLayerPrefetch {
     if (next < e.layers()) {
       for (ExpertId id : last_used_[next]) {
         if (e.residency(id) == Residency::absent && make_room(e)) {
-          e.copy(id, CopyPriority::low);
-          held_.touch(id.flat(per));
+          if (e.copy(id, CopyPriority::low)) held_.touch(id.flat(per));
         }
       }
     }
@@ -75,19 +76,20 @@ class NextLayerPrefetch {
     if (e.free_slots() > 0) return true;
     for (auto v = held_.oldest(); v != policy::RecencyList::none(); v = held_.newer(v)) {
       const ExpertId id = ExpertId::from_flat(v, e.experts_per_layer());
-      if (e.evictable(id)) {
-        e.evict(id);
+      if (e.evictable(id) && e.evict(id)) {
         held_.remove(v);
         return true;
       }
     }
-    return false;  // everything is pinned or moving: the simulator calls on_gate again later
+    return false;  // everything is pinned or moving: the driver calls on_gate again later
   }
 
   policy::RecencyList held_;
   std::vector<std::vector<ExpertId>> last_used_;
 };
-static_assert(Policy<NextLayerPrefetch, sim::SimMachine>);
+// Uses only what the Executor concept offers: it compiles against the archetype, so it runs on
+// every backend.
+static_assert(Policy<NextLayerPrefetch, runtime::ArchetypeExecutor>);
 
 }  // namespace
 
@@ -99,14 +101,15 @@ int main(int argc, char** argv) {
     const ModelDesc model = catalog.model(trace.meta().model.name);
     const HardwareDesc gpu = catalog.gpu(argc > 2 ? argv[2] : "rtx4090");
     const auto& m = trace.meta().model;
-    const sim::Workload w = sim::build_workload(trace, {m.moe_layers, m.experts_per_layer, m.top_k});
+    const Workload w = build_workload(trace, {m.moe_layers, m.experts_per_layer, m.top_k});
     const sim::CostModel cost(model, gpu);
     sim::SimOptions opt;
     opt.budget = model.expert_bytes() * (w.max_layer_union() + 16);
 
     NextLayerPrefetch mine;
     const auto a = sim::replay(w, cost, mine, opt);
-    const auto b = sim::run_policy("lru", w, cost, opt);
+    policy::LayerLru lru;
+    const auto b = sim::replay(w, cost, lru, opt);
     const auto lb = sim::tpot_lower_bound(w, cost, static_cast<std::uint32_t>(opt.budget.count / model.expert_bytes().count));
     for (const auto* r : {&a, &b}) {
       std::printf("%-18s TPOT %8.2f ms  hit %5.1f%%  prefetch precision %5.1f%%  recall %5.1f%%\n", r->policy.c_str(),

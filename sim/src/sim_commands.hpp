@@ -1,17 +1,18 @@
 #pragma once
 // moesched-sim's commands: scenario set-up (trace + presets -> workload, costs, budget), the
 // run/compare/sweep drivers, and their table, JSON and CSV output.
+#include "main_guard.hpp"
 #include "output.hpp"
+#include "registry.hpp"
 #include "presets_location.hpp"
 #include "table.hpp"
 
 #include <moesched/core/sizing.hpp>
 #include <moesched/io/presets.hpp>
 #include <moesched/io/trace.hpp>
-#include <moesched/sim/engine.hpp>
+#include <moesched/sim/replay.hpp>
 #include <moesched/sim/lower_bound.hpp>
 #include <moesched/sim/predictions.hpp>
-#include <moesched/sim/registry.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -110,7 +111,7 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
 struct Scenario {
   ModelDesc model;
   HardwareDesc gpu;
-  std::shared_ptr<const sim::Workload> workload;
+  std::shared_ptr<const Workload> workload;
   std::shared_ptr<const sim::CostModel> cost;
   MemoryPlan plan;
   Bytes budget{};
@@ -168,15 +169,15 @@ inline ScenarioBase open_base(const ScenarioOptions& o) {
   return b;
 }
 
-inline std::shared_ptr<const sim::Workload> build_workload_for(const ScenarioBase& b, const ScenarioOptions& o) {
+inline std::shared_ptr<const Workload> build_workload_for(const ScenarioBase& b, const ScenarioOptions& o) {
   const auto& tm = b.trace->meta().model;
-  sim::WorkloadOptions wo;
+  WorkloadOptions wo;
   wo.batch = o.batch;
   wo.prefill = !o.no_prefill;
   wo.max_requests = o.max_requests;
-  if (o.gamma > 0) wo.sd = sim::SdReplay{o.gamma, o.acceptance, o.seed};
-  auto w = std::make_shared<const sim::Workload>(
-      sim::build_workload(*b.trace, {tm.moe_layers, tm.experts_per_layer, tm.top_k}, wo));
+  if (o.gamma > 0) wo.sd = SdReplay{o.gamma, o.acceptance, o.seed};
+  auto w = std::make_shared<const Workload>(
+      build_workload(*b.trace, {tm.moe_layers, tm.experts_per_layer, tm.top_k}, wo));
   if (w->decode_tokens() == 0) {
     throw ConfigError(o.trace, "steps", "no decode steps", "nothing to measure TPOT on");
   }
@@ -184,7 +185,7 @@ inline std::shared_ptr<const sim::Workload> build_workload_for(const ScenarioBas
 }
 
 /// Validates `o` against `b` and the workload, and prepares costs and budget.
-inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const sim::Workload> w, const ScenarioOptions& o) {
+inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w, const ScenarioOptions& o) {
   Scenario s;
   s.opt = o;
   s.model = b.model;
@@ -266,13 +267,13 @@ inline Nanoseconds predictor_latency(const ScenarioOptions& o, std::string_view 
 }
 
 /// Tables already built, by (workload, channel), so sweep points share them.
-using PredictionCache = std::map<std::pair<const sim::Workload*, std::string>, std::shared_ptr<const policy::PredictionTable>>;
+using PredictionCache = std::map<std::pair<const Workload*, std::string>, std::shared_ptr<const policy::PredictionTable>>;
 
 /// Builds (or takes from `cache`) the table of every prefetch:CHANNEL policy in `policies`.
 inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::vector<std::string>& policies,
                                PredictionCache* cache = nullptr) {
   for (const auto& p : policies) {
-    const std::string channel(sim::prefetch_channel(p));
+    const std::string channel(prefetch_channel(p));
     if (channel.empty() || s.predictions.contains(channel)) continue;
     std::shared_ptr<const policy::PredictionTable> t;
     const auto key = std::make_pair(s.workload.get(), channel);
@@ -300,9 +301,9 @@ inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::ve
 /// channel C of the trace when steps replay as recorded.
 inline std::vector<std::string> default_policies(const ScenarioBase& b, const ScenarioOptions& o) {
   std::vector<std::string> out;
-  for (auto n : sim::policy_names()) out.emplace_back(n);
+  for (auto n : policy_names()) out.emplace_back(n);
   if (o.gamma == 0) {
-    for (const auto& c : b.trace->meta().channels) out.push_back(std::string(sim::kPrefetchPrefix) + c.name);
+    for (const auto& c : b.trace->meta().channels) out.push_back(std::string(kPrefetchPrefix) + c.name);
   }
   return out;
 }
@@ -316,9 +317,9 @@ inline sim::SimOptions sim_options(const Scenario& s) {
 }
 
 /// Replays policy `name` on scenario `s` (its predictions attached when it is prefetch:CHANNEL).
-inline sim::RunMetrics run_scenario_policy(const Scenario& s, const std::string& name, const sim::SimOptions& o) {
-  sim::PolicyInputs in;
-  const std::string_view channel = sim::prefetch_channel(name);
+inline runtime::RunMetrics run_scenario_policy(const Scenario& s, const std::string& name, const sim::SimOptions& o) {
+  PolicyInputs in;
+  const std::string_view channel = prefetch_channel(name);
   if (!channel.empty()) {
     const auto it = s.predictions.find(channel);
     if (it != s.predictions.end()) in.predictions = it->second.get();
@@ -326,7 +327,7 @@ inline sim::RunMetrics run_scenario_policy(const Scenario& s, const std::string&
     in.prefetch_depth = s.opt.prefetch_depth;
     in.lookahead = s.opt.lookahead;
   }
-  return sim::run_policy(name, *s.workload, *s.cost, o, in);
+  return run_policy(name, *s.workload, *s.cost, o, in);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,7 +364,7 @@ inline Json scenario_json(const Scenario& s) {
   return j;
 }
 
-inline Json metrics_json(const sim::RunMetrics& m, const sim::LowerBound& lb, bool layers) {
+inline Json metrics_json(const runtime::RunMetrics& m, const sim::LowerBound& lb, bool layers) {
   Json j;
   j["policy"] = m.policy;
   j["tpot_ms"] = {{"mean", m.tpot_ms.mean}, {"p50", m.tpot_ms.p50}, {"p99", m.tpot_ms.p99}};
@@ -431,7 +432,7 @@ inline Json bound_json(const sim::LowerBound& lb) {
 
 /// Bytes copied per byte of stall removed, against on-demand (stall converted to bytes at the
 /// link's asymptotic rate); null when on-demand is not in the run or nothing was removed.
-inline Json copy_cost(const sim::RunMetrics& m, const sim::RunMetrics* base, double link_bytes_per_ns) {
+inline Json copy_cost(const runtime::RunMetrics& m, const runtime::RunMetrics* base, double link_bytes_per_ns) {
   if (base == nullptr) return nullptr;
   const double avoided = static_cast<double>((base->decode_stall - m.decode_stall).count());
   if (avoided <= 0.0) return nullptr;
@@ -440,7 +441,7 @@ inline Json copy_cost(const sim::RunMetrics& m, const sim::RunMetrics* base, dou
 
 inline std::string fixed(double v, int digits) { return fmt::format("{:.{}f}", v, digits); }
 
-inline std::string compare_table(const Scenario& s, const std::vector<sim::RunMetrics>& runs, const sim::LowerBound& lb) {
+inline std::string compare_table(const Scenario& s, const std::vector<runtime::RunMetrics>& runs, const sim::LowerBound& lb) {
   TextTable t({"policy", "TPOT ms", "p50", "p99", "x bound", "tok/s", "TTFT ms", "stall ms/tok", "hit %",
                "link %", "GB copied", "wasted GB"});
   for (const auto& m : runs) {
@@ -470,7 +471,7 @@ inline std::string compare_table(const Scenario& s, const std::vector<sim::RunMe
   return head + t.render();
 }
 
-inline std::string layer_table(const sim::RunMetrics& m) {
+inline std::string layer_table(const runtime::RunMetrics& m) {
   TextTable t({"layer", "uses", "hit %", "prefetch hits", "late", "misses", "stall ms"});
   for (std::size_t l = 0; l < m.layers.size(); ++l) {
     const auto& x = m.layers[l];

@@ -10,7 +10,7 @@
 // Exit codes: 0 success, 2 bad input or options (the message names the file, field and value).
 #include "sim_commands.hpp"
 
-#include <moesched/sim/timeline.hpp>
+#include <moesched/runtime/timeline.hpp>
 
 #include <cstdlib>
 #include <filesystem>
@@ -29,7 +29,7 @@ std::vector<std::string> split_policies(const std::vector<std::string>& in) {
     std::string name;
     while (std::getline(ss, name, ',')) {
       if (name.empty()) continue;
-      sim::check_policy_name(name);
+      check_policy_name(name);
       if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
     }
   }
@@ -39,18 +39,18 @@ std::vector<std::string> split_policies(const std::vector<std::string>& in) {
 
 std::string policies_help(const std::string& head) {
   std::string s = head;
-  for (auto n : sim::policy_names()) s += "\n  " + std::string(n) + ": " + std::string(sim::policy_summary(n));
-  s += "\n  " + std::string(sim::policy_summary("prefetch"));
+  for (auto n : policy_names()) s += "\n  " + std::string(n) + ": " + std::string(policy_summary(n));
+  s += "\n  " + std::string(policy_summary("prefetch"));
   return s;
 }
 
 struct CompareResult {
-  std::vector<sim::RunMetrics> runs;
+  std::vector<runtime::RunMetrics> runs;
   sim::LowerBound bound;
 };
 
 CompareResult simulate(const Scenario& s, const std::vector<std::string>& policies, unsigned jobs, bool progress,
-                       sim::Timeline* timeline, std::uint64_t timeline_passes) {
+                       runtime::Timeline* timeline, std::uint64_t timeline_passes) {
   CompareResult r;
   r.runs.resize(policies.size());
   const std::uint32_t slots = static_cast<std::uint32_t>(
@@ -69,7 +69,7 @@ CompareResult simulate(const Scenario& s, const std::vector<std::string>& polici
 }
 
 Json compare_json(const Scenario& s, const CompareResult& r, bool layers) {
-  const sim::RunMetrics* base = nullptr;
+  const runtime::RunMetrics* base = nullptr;
   for (const auto& m : r.runs) {
     if (m.policy == "on-demand") base = &m;
   }
@@ -111,7 +111,7 @@ int cmd_compare(const ScenarioOptions& o, const std::vector<std::string>& policy
 int cmd_run(const ScenarioOptions& o, const std::string& policy, const std::string& json, const std::string& timeline,
             std::uint64_t timeline_passes, bool layers) {
   const auto [s, policies] = prepare_single(o, {policy});
-  sim::Timeline tl;
+  runtime::Timeline tl;
   const auto r = simulate(s, policies, 2, false, timeline.empty() ? nullptr : &tl, timeline_passes);
   if (json != "-") {
     std::fputs(compare_table(s, r.runs, r.bound).c_str(), stdout);
@@ -172,7 +172,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
   const ScenarioBase b = open_base(base_opt);
   // 1. Every point, validated before any simulation starts.
   std::vector<SweepPoint> points;
-  std::map<std::tuple<std::uint32_t, double, std::uint32_t>, std::shared_ptr<const sim::Workload>> workloads;
+  std::map<std::tuple<std::uint32_t, double, std::uint32_t>, std::shared_ptr<const Workload>> workloads;
   PredictionCache tables;
   for (std::uint32_t batch : grid.batch) {
     for (std::uint32_t gamma : grid.gamma) {
@@ -213,7 +213,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
   }
   // 2. Run every (point, policy) and every point's bound on all cores.
   const std::size_t per = policies.size() + 1;
-  std::vector<sim::RunMetrics> runs(points.size() * per);
+  std::vector<runtime::RunMetrics> runs(points.size() * per);
   std::vector<sim::LowerBound> bounds(points.size());
   if (progress || isatty(2) != 0) {
     std::fprintf(stderr, "moesched-sim sweep: %zu points x %zu policies on %u threads\n", points.size(), policies.size(),
@@ -242,7 +242,7 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
     const std::string acc = s.opt.gamma > 0 ? fmt::format("{}", s.opt.acceptance) : "";
     for (std::size_t k = 0; k <= policies.size(); ++k) {
       Json j = k < policies.size() ? metrics_json(runs[p * per + k], lb, false) : bound_json(lb);
-      const sim::RunMetrics* m = k < policies.size() ? &runs[p * per + k] : nullptr;
+      const runtime::RunMetrics* m = k < policies.size() ? &runs[p * per + k] : nullptr;
       const std::string name = m ? m->policy : "lower-bound";
       const double tpot = m ? m->tpot_ms.mean : lb.tpot_ms;
       out_csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", name, s.budget.gigabytes(), bw,
@@ -343,16 +343,15 @@ int main(int argc, char** argv) {
   sweep->add_flag("--progress", progress, "report progress on stderr even when it is not a terminal");
 
   CLI11_PARSE(app, argc, argv);
-  try {
-    if (compare->parsed()) return cmd_compare(co, compare_policies, compare_json_path, jobs, progress);
-    if (run->parsed()) return cmd_run(ro, run_policy, run_json, run_timeline, timeline_passes, run_layers);
-    if (sweep->parsed()) return cmd_sweep(so, grid, sweep_policies, sweep_csv, sweep_json, sweep_plot, jobs, progress);
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "moesched-sim: error: %s\n", e.what());
-    return 2;
-  } catch (const sim::PolicyError& e) {
-    std::fprintf(stderr, "moesched-sim: policy error: %s\n", e.what());
-    return 3;
-  }
-  return 0;
+  return guarded_main("moesched-sim", [&] {
+    try {
+      if (compare->parsed()) return cmd_compare(co, compare_policies, compare_json_path, jobs, progress);
+      if (run->parsed()) return cmd_run(ro, run_policy, run_json, run_timeline, timeline_passes, run_layers);
+      if (sweep->parsed()) return cmd_sweep(so, grid, sweep_policies, sweep_csv, sweep_json, sweep_plot, jobs, progress);
+    } catch (const runtime::PolicyError& e) {
+      std::fprintf(stderr, "moesched-sim: policy error: %s\n", e.what());
+      return 3;
+    }
+    return 0;
+  });
 }

@@ -3,7 +3,7 @@
 
 #include <moesched/policy/baseline.hpp>
 #include <moesched/policy/oracle.hpp>
-#include <moesched/sim/engine.hpp>
+#include <moesched/sim/replay.hpp>
 
 #include <sstream>
 
@@ -11,7 +11,7 @@ using namespace moesched;
 using namespace std::chrono_literals;
 using sim::CostModel;
 using sim::FixedCosts;
-using sim::Workload;
+using moesched::Workload;
 
 namespace {
 
@@ -41,7 +41,7 @@ sim::SimOptions checked(Bytes budget) {
 
 TEST_CASE("on-demand: exact TPOT and stall of a hand-computed run", "[sim][engine]") {
   const auto routing = two_tokens();
-  const Workload w = sim::build_workload(routing, {2, 2, 1});
+  const Workload w = build_workload(routing, {2, 2, 1});
   const CostModel cost = fixed({100ns});
   policy::OnDemand pol;
   const auto m = sim::replay(w, cost, pol, checked(Bytes{4000}));
@@ -68,7 +68,7 @@ TEST_CASE("on-demand: exact TPOT and stall of a hand-computed run", "[sim][engin
 
 TEST_CASE("oracle: prefetches from the start and the gate promotes what is late", "[sim][engine]") {
   const auto routing = two_tokens();
-  const Workload w = sim::build_workload(routing, {2, 2, 1});
+  const Workload w = build_workload(routing, {2, 2, 1});
   const CostModel cost = fixed({100ns});
   policy::Oracle pol(w);
   const auto m = sim::replay(w, cost, pol, checked(Bytes{4000}));
@@ -86,46 +86,57 @@ TEST_CASE("oracle: prefetches from the start and the gate promotes what is late"
 
 TEST_CASE("a high copy waits for at most one chunk of a low one", "[sim][engine]") {
   const CostModel cost = fixed({10ns, 10ns, 10ns});
-  sim::SimMachine m(cost, {1, 4, 1}, checked(Bytes{4000}));
+  sim::SimBackend b(cost, {1, 4, 1}, {.slots = 4});
   const ExpertId a{0, 0};
-  const ExpertId b{0, 1};
-  REQUIRE(m.copy(a, CopyPriority::low));
-  REQUIRE(m.copy(b, CopyPriority::high));
+  const ExpertId c{0, 1};
+  REQUIRE(b.submit_copy({a, 0, CopyPriority::low}));
+  REQUIRE(b.submit_copy({c, 1, CopyPriority::high}));
   std::vector<std::pair<std::int64_t, std::uint32_t>> landed;
-  while (!m.events().empty()) {
-    const auto ev = m.events().pop();
-    const auto f = m.finish_chunk(ev.payload.expert);
-    if (f != sim::SimMachine::kNone) landed.emplace_back(ev.time.count(), f);
-    m.check_invariants();
+  Bytes moved{0};
+  runtime::Completion done;
+  while (b.wait(done)) {
+    REQUIRE(done.kind == runtime::CompletionKind::chunk);
+    moved += done.bytes;
+    CHECK(done.end - done.start == 10ns);
+    if (done.landed) landed.emplace_back(done.end.count(), done.expert.flat(4));
   }
-  // a's first chunk [0,10]; b [10,40]; a's other two chunks [40,60].
+  // a's first chunk [0,10]; c [10,40]; a's other two chunks [40,60].
   REQUIRE(landed.size() == 2);
   CHECK(landed[0] == std::pair<std::int64_t, std::uint32_t>{40, 1});
   CHECK(landed[1] == std::pair<std::int64_t, std::uint32_t>{60, 0});
-  CHECK(m.metrics().bytes_copied == Bytes{2000});
+  CHECK(moved == Bytes{2000});
 }
 
 TEST_CASE("executor contract: slots, cancel, promote, evict", "[sim][engine]") {
   const CostModel cost = fixed({10ns});
-  sim::SimMachine m(cost, {1, 4, 1}, checked(Bytes{2500}));  // 2 slots
+  sim::SimBackend b(cost, {1, 4, 1}, {.slots = 2});
+  sim::SimMachine m(b);
   CHECK(m.capacity_slots() == 2);
   CHECK(m.copy({0, 0}, CopyPriority::low));
   CHECK(m.copy({0, 1}, CopyPriority::low));
-  CHECK_FALSE(m.copy({0, 2}, CopyPriority::high));  // no slot
+  CHECK(m.copy({0, 2}, CopyPriority::high).code == runtime::StatusCode::no_free_slot);  // no slot: not a fault
+  CHECK(m.fault().ok());
   CHECK(m.residency({0, 0}) == Residency::copying);
   CHECK(m.residency({0, 1}) == Residency::queued);
+  CHECK(m.address({0, 0}) != m.address({0, 1}));
   CHECK_FALSE(m.cancel({0, 0}));                    // already moving
   CHECK(m.cancel({0, 1}));
   CHECK(m.free_slots() == 1);
-  CHECK_THROWS_AS(m.evict({0, 0}), sim::PolicyError);  // not resident yet
-  CHECK_THROWS_AS(m.copy({0, 0}, CopyPriority::high), sim::PolicyError);  // not absent
-  (void)m.finish_chunk(m.events().pop().payload.expert);
+  const runtime::Status early = m.evict({0, 0});   // not resident yet
+  CHECK(early.code == runtime::StatusCode::not_resident);
+  CHECK(early.describe() == "evict of L0/E0: the expert is not resident");
+  CHECK(m.fault().code == runtime::StatusCode::not_resident);  // recorded: the driver ends the run with it
+  CHECK(m.copy({0, 0}, CopyPriority::high).code == runtime::StatusCode::not_absent);
+  runtime::Completion c;
+  REQUIRE(b.wait(c));
+  REQUIRE(c.landed);
+  m.land(c.expert.flat(4));  // what the driver does when it takes the landing
   CHECK(m.residency({0, 0}) == Residency::resident);
   CHECK(m.evictable({0, 0}));
-  m.evict({0, 0});
-  CHECK(m.metrics().wasted_bytes == Bytes{1000});  // copied, never used
+  CHECK(m.evict({0, 0}));
+  CHECK(m.counters().wasted_bytes == Bytes{1000});  // copied, never used
   CHECK(m.free_slots() == 2);
-  m.check_invariants();
+  CHECK(m.check_invariants() == nullptr);
 }
 
 TEST_CASE("a policy that leaves a need unmet is reported, not hung", "[sim][engine]") {
@@ -139,11 +150,11 @@ TEST_CASE("a policy that leaves a need unmet is reported, not hung", "[sim][engi
   };
   static_assert(Policy<Lazy, sim::SimMachine>);
   const auto routing = two_tokens();
-  const Workload w = sim::build_workload(routing, {2, 2, 1});
+  const Workload w = build_workload(routing, {2, 2, 1});
   const CostModel cost = fixed({100ns});
   Lazy pol;
-  CHECK(test::contains(test::thrown_message<sim::PolicyError>([&] { (void)sim::replay(w, cost, pol, checked(Bytes{4000})); }),
-                       "policy 'lazy' left 1 needed expert(s) of layer 0 of pass 0 absent (first: L0/E0)"));
+  CHECK(test::contains(test::thrown_message<runtime::PolicyError>([&] { (void)sim::replay(w, cost, pol, checked(Bytes{4000})); }),
+                       "policy 'lazy' left 1 needed expert(s) of layer 0 of pass 0 absent (first: L0/E0) with nothing in flight"));
 }
 
 TEST_CASE("a policy that evicts a pinned expert is stopped", "[sim][engine]") {
@@ -153,7 +164,7 @@ TEST_CASE("a policy that evicts a pinned expert is stopped", "[sim][engine]") {
     void on_gate(sim::SimMachine& e, std::uint32_t, std::span<const ExpertId> need) {
       for (auto id : need) {
         if (e.residency(id) == Residency::absent) (void)e.copy(id, CopyPriority::high);
-        else e.evict(id);
+        else (void)e.evict(id);
       }
     }
     void on_expert_done(sim::SimMachine&, ExpertId) {}
@@ -161,11 +172,11 @@ TEST_CASE("a policy that evicts a pinned expert is stopped", "[sim][engine]") {
     void on_layer_done(sim::SimMachine&, std::uint32_t) {}
   };
   const auto routing = two_tokens();
-  const Workload w = sim::build_workload(routing, {2, 2, 1});
+  const Workload w = build_workload(routing, {2, 2, 1});
   const CostModel cost = fixed({100ns});
   Rogue pol;
-  CHECK(test::contains(test::thrown_message<sim::PolicyError>([&] { (void)sim::replay(w, cost, pol, checked(Bytes{4000})); }),
-                       "evict of L0/E0, which is pinned by the running layer"));
+  CHECK(test::contains(test::thrown_message<runtime::PolicyError>([&] { (void)sim::replay(w, cost, pol, checked(Bytes{4000})); }),
+                       "policy 'rogue': evict of L0/E0: the expert is pinned by the running layer"));
 }
 
 TEST_CASE("a budget below one layer's experts is refused before any work", "[sim][engine]") {
@@ -173,7 +184,7 @@ TEST_CASE("a budget below one layer's experts is refused before any work", "[sim
   r.layers = 1;
   r.top_k = 2;
   r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0, 1});
-  const Workload w = sim::build_workload(r, {1, 4, 2});
+  const Workload w = build_workload(r, {1, 4, 2});
   const CostModel cost = fixed({100ns});
   policy::OnDemand pol;
   CHECK(test::contains(test::thrown_message<ConfigError>([&] { (void)sim::replay(w, cost, pol, checked(Bytes{1500})); }),
@@ -182,10 +193,10 @@ TEST_CASE("a budget below one layer's experts is refused before any work", "[sim
 
 TEST_CASE("timeline records compute, copies and stalls", "[sim][engine]") {
   const auto routing = two_tokens();
-  const Workload w = sim::build_workload(routing, {2, 2, 1});
+  const Workload w = build_workload(routing, {2, 2, 1});
   const CostModel cost = fixed({100ns});
   policy::OnDemand pol;
-  sim::Timeline tl;
+  runtime::Timeline tl;
   auto opt = checked(Bytes{4000});
   opt.timeline = &tl;
   (void)sim::replay(w, cost, pol, opt);

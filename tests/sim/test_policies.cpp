@@ -3,14 +3,13 @@
 
 #include <moesched/policy/baseline.hpp>
 #include <moesched/policy/oracle.hpp>
-#include <moesched/sim/engine.hpp>
+#include <moesched/sim/replay.hpp>
 #include <moesched/sim/lower_bound.hpp>
-#include <moesched/sim/registry.hpp>
 
 using namespace moesched;
 using namespace std::chrono_literals;
 using sim::CostModel;
-using sim::Workload;
+using moesched::Workload;
 
 static_assert(Policy<policy::OnDemand, sim::SimMachine>);
 static_assert(Policy<policy::LayerLru, sim::SimMachine>);
@@ -36,14 +35,15 @@ struct NoEvict {  // lacks evict(): not an executor
   std::uint32_t free_slots() const { return 1; }
   Residency residency(ExpertId) const { return Residency::absent; }
   bool evictable(ExpertId) const { return false; }
-  bool copy(ExpertId, CopyPriority) { return false; }
+  DeviceAddress address(ExpertId) const { return {}; }
+  runtime::Status copy(ExpertId, CopyPriority) { return {}; }
   bool cancel(ExpertId) { return false; }
   void promote(ExpertId) {}
 };
 static_assert(!Executor<NoEvict>);
 
 template <class P>
-sim::RunMetrics run(const Workload& w, const CostModel& c, P& p, Bytes budget) {
+runtime::RunMetrics run(const Workload& w, const CostModel& c, P& p, Bytes budget) {
   sim::SimOptions o;
   o.budget = budget;
   o.check_invariants = true;
@@ -51,15 +51,15 @@ sim::RunMetrics run(const Workload& w, const CostModel& c, P& p, Bytes budget) {
 }
 
 /// Every baseline and the oracle on one configuration.
-std::vector<sim::RunMetrics> run_all(const Workload& w, const CostModel& c, Bytes budget) {
-  std::vector<sim::RunMetrics> out;
+std::vector<runtime::RunMetrics> run_all(const Workload& w, const CostModel& c, Bytes budget) {
+  std::vector<runtime::RunMetrics> out;
   policy::OnDemand a;
   out.push_back(run(w, c, a, budget));
   policy::LayerLru b;
   out.push_back(run(w, c, b, budget));
   policy::Lfu d;
   out.push_back(run(w, c, d, budget));
-  policy::StaticPopular s(sim::expert_use_counts(w), w.max_layer_union());
+  policy::StaticPopular s(expert_use_counts(w), w.max_layer_union());
   out.push_back(run(w, c, s, budget));
   policy::Oracle o(w);
   out.push_back(run(w, c, o, budget));
@@ -78,7 +78,7 @@ TEST_CASE("global and per-layer LRU differ where a hand-computed case says they 
   r.layers = 2;
   r.top_k = 1;
   for (int t = 0; t < 9; ++t) r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {std::uint16_t(t % 3), 0});
-  const Workload w = sim::build_workload(r, {2, 4, 1});
+  const Workload w = build_workload(r, {2, 4, 1});
   const CostModel c = CostModel::fixed({.dense = 10ns, .expert = 20ns, .chunk_times = {100ns}, .expert_bytes = Bytes{1000}});
   policy::OnDemand global;
   policy::LayerLru layered;
@@ -105,9 +105,9 @@ TEST_CASE("static popularity keeps its experts and stages the rest", "[sim][poli
   r.layers = 1;
   r.top_k = 1;
   for (std::uint16_t t = 0; t < 8; ++t) r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {std::uint16_t(t % 2 == 0 ? 0 : 1 + (t / 2) % 3)});
-  const Workload w = sim::build_workload(r, {1, 4, 1});
+  const Workload w = build_workload(r, {1, 4, 1});
   const CostModel c = CostModel::fixed({.dense = 10ns, .expert = 20ns, .chunk_times = {100ns}, .expert_bytes = Bytes{1000}});
-  policy::StaticPopular s(sim::expert_use_counts(w), 1);
+  policy::StaticPopular s(expert_use_counts(w), 1);
   const auto m = run(w, c, s, Bytes{2000});
   CHECK(s.pinned_count() == 1);
   // E0 is loaded once (at the start, low priority); E1, E2, E3 each miss when used.
@@ -120,7 +120,7 @@ TEST_CASE("no policy beats the lower bound; invariants hold on every event", "[s
   struct Config {
     std::uint32_t layers, experts, top_k, requests, prompt, decode, batch;
     double skew;
-    std::optional<sim::SdReplay> sd;
+    std::optional<SdReplay> sd;
     std::uint32_t slots_extra;
     std::uint32_t chunks;
   };
@@ -128,15 +128,15 @@ TEST_CASE("no policy beats the lower bound; invariants hold on every event", "[s
       {2, 4, 1, 1, 2, 30, 1, 0.3, std::nullopt, 0, 1},
       {4, 8, 2, 2, 4, 40, 1, 0.5, std::nullopt, 4, 1},
       {4, 8, 2, 3, 4, 30, 2, 0.7, std::nullopt, 8, 3},
-      {3, 16, 4, 2, 8, 40, 1, 0.5, sim::SdReplay{.gamma = 3, .acceptance = 0.6}, 6, 2},
-      {6, 8, 2, 2, 3, 50, 2, 0.2, sim::SdReplay{.gamma = 4, .acceptance = 0.8}, 20, 1},
+      {3, 16, 4, 2, 8, 40, 1, 0.5, SdReplay{.gamma = 3, .acceptance = 0.6}, 6, 2},
+      {6, 8, 2, 2, 3, 50, 2, 0.2, SdReplay{.gamma = 4, .acceptance = 0.8}, 20, 1},
       {2, 32, 8, 1, 16, 60, 1, 0.6, std::nullopt, 30, 3},
   };
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const Config& k = configs[i];
     CAPTURE(i);
     const auto routing = test::random_routing(100 + i, k.layers, k.experts, k.top_k, k.requests, k.prompt, k.decode, k.skew);
-    const Workload w = sim::build_workload(routing, {k.layers, k.experts, k.top_k}, {.batch = k.batch, .sd = k.sd});
+    const Workload w = build_workload(routing, {k.layers, k.experts, k.top_k}, {.batch = k.batch, .sd = k.sd});
     std::vector<Nanoseconds> chunks(k.chunks, Nanoseconds{300 / k.chunks + 20});
     const CostModel c = CostModel::fixed({.dense = 40ns, .expert = 25ns, .expert_per_token = 3ns, .head = 15ns,
                                           .draft_step = 50ns, .chunk_times = chunks, .expert_bytes = Bytes{900}});
@@ -157,7 +157,7 @@ TEST_CASE("no policy beats the lower bound; invariants hold on every event", "[s
 
 TEST_CASE("the same inputs give the same metrics", "[sim][policy]") {
   const auto routing = test::random_routing(5, 4, 8, 2, 2, 4, 40);
-  const Workload w = sim::build_workload(routing, {4, 8, 2}, {.sd = sim::SdReplay{.gamma = 3, .acceptance = 0.5}});
+  const Workload w = build_workload(routing, {4, 8, 2}, {.sd = SdReplay{.gamma = 3, .acceptance = 0.5}});
   const CostModel c = CostModel::fixed({.dense = 40ns, .expert = 25ns, .head = 15ns, .draft_step = 50ns,
                                         .chunk_times = {100ns, 100ns}, .expert_bytes = Bytes{900}});
   const Bytes budget{900ULL * (w.max_layer_union() + 5)};
@@ -173,7 +173,7 @@ TEST_CASE("lower bound: hand-computed cold start", "[sim][lower_bound]") {
   r.top_k = 1;
   r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0, 1});
   r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0, 1});
-  const Workload w = sim::build_workload(r, {2, 2, 1});
+  const Workload w = build_workload(r, {2, 2, 1});
   const CostModel c = CostModel::fixed({.dense = 10ns, .expert = 20ns, .chunk_times = {100ns}, .expert_bytes = Bytes{1000}});
   // Compute: 4 x (10 + 20) = 120 ns over 2 tokens. The run starts at time 0 with nothing held,
   // so the first pass (a window of 60 ns of compute) must copy both experts: 2 x 100 ns of link.
@@ -194,7 +194,7 @@ TEST_CASE("lower bound: a capacity-forced copy in the middle of decode", "[sim][
   r.top_k = 1;
   r.add({.request = 0, .phase = StepPhase::prefill, .tokens = 1}, {0});
   for (std::uint16_t e : std::initializer_list<std::uint16_t>{1, 2, 1, 2}) r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {e});
-  const Workload w = sim::build_workload(r, {1, 4, 1});
+  const Workload w = build_workload(r, {1, 4, 1});
   const CostModel c = CostModel::fixed({.dense = 10ns, .expert = 20ns, .chunk_times = {100ns}, .expert_bytes = Bytes{1000}});
   const auto lb = sim::tpot_lower_bound(w, c, 1);
   // Best cut: windows {E1, E2} twice, each forcing 1 copy: 2 x max(60, 100) = 200 ns / 4 tokens.

@@ -5,27 +5,27 @@
 
 #include <moesched/policy/baseline.hpp>
 #include <moesched/policy/prefetch.hpp>
-#include <moesched/sim/engine.hpp>
+#include <moesched/sim/replay.hpp>
 #include <moesched/sim/lower_bound.hpp>
 #include <moesched/sim/predictions.hpp>
-#include <moesched/sim/registry.hpp>
+#include "registry.hpp"  // moesched-sim's policy registry (sim/src)
 
 #include <array>
 
 using namespace moesched;
 using namespace std::chrono_literals;
 using sim::CostModel;
-using sim::Workload;
+using moesched::Workload;
 
 static_assert(sim::PredictionSource<test::VecRouting>);
-static_assert(CpuExecutor<sim::SimMachine>);
+static_assert(JobExecutor<sim::SimMachine>);
 static_assert(Policy<policy::Prefetch, sim::SimMachine>);
-static_assert(CpuPolicy<policy::Prefetch, sim::SimMachine>);
-static_assert(!CpuPolicy<policy::LayerLru, sim::SimMachine>);
+static_assert(JobPolicy<policy::Prefetch, sim::SimMachine>);
+static_assert(!JobPolicy<policy::LayerLru, sim::SimMachine>);
 
 namespace {
 
-struct NoCpu {  // an executor without CPU workers
+struct NoJobs {  // an executor that runs no predictor jobs
   Nanoseconds now() const { return {}; }
   std::uint32_t layers() const { return 1; }
   std::uint32_t experts_per_layer() const { return 1; }
@@ -33,17 +33,18 @@ struct NoCpu {  // an executor without CPU workers
   std::uint32_t free_slots() const { return 1; }
   Residency residency(ExpertId) const { return Residency::absent; }
   bool evictable(ExpertId) const { return false; }
-  bool copy(ExpertId, CopyPriority) { return false; }
-  void evict(ExpertId) {}
+  DeviceAddress address(ExpertId) const { return {}; }
+  runtime::Status copy(ExpertId, CopyPriority) { return {}; }
+  runtime::Status evict(ExpertId) { return {}; }
   bool cancel(ExpertId) { return false; }
   void promote(ExpertId) {}
 };
-static_assert(Executor<NoCpu>);
-static_assert(!CpuExecutor<NoCpu>);
-static_assert(!Policy<policy::Prefetch, NoCpu>);
+static_assert(Executor<NoJobs>);
+static_assert(!JobExecutor<NoJobs>);
+static_assert(!Policy<policy::Prefetch, NoJobs>);
 
 template <class P>
-sim::RunMetrics run(const Workload& w, const CostModel& c, P& p, Bytes budget, std::uint32_t workers = 1) {
+runtime::RunMetrics run(const Workload& w, const CostModel& c, P& p, Bytes budget, std::uint32_t workers = 1) {
   sim::SimOptions o;
   o.budget = budget;
   o.check_invariants = true;
@@ -93,7 +94,7 @@ Workload one_pass() {
   r.layers = 2;
   r.top_k = 1;
   r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0, 1});
-  return sim::build_workload(r, {2, 3, 1});
+  return build_workload(r, {2, 3, 1});
 }
 
 policy::PredictionTable predict_layer1(std::initializer_list<std::uint16_t> candidates) {
@@ -146,7 +147,7 @@ TEST_CASE("build_predictions: merging, top, draft timing, dropped and refused pr
       {1, 2, 2, -1, {0}},        // token 2 (the last draft): needs all 2 drafts -> merged with token 1
       {1, 1, -1, -1, {1}},       // whole step: after all drafts
   };
-  const Workload w = sim::build_workload(r, {3, 4, 1});
+  const Workload w = build_workload(r, {3, 4, 1});
   const auto t = sim::build_predictions(r, 0, w, {.name = "ch", .max_candidates = 3, .top = 2});
   REQUIRE(t.pass_count() == 2);
   const auto p0 = t.of_pass(0);
@@ -163,46 +164,63 @@ TEST_CASE("build_predictions: merging, top, draft timing, dropped and refused pr
   CHECK(std::vector<std::uint16_t>(t.candidates(p1[2]).begin(), t.candidates(p1[2]).end()) == std::vector<std::uint16_t>{1, 0});
 
   // SD replay re-cuts the steps: no recorded predictions can be replayed.
-  const Workload sd = sim::build_workload(r, {3, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 0.5}});
+  const Workload sd = build_workload(r, {3, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 0.5}});
   CHECK(test::thrown_message<ConfigError>([&] { (void)sim::build_predictions(r, 0, sd, {.name = "ch", .max_candidates = 3}); }).find("leave --gamma at 0") != std::string::npos);
   // Out-of-range candidates are refused, not used as indices.
   r.predictions = {{0, 1, 0, 0, {9}}};
   CHECK(test::thrown_message<ConfigError>([&] { (void)sim::build_predictions(r, 0, w, {.name = "ch", .max_candidates = 3}); }).find("not below experts_per_layer") != std::string::npos);
 }
 
-TEST_CASE("CPU workers: first come first served, ready times, waiting", "[sim][prefetch]") {
+namespace {
+/// A predictor that answers its key as the one candidate.
+std::uint32_t echo(const void*, const runtime::JobInput& in, std::span<runtime::ScoredExpert> out) noexcept {
+  out[0] = {static_cast<std::uint16_t>(in.key), 1.0f};
+  return 1;
+}
+}  // namespace
+
+TEST_CASE("CPU workers: first come first served, waiting, results", "[sim][prefetch]") {
   const CostModel c = CostModel::fixed({.dense = 10ns, .expert = 20ns, .chunk_times = {100ns}, .expert_bytes = Bytes{1000}});
   for (std::uint32_t workers : {1U, 2U}) {
     CAPTURE(workers);
-    sim::SimOptions o;
-    o.budget = Bytes{1000};
-    o.cpu_workers = workers;
-    sim::SimMachine m(c, {1, 1, 1}, o);
-    CHECK(m.cpu_workers() == workers);
-    m.cpu_submit(1, 0ns, 100ns);
-    m.cpu_submit(2, 0ns, 100ns);
-    m.cpu_submit(3, 500ns, 10ns);  // input exists only from 500 ns
+    sim::SimBackend b(c, {1, 8, 1}, {.slots = 1, .cpu_workers = workers});
+    CHECK(b.cpu_workers() == workers);
+    std::array<runtime::ScoredExpert, 3> out{};
+    for (std::uint32_t tag = 0; tag < 3; ++tag) {
+      runtime::PredictorJob j;
+      j.tag = tag;
+      j.cost = tag == 2 ? 10ns : 100ns;
+      j.predict = &echo;
+      j.input.key = 5 + tag;
+      j.out = {out.data() + tag, 1};
+      REQUIRE(b.submit_job(j));
+    }
     std::vector<std::pair<std::int64_t, std::uint32_t>> ends;
-    while (!m.events().empty()) {
-      const auto ev = m.events().pop();
-      CHECK(ev.payload.kind == sim::SimMachine::EventKind::cpu_done);
-      ends.emplace_back(ev.time.count(), ev.payload.expert);
+    Nanoseconds wait{0};
+    runtime::Completion done;
+    while (b.wait(done)) {
+      REQUIRE(done.kind == runtime::CompletionKind::job);
+      CHECK(done.count == 1);
+      ends.emplace_back(done.end.count(), done.tag);
+      wait += done.start - done.queued;
     }
+    // The results are the predictor's, written when the job ended.
+    CHECK(out[0].expert == 5);
+    CHECK(out[2].expert == 7);
     if (workers == 1) {
-      CHECK(ends == std::vector<std::pair<std::int64_t, std::uint32_t>>{{100, 1}, {200, 2}, {510, 3}});
-      CHECK(m.metrics().cpu_wait == 100ns);
+      CHECK(ends == std::vector<std::pair<std::int64_t, std::uint32_t>>{{100, 0}, {200, 1}, {210, 2}});
+      CHECK(wait == 300ns);
     } else {
-      CHECK(ends == std::vector<std::pair<std::int64_t, std::uint32_t>>{{100, 1}, {100, 2}, {510, 3}});
-      CHECK(m.metrics().cpu_wait == 0ns);
+      CHECK(ends == std::vector<std::pair<std::int64_t, std::uint32_t>>{{100, 0}, {100, 1}, {110, 2}});
+      CHECK(wait == 100ns);
     }
-    CHECK(m.metrics().cpu_jobs == 3);
-    CHECK(m.metrics().cpu_busy == 210ns);
   }
-  sim::SimOptions none;
-  none.budget = Bytes{1000};
-  none.cpu_workers = 0;
-  sim::SimMachine m(c, {1, 1, 1}, none);
-  CHECK_THROWS_AS(m.cpu_submit(1, 0ns, 1ns), sim::PolicyError);
+  sim::SimBackend none(c, {1, 8, 1}, {.slots = 1, .cpu_workers = 0});
+  sim::SimMachine m(none);
+  runtime::PredictorJob j;
+  j.predict = &echo;
+  CHECK(m.submit_job(j).code == runtime::StatusCode::bad_argument);
+  CHECK_FALSE(m.fault().ok());
 }
 
 TEST_CASE("prefetch: hand-computed lead time, latency and a late prediction", "[sim][prefetch]") {
@@ -233,6 +251,7 @@ TEST_CASE("prefetch: hand-computed lead time, latency and a late prediction", "[
     CHECK(m.tpot_ms.mean == Approx(450e-6));
     CHECK(m.layers[1].late == 1);
     CHECK(m.cpu_busy == 60ns);
+    CHECK(m.cpu_wait == 0ns);
   }
   SECTION("a prediction that ends after its layer's gate is dropped: plain per-layer LRU") {
     policy::Prefetch p(right, 200ns);  // job 270-470, gate at 420
@@ -267,20 +286,20 @@ TEST_CASE("prefetch: hand-computed lead time, latency and a late prediction", "[
 TEST_CASE("prefetch: never beats the lower bound; invariants hold; perfect predictions help", "[sim][prefetch][lower_bound]") {
   struct Config {
     std::uint32_t layers, experts, top_k, requests, decode, batch;
-    std::optional<sim::SdReplay> sd;
+    std::optional<SdReplay> sd;
     std::uint32_t slots_extra, chunks;
   };
   const std::vector<Config> configs{
       {4, 8, 2, 2, 40, 1, std::nullopt, 4, 1},
       {4, 8, 2, 3, 30, 2, std::nullopt, 8, 3},
-      {3, 16, 4, 2, 40, 1, sim::SdReplay{.gamma = 3, .acceptance = 0.6}, 6, 2},
-      {6, 8, 2, 2, 50, 2, sim::SdReplay{.gamma = 4, .acceptance = 0.8}, 20, 1},
+      {3, 16, 4, 2, 40, 1, SdReplay{.gamma = 3, .acceptance = 0.6}, 6, 2},
+      {6, 8, 2, 2, 50, 2, SdReplay{.gamma = 4, .acceptance = 0.8}, 20, 1},
   };
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const Config& k = configs[i];
     CAPTURE(i);
     const auto routing = test::random_routing(300 + i, k.layers, k.experts, k.top_k, k.requests, 4, k.decode, 0.5);
-    const Workload w = sim::build_workload(routing, {k.layers, k.experts, k.top_k}, {.batch = k.batch, .sd = k.sd});
+    const Workload w = build_workload(routing, {k.layers, k.experts, k.top_k}, {.batch = k.batch, .sd = k.sd});
     // Dense parts long enough for a copy to hide behind one (the regime prefetching is for).
     std::vector<Nanoseconds> chunks(k.chunks, Nanoseconds{90 / k.chunks});
     const CostModel c = CostModel::fixed({.dense = 120ns, .expert = 25ns, .expert_per_token = 3ns, .head = 15ns,
@@ -317,14 +336,14 @@ TEST_CASE("registry: prefetch:CHANNEL needs its predictions", "[sim][prefetch]")
   const CostModel c = CostModel::fixed({.dense = 150ns, .expert = 20ns, .chunk_times = {100ns}, .expert_bytes = Bytes{1000}});
   sim::SimOptions o;
   o.budget = Bytes{3000};
-  CHECK_NOTHROW(sim::check_policy_name("prefetch:skip_gate"));
-  CHECK(test::thrown_message<ConfigError>([&] { (void)sim::check_policy_name("prefetch:"); }).find("unknown policy") != std::string::npos);
-  CHECK(test::thrown_message<ConfigError>([&] { (void)sim::run_policy("prefetch:hand", w, c, o); }).find("no predictions of channel 'hand'") != std::string::npos);
+  CHECK_NOTHROW(tools::check_policy_name("prefetch:skip_gate"));
+  CHECK(test::thrown_message<ConfigError>([&] { (void)tools::check_policy_name("prefetch:"); }).find("unknown policy") != std::string::npos);
+  CHECK(test::thrown_message<ConfigError>([&] { (void)tools::run_policy("prefetch:hand", w, c, o); }).find("no predictions of channel 'hand'") != std::string::npos);
   const auto t = predict_layer1({1});
-  sim::PolicyInputs in;
+  tools::PolicyInputs in;
   in.predictions = &t;
   in.predictor_latency = 0ns;
-  const auto m = sim::run_policy("prefetch:hand", w, c, o, in);
+  const auto m = tools::run_policy("prefetch:hand", w, c, o, in);
   CHECK(m.policy == "prefetch:hand");
   CHECK(m.tpot_ms.mean == Approx(440e-6));
 }

@@ -1,10 +1,10 @@
 #include "support/catch.hpp"
 #include "support/routing.hpp"
 
-#include <moesched/sim/workload.hpp>
+#include <moesched/workload/workload.hpp>
 
 using namespace moesched;
-using sim::Workload;
+using moesched::Workload;
 
 namespace {
 
@@ -23,7 +23,7 @@ test::VecRouting plain_request() {
 
 TEST_CASE("recorded steps replay as they are", "[sim][workload]") {
   const auto r = plain_request();
-  const Workload w = sim::build_workload(r, {1, 4, 1});
+  const Workload w = build_workload(r, {1, 4, 1});
   REQUIRE(w.pass_count() == 7);
   CHECK(w.pass(0).phase == StepPhase::prefill);
   CHECK(w.pass(0).tokens == 3);
@@ -41,7 +41,7 @@ TEST_CASE("recorded steps replay as they are", "[sim][workload]") {
 
 TEST_CASE("SD replay: every draft accepted", "[sim][workload]") {
   const auto r = plain_request();
-  const Workload w = sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 1.0}});
+  const Workload w = build_workload(r, {1, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 1.0}});
   // Windows at 0 and 3 verify 3 tokens each and emit 3.
   REQUIRE(w.pass_count() == 3);
   for (std::uint64_t p = 1; p < 3; ++p) {
@@ -61,7 +61,7 @@ TEST_CASE("SD replay: every draft accepted", "[sim][workload]") {
 
 TEST_CASE("SD replay: no draft accepted", "[sim][workload]") {
   const auto r = plain_request();
-  const Workload w = sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 0.0}});
+  const Workload w = build_workload(r, {1, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 0.0}});
   // One token per window: windows at 0..3 verify 3 tokens, at 4 verifies 2, at 5 is a decode.
   REQUIRE(w.pass_count() == 7);
   CHECK(w.pass(1).tokens == 3);
@@ -74,15 +74,15 @@ TEST_CASE("SD replay: no draft accepted", "[sim][workload]") {
 
 TEST_CASE("SD replay is seeded and keeps every output token", "[sim][workload]") {
   const auto r = test::random_routing(7, 2, 8, 2, 3, 5, 40);
-  const sim::WorkloadOptions opt{.sd = sim::SdReplay{.gamma = 4, .acceptance = 0.6, .seed = 9}};
-  const Workload a = sim::build_workload(r, {2, 8, 2}, opt);
-  const Workload b = sim::build_workload(r, {2, 8, 2}, opt);
+  const WorkloadOptions opt{.sd = SdReplay{.gamma = 4, .acceptance = 0.6, .seed = 9}};
+  const Workload a = build_workload(r, {2, 8, 2}, opt);
+  const Workload b = build_workload(r, {2, 8, 2}, opt);
   REQUIRE(a.pass_count() == b.pass_count());
   for (std::uint64_t p = 0; p < a.pass_count(); ++p) CHECK(a.pass(p).tokens == b.pass(p).tokens);
   CHECK(a.decode_tokens() == 3 * 40);
   auto other = opt;
   other.sd->seed = 10;
-  const Workload c = sim::build_workload(r, {2, 8, 2}, other);
+  const Workload c = build_workload(r, {2, 8, 2}, other);
   CHECK(c.decode_tokens() == 3 * 40);
   bool differs = c.pass_count() != a.pass_count();
   for (std::uint64_t p = 0; !differs && p < a.pass_count(); ++p) differs = a.pass(p).tokens != c.pass(p).tokens;
@@ -96,7 +96,7 @@ TEST_CASE("a recorded verify step contributes its accepted tokens to SD re-windo
   // Verify of 4 tokens (3 drafts), 1 accepted: output tokens are its first two.
   r.add({.request = 0, .phase = StepPhase::verify, .tokens = 4, .draft_len = 3, .accepted = 1}, {0, 1, 2, 3});
   r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {3});
-  const Workload w = sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 1.0}});
+  const Workload w = build_workload(r, {1, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 1.0}});
   REQUIRE(w.pass_count() == 1);  // tokens {0, 1, 3} in one window of 3
   const auto u = w.uses(0, 0);
   REQUIRE(u.size() == 3);
@@ -114,7 +114,7 @@ TEST_CASE("batching runs requests together and takes the union of their experts"
   r.add({.request = 1, .phase = StepPhase::prefill, .tokens = 1}, {3});
   r.add({.request = 1, .phase = StepPhase::decode, .tokens = 1}, {2});
   r.add({.request = 2, .phase = StepPhase::prefill, .tokens = 1}, {0});
-  const Workload w = sim::build_workload(r, {1, 4, 1}, {.batch = 2});
+  const Workload w = build_workload(r, {1, 4, 1}, {.batch = 2});
   // Group {0, 1}: prefill together, decode k=0 together, decode k=1 for request 0 alone;
   // group {2}: its prefill.
   REQUIRE(w.pass_count() == 4);
@@ -132,14 +132,14 @@ TEST_CASE("batching runs requests together and takes the union of their experts"
 
 TEST_CASE("workload options out of range are refused", "[sim][workload]") {
   const auto r = plain_request();
-  CHECK(test::contains(test::thrown_message<ConfigError>([&] { (void)sim::build_workload(r, {1, 4, 1}, {.batch = 0}); }),
+  CHECK(test::contains(test::thrown_message<ConfigError>([&] { (void)build_workload(r, {1, 4, 1}, {.batch = 0}); }),
                        "field 'batch' = 0"));
   CHECK(test::contains(test::thrown_message<ConfigError>([&] {
-                         (void)sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 0}});
+                         (void)build_workload(r, {1, 4, 1}, {.sd = SdReplay{.gamma = 0}});
                        }),
                        "field 'gamma' = 0"));
   CHECK(test::contains(test::thrown_message<ConfigError>([&] {
-                         (void)sim::build_workload(r, {1, 4, 1}, {.sd = sim::SdReplay{.gamma = 2, .acceptance = 1.5}});
+                         (void)build_workload(r, {1, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 1.5}});
                        }),
                        "field 'acceptance' = 1.5"));
 }

@@ -1,8 +1,8 @@
 #pragma once
-// An in-memory routing source (models moesched::sim::RoutingSource) for simulator tests.
+// An in-memory routing source (models moesched::RoutingSource) for simulator tests.
 #include <moesched/core/random.hpp>
 #include <moesched/core/routing.hpp>
-#include <moesched/sim/workload.hpp>
+#include <moesched/workload/workload.hpp>
 
 #include <cstdint>
 #include <initializer_list>

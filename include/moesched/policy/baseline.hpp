@@ -1,6 +1,6 @@
 #pragma once
 /// Baseline policies: what an engine does without prediction. Each models moesched::Policy for
-/// any Executor, so the simulator and the CUDA executor run the same code.
+/// any Executor, so every backend of the layer driver (simulator, host, CUDA) runs the same code.
 ///
 ///   moesched::policy::OnDemand     copy on miss; the budget is one LRU cache over all layers
 ///   moesched::policy::LayerLru     per-layer LRU with equal shares (Mixtral-offloading, ProMoE)
@@ -16,8 +16,9 @@
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
-#include "moesched/policy/concepts.hpp"
 #include "moesched/policy/recency_list.hpp"
+#include "moesched/runtime/archetype.hpp"
+#include "moesched/runtime/executor.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -49,7 +50,7 @@ void demand(E& e, std::span<const ExpertId> needed, Victim&& victim, OnCopy&& on
       const std::uint32_t v = victim();
       if (v == RecencyList::kNone) return;
       const ExpertId vid = ExpertId::from_flat(v, e.experts_per_layer());
-      e.evict(vid);
+      if (!e.evict(vid)) return;
       on_copy(vid, false);
     }
     if (!e.copy(id, CopyPriority::high)) return;
@@ -308,5 +309,10 @@ class StaticPopular {
   RecencyList staging_;
   std::vector<std::uint8_t> pinned_;
 };
+
+static_assert(Policy<OnDemand, runtime::ArchetypeExecutor>);
+static_assert(Policy<LayerLru, runtime::ArchetypeExecutor>);
+static_assert(Policy<Lfu, runtime::ArchetypeExecutor>);
+static_assert(Policy<StaticPopular, runtime::ArchetypeExecutor>);
 
 }  // namespace moesched::policy

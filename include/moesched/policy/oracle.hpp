@@ -15,12 +15,14 @@
 ///
 /// It is a strong reference, not a proof of optimality: sometimes copying more, earlier, is
 /// faster. The provable floor is moesched/sim/lower_bound.hpp; tests check that no policy, the
-/// oracle included, beats it.
+/// oracle included, beats it. It reads only the Workload (moesched/workload/), so it runs on any
+/// backend whose run replays that workload.
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
-#include "moesched/policy/concepts.hpp"
-#include "moesched/sim/workload.hpp"
+#include "moesched/runtime/archetype.hpp"
+#include "moesched/runtime/executor.hpp"
+#include "moesched/workload/workload.hpp"
 
 #include <cstdint>
 #include <limits>
@@ -38,7 +40,8 @@ class Oracle {
   static constexpr std::uint64_t kNever = std::numeric_limits<std::uint64_t>::max();
   static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
 
-  explicit Oracle(const sim::Workload& w, std::uint32_t depth = 2) : w_(&w), depth_(depth == 0 ? 1 : depth) {}
+  explicit Oracle(const Workload& w, std::uint32_t depth = 2) : w_(&w), depth_(depth == 0 ? 1 : depth) {}
+  explicit Oracle(Workload&&, std::uint32_t = 2) = delete;  // keeps a pointer: no temporaries
 
   /// One copy of Belady's schedule.
   struct Fetch {
@@ -146,7 +149,7 @@ class Oracle {
       if (f.victim != kNone) {
         const ExpertId v = ExpertId::from_flat(f.victim, per);
         if (f.victim_done >= cur_ || !e.evictable(v)) return;  // the victim still has work to do
-        e.evict(v);
+        if (!e.evict(v)) return;
       }
       if (!e.copy(ExpertId::from_flat(f.expert, per), is_urgent ? CopyPriority::high : CopyPriority::low)) return;
       if (!is_urgent) ++outstanding_;
@@ -155,7 +158,7 @@ class Oracle {
     }
   }
 
-  const sim::Workload* w_;
+  const Workload* w_;
   std::uint32_t depth_;
   bool planned_ = false;
   std::vector<Fetch> fetches_;
@@ -165,5 +168,7 @@ class Oracle {
   std::uint32_t last_layer_ = kNone;
   std::uint32_t outstanding_ = 0;
 };
+
+static_assert(Policy<Oracle, runtime::ArchetypeExecutor>);
 
 }  // namespace moesched::policy

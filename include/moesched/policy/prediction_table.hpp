@@ -9,11 +9,13 @@
 ///
 /// A predictive policy replays it: a set becomes usable once MoE layer `after` of its pass has run
 /// (-1: from the pass's start) and, in an SD pass, once `draft_tokens` draft tokens were drafted;
-/// then the policy's predictor job runs on a CPU worker and the candidates can be prefetched.
+/// then the policy's predictor job runs (PredictionTable::predict is its function: the table is
+/// one predictor among others) and the candidates can be prefetched.
 /// The simulator builds one from a trace's prediction channel (moesched/sim/predictions.hpp); a
 /// test or a user can build one by hand. Std-only.
 
 #include "moesched/core/config.hpp"
+#include "moesched/runtime/jobs.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -55,6 +57,18 @@ class PredictionTable {
   [[nodiscard]] const PredictedSet& set(std::uint64_t i) const noexcept { return sets_[i]; }
   [[nodiscard]] std::span<const std::uint16_t> candidates(const PredictedSet& s) const noexcept {
     return {candidates_.data() + s.first, s.count};
+  }
+
+  /// A runtime::PredictFn over a table: `input.key` is a set index; writes its candidates in rank
+  /// order (score = -rank). Reads the table only, so it may run on any thread.
+  static std::uint32_t predict(const void* table, const runtime::JobInput& input,
+                               std::span<runtime::ScoredExpert> out) noexcept {
+    const auto* t = static_cast<const PredictionTable*>(table);
+    if (input.key >= t->set_count()) return 0;
+    const auto c = t->candidates(t->set(input.key));
+    const auto n = static_cast<std::uint32_t>(std::min(c.size(), out.size()));
+    for (std::uint32_t r = 0; r < n; ++r) out[r] = {c[r], -static_cast<float>(r)};
+    return n;
   }
 
   /// Starts the next pass (passes in replay order; a pass may have no sets).

@@ -1,14 +1,17 @@
 #pragma once
-/// Prefetch: a predictive policy that replays a PredictionTable through CPU predictor jobs.
+/// Prefetch: a predictive policy fed by a PredictionTable through predictor jobs.
 ///
 ///   moesched::policy::Prefetch pol(table, moesched::Nanoseconds{200'000});  // 200 us a prediction
 ///   auto m = moesched::sim::replay(workload, cost, pol, {.budget = moesched::Bytes::gib(8)});
 ///
 /// The mechanism is ProMoE's (arXiv 2410.22134), with the predictor abstracted to a table:
-/// - When a predicted set becomes usable (its layer `after` of the pass ran, or the pass started
-///   and, in SD passes, `draft_tokens` drafts exist), one predictor job of `latency` runs on the
-///   executor's CPU workers; when it ends, the set's absent candidates are copied at low
-///   priority, in rank order, unless the predicted layer's gate already ran (too late: dropped).
+/// - Every predicted set of the pass becomes one predictor job (moesched/runtime/jobs.hpp) whose
+///   ready point is where the set's input exists: after MoE layer `after` of the pass, after
+///   draft step `draft_tokens` of an SD pass, or the pass start. The job runs where the predictor
+///   runs (`where`: CPU workers for an MLP, the compute stream for a router GEMV) and costs
+///   `latency` there; it returns the set's ranked candidates (PredictionTable::predict), whose
+///   absent members are then copied at low priority, in rank order, unless the predicted layer's
+///   gate already ran (too late: dropped).
 /// - The cache is ProMoE's per-layer LRU (LayerLru: equal shares, borrowing) for demand copies,
 ///   which spare this pass's unused prefetches while anything else can go; a prefetch touches its
 ///   entry. A prefetch evicts by Belady's rule with layers as the clock
@@ -23,17 +26,20 @@
 /// - Early preemption at the gate: the layer's queued low copies that the gate did not ask for
 ///   are cancelled, the asked ones still queued or moving are promoted to high, and the absent
 ///   ones are copied at high priority (demand, as OnDemand).
-/// Needs a CpuExecutor (the simulator is one).
+/// Needs a JobExecutor (every runtime::Machine is one).
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
 #include "moesched/core/units.hpp"
 #include "moesched/policy/baseline.hpp"
-#include "moesched/policy/concepts.hpp"
 #include "moesched/policy/prediction_table.hpp"
 #include "moesched/policy/recency_list.hpp"
+#include "moesched/runtime/archetype.hpp"
+#include "moesched/runtime/executor.hpp"
+#include "moesched/runtime/jobs.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -49,13 +55,20 @@ class Prefetch {
   /// another prefetch.
   /// `lookahead`: prefetch only for the next `lookahead` layers after the running one (ProMoE's
   /// bounded lookahead; 0 = any later layer of the pass).
-  Prefetch(const PredictionTable& table, Nanoseconds latency, std::uint32_t depth = 2, std::uint32_t lookahead = 0)
-      : table_(&table), latency_(latency), depth_(depth < 1 ? 1 : depth), lookahead_(lookahead) {}
+  /// `where`: where the predictor runs (its `latency` is charged there).
+  Prefetch(const PredictionTable& table, Nanoseconds latency, std::uint32_t depth = 2, std::uint32_t lookahead = 0,
+           runtime::JobResource where = runtime::JobResource::cpu_worker)
+      : table_(&table), latency_(latency), depth_(depth < 1 ? 1 : depth), lookahead_(lookahead), where_(where) {
+    for (std::uint64_t i = 0; i < table.set_count(); ++i) block_size_ = std::max(block_size_, table.set(i).count);
+    block_size_ = std::max<std::uint32_t>(block_size_, 1);
+  }
+  Prefetch(PredictionTable&&, Nanoseconds, std::uint32_t = 2, std::uint32_t = 0,
+           runtime::JobResource = runtime::JobResource::cpu_worker) = delete;  // keeps a pointer
 
   /// Predictor jobs that ended after the gate of the layer they predicted (or after their pass).
   [[nodiscard]] std::uint64_t too_late() const noexcept { return too_late_; }
 
-  template <CpuExecutor E>
+  template <JobExecutor E>
   void on_pass_begin(E& e, const PassInfo& pass) {
     cache_.on_pass_begin(e, pass);
     if (marks_.empty()) {
@@ -69,21 +82,36 @@ class Prefetch {
     for (auto& q : pending_) q.clear();
     first_pending_ = e.layers();
     needed_.clear();
-    next_ = pass_ < table_->pass_count() ? table_->pass_begin(pass_) : 0;
-    end_ = pass_ < table_->pass_count() ? table_->pass_end(pass_) : 0;
-    const Nanoseconds start = e.now();
-    for (; next_ < end_ && table_->set(next_).after < 0; ++next_) {
-      const PredictedSet& s = table_->set(next_);
-      Nanoseconds ready = start;
-      if (pass.draft_len > 0 && s.draft_tokens > 0) {
-        const std::uint64_t d = std::min<std::uint64_t>(s.draft_tokens, pass.draft_len);
-        ready += Nanoseconds{static_cast<std::int64_t>(static_cast<std::uint64_t>(pass.draft_time.count()) * d / pass.draft_len)};
+    if (pass_ >= table_->pass_count()) return;
+    // One job per predicted set, ready where its input exists.
+    for (std::uint64_t i = table_->pass_begin(pass_); i < table_->pass_end(pass_); ++i) {
+      const PredictedSet& s = table_->set(i);
+      runtime::PredictorJob job;
+      job.where = where_;
+      job.cost = latency_;
+      job.predict = &PredictionTable::predict;
+      job.predictor = table_;
+      job.input.pass = pass_;
+      job.input.layer = s.layer;
+      job.input.key = i;
+      if (s.after >= 0) {
+        job.ready = runtime::ReadyPoint::after_layer(static_cast<std::uint32_t>(s.after));
+        job.input.source = runtime::InputSource::layer_boundary;
+      } else if (pass.draft_len > 0 && s.draft_tokens > 0) {
+        job.ready = runtime::ReadyPoint::after_draft(std::min<std::uint32_t>(s.draft_tokens, pass.draft_len));
+        job.input.source = runtime::InputSource::draft_state;
+      } else {
+        job.ready = runtime::ReadyPoint::pass_start();
+        job.input.source = runtime::InputSource::layer_boundary;
       }
-      e.cpu_submit(static_cast<std::uint32_t>(next_), ready, latency_);
+      const std::uint32_t b = take_block(i);
+      job.tag = b;
+      job.out = {blocks_[b].get(), block_size_};
+      if (!e.submit_job(job)) free_blocks_.push_back(b);
     }
   }
 
-  template <CpuExecutor E>
+  template <JobExecutor E>
   void on_gate(E& e, std::uint32_t layer, std::span<const ExpertId> needed) {
     const std::uint32_t per = e.experts_per_layer();
     if (layer_ != static_cast<std::int64_t>(layer)) {  // first call for this layer
@@ -113,38 +141,39 @@ class Prefetch {
         [&](std::uint32_t evicted) { marks_[evicted] = 0; });
   }
 
-  template <CpuExecutor E>
+  template <JobExecutor E>
   void on_expert_done(E& e, ExpertId id) {
     marks_[id.flat(e.experts_per_layer())] = 0;
   }
-  template <CpuExecutor E>
+  template <JobExecutor E>
   void on_copy_done(E& e, ExpertId id) {
     land(id.flat(e.experts_per_layer()));
     pump(e);
   }
 
-  template <CpuExecutor E>
-  void on_layer_done(E& e, std::uint32_t layer) {
+  template <JobExecutor E>
+  void on_layer_done(E& e, std::uint32_t) {
     needed_.clear();
-    for (; next_ < end_ && table_->set(next_).after <= static_cast<std::int64_t>(layer); ++next_) {
-      e.cpu_submit(static_cast<std::uint32_t>(next_), e.now(), latency_);
-    }
     pump(e);
   }
 
-  template <CpuExecutor E>
-  void on_cpu_done(E& e, std::uint32_t tag) {
-    if (pass_ >= table_->pass_count() || tag < table_->pass_begin(pass_) || tag >= table_->pass_end(pass_)) {
+  /// A predictor job ended: its candidates join the prefetch queue (unless too late).
+  template <JobExecutor E>
+  void on_job_done(E& e, std::uint32_t tag, std::uint32_t count) {
+    const std::uint64_t set = block_set_[tag];
+    const runtime::ScoredExpert* out = blocks_[tag].get();
+    free_blocks_.push_back(tag);
+    if (pass_ >= table_->pass_count() || set < table_->pass_begin(pass_) || set >= table_->pass_end(pass_)) {
       ++too_late_;  // the pass it was for is over
       return;
     }
-    const PredictedSet& s = table_->set(tag);
+    const PredictedSet& s = table_->set(set);
     if (static_cast<std::int64_t>(s.layer) <= layer_) {
       ++too_late_;
       return;
     }
     auto& q = pending_[s.layer];
-    for (std::uint16_t x : table_->candidates(s)) q.push_back(x);
+    for (std::uint32_t i = 0; i < count && i < block_size_; ++i) q.push_back(out[i].expert);
     first_pending_ = std::min<std::uint32_t>(first_pending_, s.layer);
     pump(e);
   }
@@ -152,7 +181,7 @@ class Prefetch {
  private:
   /// Issues pending prefetches, nearest layer first, while fewer than depth_ copies are
   /// outstanding and within the lookahead.
-  template <CpuExecutor E>
+  template <JobExecutor E>
   void pump(E& e) {
     const std::uint32_t per = e.experts_per_layer();
     const std::uint64_t mark = pass_ + 1;
@@ -176,7 +205,7 @@ class Prefetch {
         if (e.free_slots() == 0) {
           const std::uint32_t v = victim(e, l);
           if (v == RecencyList::kNone) break;  // retried when a copy lands or a layer ends
-          e.evict(ExpertId::from_flat(v, per));
+          if (!e.evict(ExpertId::from_flat(v, per))) break;
           forget(e, v);
         }
         if (!e.copy(id, CopyPriority::low)) break;
@@ -217,6 +246,19 @@ class Prefetch {
     return marks_[held] == pass_ + 1 && static_cast<std::int64_t>(held / per) > layer_;
   }
 
+  /// A result block for a job of set `set` (reused once its job ended).
+  std::uint32_t take_block(std::uint64_t set) {
+    if (free_blocks_.empty()) {
+      free_blocks_.push_back(static_cast<std::uint32_t>(blocks_.size()));
+      blocks_.push_back(std::make_unique<runtime::ScoredExpert[]>(block_size_));
+      block_set_.push_back(0);
+    }
+    const std::uint32_t b = free_blocks_.back();
+    free_blocks_.pop_back();
+    block_set_[b] = set;
+    return b;
+  }
+
   /// A low copy of flat id f landed, was cancelled or became a demand copy.
   void land(std::uint32_t f) {
     if (low_flight_[f] == 0) return;
@@ -233,6 +275,11 @@ class Prefetch {
   Nanoseconds latency_;
   std::uint32_t depth_;
   std::uint32_t lookahead_;
+  runtime::JobResource where_;
+  std::uint32_t block_size_ = 1;                // candidates of the largest set
+  std::vector<std::unique_ptr<runtime::ScoredExpert[]>> blocks_;  // job results, one block per job in flight
+  std::vector<std::uint64_t> block_set_;        // the set each block's job predicts
+  std::vector<std::uint32_t> free_blocks_;
   LayerLru cache_;
   std::vector<std::uint64_t> marks_;            // pass + 1 while prefetched and not yet used
   std::vector<std::uint8_t> low_flight_;        // a low copy is queued or moving
@@ -243,9 +290,9 @@ class Prefetch {
   std::uint32_t low_count_ = 0;
   std::uint64_t pass_ = 0;
   std::int64_t layer_ = -1;                     // last gated layer of the pass, -1 before
-  std::uint64_t next_ = 0;                      // next set of the pass to submit
-  std::uint64_t end_ = 0;
   std::uint64_t too_late_ = 0;
 };
+
+static_assert(JobPolicy<Prefetch, runtime::ArchetypeExecutor>);
 
 }  // namespace moesched::policy

@@ -32,7 +32,7 @@
 #include "moesched/core/model.hpp"
 #include "moesched/core/sizing.hpp"
 #include "moesched/core/units.hpp"
-#include "moesched/sim/workload.hpp"
+#include "moesched/workload/workload.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -26,7 +26,7 @@
 #include "moesched/core/config.hpp"
 #include "moesched/core/units.hpp"
 #include "moesched/sim/cost_model.hpp"
-#include "moesched/sim/workload.hpp"
+#include "moesched/workload/workload.hpp"
 
 #include <algorithm>
 #include <cstdint>

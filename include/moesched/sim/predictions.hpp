@@ -1,7 +1,7 @@
 #pragma once
 /// Prediction tables from a trace's prediction channel, aligned with a workload's passes.
 ///
-///   auto w = moesched::sim::build_workload(trace, shape);
+///   auto w = moesched::build_workload(trace, shape);
 ///   auto table = moesched::sim::build_predictions(trace, trace.channel_index("skip_gate"), w,
 ///                                                 {.max_candidates = 4, .top = 2});
 ///   moesched::policy::Prefetch pol(table, moesched::Nanoseconds{20'000});
@@ -23,7 +23,7 @@
 #include "moesched/core/error.hpp"
 #include "moesched/core/routing.hpp"
 #include "moesched/policy/prediction_table.hpp"
-#include "moesched/sim/workload.hpp"
+#include "moesched/workload/workload.hpp"
 
 #include <algorithm>
 #include <concepts>

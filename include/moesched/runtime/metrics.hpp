@@ -1,5 +1,7 @@
 #pragma once
-/// RunMetrics: what one replay measured, with the design guide's section-6 definitions.
+/// RunMetrics: what one run measured, with the design guide's section-6 definitions. The layer
+/// driver (moesched/runtime/driver.hpp) computes them the same way on every backend, from the
+/// completions the backend reports (each with its start and end on the backend's clock).
 ///
 /// Definitions (ARCHITECTURE.md repeats them):
 /// - TTFT: from the moment a request's group starts to the end of its last prefill pass.
@@ -17,18 +19,22 @@
 ///   recall = prefetch hits / (prefetch hits + late + misses); GoodPred = prefetch hits / prefetch
 ///   copies (ProMoE's accuracy x fetch rate: predicted, used, and there in time).
 /// - Wasted bytes: bytes of copies evicted before any use.
-/// - Link busy share: time the host-to-device link moves bytes / total time (total time ends with
-///   the last pass's LM head).
-/// - Predictor: CPU jobs, their busy time, the time they queued for a worker, and predictions
-///   that ended after the gate of the layer they predicted (too late to help).
+/// - Link busy share: time the host-to-device link moves bytes / total time. Total time ends with
+///   the last pass's LM head; bytes, chunks and link time count only chunks landed by then (the
+///   driver stops there and drains the backend: later copies serve no token).
+/// - Predictor: jobs on CPU workers (count, busy time, time queued for a worker after their input
+///   existed), jobs on the GPU stream (count, stream time), and predictions that ended after the
+///   gate of the layer they predicted (too late to help).
 
 #include "moesched/core/units.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
-namespace moesched::sim {
+namespace moesched::runtime {
 
 struct LayerMetrics {
   Nanoseconds stall{};
@@ -46,6 +52,36 @@ struct Distribution {
   double p99 = 0.0;
   friend bool operator==(const Distribution&, const Distribution&) = default;
 };
+
+/// Token-weighted percentile of (value, weight) samples (sorts `v`).
+inline double weighted_percentile(std::vector<std::pair<double, std::uint32_t>>& v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  std::uint64_t total = 0;
+  for (const auto& s : v) total += s.second;
+  const double target = q * static_cast<double>(total);
+  std::uint64_t acc = 0;
+  for (const auto& s : v) {
+    acc += s.second;
+    if (static_cast<double>(acc) >= target) return s.first;
+  }
+  return v.back().first;
+}
+
+/// Weighted mean, p50 and p99 of (value, weight) samples (sorts `v`).
+inline Distribution summarize(std::vector<std::pair<double, std::uint32_t>>& v) {
+  Distribution d;
+  std::uint64_t w = 0;
+  double sum = 0.0;
+  for (const auto& s : v) {
+    sum += s.first * s.second;
+    w += s.second;
+  }
+  d.mean = w == 0 ? 0.0 : sum / static_cast<double>(w);
+  d.p50 = weighted_percentile(v, 0.5);
+  d.p99 = weighted_percentile(v, 0.99);
+  return d;
+}
 
 struct RunMetrics {
   std::string policy;
@@ -81,9 +117,11 @@ struct RunMetrics {
   Bytes budget{};
   Bytes peak_expert_memory{};
   std::uint32_t capacity_slots = 0;
-  std::uint64_t cpu_jobs = 0;        ///< predictor jobs run on the CPU workers
+  std::uint64_t cpu_jobs = 0;        ///< predictor jobs run on CPU workers
   Nanoseconds cpu_busy{};            ///< their total duration
   Nanoseconds cpu_wait{};            ///< time jobs waited for a free worker after their input existed
+  std::uint64_t gpu_jobs = 0;        ///< predictor jobs run on the compute stream
+  Nanoseconds gpu_job_busy{};        ///< their stream time
   std::uint64_t predictions_late = 0;///< predictions that ended after their layer's gate (unused)
   std::vector<LayerMetrics> layers;
 
@@ -104,4 +142,4 @@ struct RunMetrics {
   }
 };
 
-}  // namespace moesched::sim
+}  // namespace moesched::runtime

@@ -9,6 +9,7 @@
 // its compute section from the --like preset and says so in its notes.
 #include "output.hpp"
 #include "presets_location.hpp"
+#include "main_guard.hpp"
 #include "table.hpp"
 
 #include <moesched/cuda/link_profiler.cuh>
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_out, "write the raw samples as JSON to FILE ('-' = stdout)");
   CLI11_PARSE(app, argc, argv);
 
+  return tools::guarded_main("moesched-profile-link", [&] {
   try {
     std::optional<HardwareDesc> base;
     if (!out_path.empty()) {
@@ -186,12 +188,10 @@ int main(int argc, char** argv) {
       tools::write_text_file(out_path, preset.dump(2) + "\n");
       fmt::print(stderr, "wrote GPU preset '{}' to {}\n", preset["name"].get<std::string>(), out_path);
     }
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "moesched-profile-link: error: %s\n", e.what());
-    return 2;
   } catch (const CudaFailure& e) {
     std::fprintf(stderr, "moesched-profile-link: CUDA error: %s\n", e.what.c_str());
     return 3;
   }
   return 0;
+  });
 }

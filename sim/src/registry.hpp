@@ -1,21 +1,22 @@
 #pragma once
-/// Policies by name: the one place where a policy is chosen at run time (the command line);
-/// everything below it is statically typed.
+// Policies by name: the one place where a policy is chosen at run time (moesched-sim's command
+// line). It belongs to the application, not the library: everything below it is statically typed.
+//
+//   for (auto name : moesched::tools::policy_names()) ...            // on-demand, lru, ...
+//   auto m = moesched::tools::run_policy("lru", workload, cost, {.budget = b});
 ///
-///   for (auto name : moesched::sim::policy_names()) ...            // on-demand, lru, ...
-///   auto m = moesched::sim::run_policy("lru", workload, cost, {.budget = b});
-///
-/// `static` needs a popularity profile: by default it counts the replayed workload itself (an
-/// optimistic static placement: it knows the run's overall popularity in advance); pass
-/// `PolicyInputs::profile` to use another trace's counts. `prefetch:CHANNEL` needs the channel's
-/// PredictionTable (moesched/sim/predictions.hpp) and its predictor latency.
+// `static` needs a popularity profile: by default it counts the replayed workload itself (an
+// optimistic static placement: it knows the run's overall popularity in advance); pass
+// `PolicyInputs::profile` to use another trace's counts. `prefetch:CHANNEL` needs the channel's
+// PredictionTable (moesched/sim/predictions.hpp), its predictor's cost and where it runs.
 
-#include "moesched/core/error.hpp"
-#include "moesched/policy/baseline.hpp"
-#include "moesched/policy/oracle.hpp"
-#include "moesched/policy/prefetch.hpp"
-#include "moesched/sim/engine.hpp"
-#include "moesched/sim/workload.hpp"
+#include <moesched/core/error.hpp>
+#include <moesched/policy/baseline.hpp>
+#include <moesched/policy/oracle.hpp>
+#include <moesched/policy/prefetch.hpp>
+#include <moesched/runtime/jobs.hpp>
+#include <moesched/sim/replay.hpp>
+#include <moesched/workload/workload.hpp>
 
 #include <array>
 #include <cstdint>
@@ -24,7 +25,7 @@
 #include <string_view>
 #include <vector>
 
-namespace moesched::sim {
+namespace moesched::tools {
 
 /// Names accepted by run_policy, in the order tables list them. Beside them, `prefetch:CHANNEL`
 /// names the predictive policy replaying a trace's prediction channel (policy::Prefetch).
@@ -49,20 +50,11 @@ inline constexpr std::string_view kPrefetchPrefix = "prefetch:";
   if (name == "static") return "pin the most used experts at start, stage misses through LRU slots";
   if (name == "oracle") return "perfect future knowledge: Belady eviction, copies as early as memory allows";
   if (name == "prefetch") {
-    return "prefetch:CHANNEL replays the trace's prediction channel CHANNEL through CPU predictor jobs, "
-           "prefetching at low priority with early preemption (ProMoE's mechanism)";
+    return "prefetch:CHANNEL replays the trace's prediction channel CHANNEL through predictor jobs (CPU "
+           "workers for MLP channels, the compute stream for gate channels), prefetching at low priority "
+           "with early preemption (ProMoE's mechanism)";
   }
   return "";
-}
-
-/// How often each expert (flat id) is used in `w`.
-[[nodiscard]] inline std::vector<std::uint64_t> expert_use_counts(const Workload& w) {
-  std::vector<std::uint64_t> c(std::size_t{w.layers()} * w.shape().experts, 0);
-  for (std::uint64_t g = 0; g < w.group_count(); ++g) {
-    const std::size_t base = (g % w.layers()) * w.shape().experts;
-    for (const ExpertUse& u : w.group_uses(g)) ++c[base + u.expert];
-  }
-  return c;
 }
 
 /// Throws ConfigError (field `policies`) unless `name` is a known policy or `prefetch:CHANNEL`.
@@ -82,36 +74,38 @@ struct PolicyInputs {
   const std::vector<std::uint64_t>* profile = nullptr;
   /// `prefetch:CHANNEL`: the channel's predictions for the workload's passes (required).
   const policy::PredictionTable* predictions = nullptr;
-  /// `prefetch:CHANNEL`: CPU time of one predictor call.
+  /// `prefetch:CHANNEL`: time of one predictor call, and where it runs.
   Nanoseconds predictor_latency{200'000};
+  runtime::JobResource predictor_where = runtime::JobResource::cpu_worker;
   /// `prefetch:CHANNEL`: copies kept outstanding, and layers ahead it may prefetch (0 = any).
   std::uint32_t prefetch_depth = 2;
   std::uint32_t lookahead = 0;
 };
 
 /// Replays `w` under the policy called `name`.
-[[nodiscard]] inline RunMetrics run_policy(std::string_view name, const Workload& w, const CostModel& cost,
-                                           const SimOptions& opt, const PolicyInputs& in = {}) {
+[[nodiscard]] inline runtime::RunMetrics run_policy(std::string_view name, const Workload& w,
+                                                    const sim::CostModel& cost, const sim::SimOptions& opt,
+                                                    const PolicyInputs& in = {}) {
   check_policy_name(name);
   if (name == "on-demand") {
     policy::OnDemand p;
-    return replay(w, cost, p, opt);
+    return sim::replay(w, cost, p, opt);
   }
   if (name == "lru") {
     policy::LayerLru p;
-    return replay(w, cost, p, opt);
+    return sim::replay(w, cost, p, opt);
   }
   if (name == "lfu") {
     policy::Lfu p;
-    return replay(w, cost, p, opt);
+    return sim::replay(w, cost, p, opt);
   }
   if (name == "static") {
     policy::StaticPopular p(in.profile != nullptr ? *in.profile : expert_use_counts(w), w.max_layer_union());
-    return replay(w, cost, p, opt);
+    return sim::replay(w, cost, p, opt);
   }
   if (name == "oracle") {
     policy::Oracle p(w);
-    return replay(w, cost, p, opt);
+    return sim::replay(w, cost, p, opt);
   }
   const std::string_view channel = prefetch_channel(name);
   if (in.predictions == nullptr || in.predictions->channel() != channel) {
@@ -122,11 +116,11 @@ struct PolicyInputs {
                       "the predictions cover " + std::to_string(in.predictions->pass_count()) + " passes, the workload has " +
                           std::to_string(w.pass_count()));
   }
-  policy::Prefetch p(*in.predictions, in.predictor_latency, in.prefetch_depth, in.lookahead);
-  RunMetrics m = replay(w, cost, p, opt);
+  policy::Prefetch p(*in.predictions, in.predictor_latency, in.prefetch_depth, in.lookahead, in.predictor_where);
+  runtime::RunMetrics m = sim::replay(w, cost, p, opt);
   m.policy = std::string(name);
   m.predictions_late = p.too_late();
   return m;
 }
 
-}  // namespace moesched::sim
+}  // namespace moesched::tools

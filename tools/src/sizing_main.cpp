@@ -9,6 +9,7 @@
 // were uniform and independent (a first-order number; moesched-sim replays real routing).
 #include "output.hpp"
 #include "presets_location.hpp"
+#include "main_guard.hpp"
 #include "table.hpp"
 
 #include <moesched/io/presets.hpp>
@@ -146,7 +147,7 @@ int main(int argc, char** argv) {
   app.add_flag("--list", list, "list the available presets and exit");
   CLI11_PARSE(app, argc, argv);
 
-  try {
+  return tools::guarded_main("moesched-sizing", [&] {
     std::vector<std::filesystem::path> dirs(preset_dirs.begin(), preset_dirs.end());
     const auto catalog = tools::preset_catalog(dirs);
     if (list) {
@@ -231,9 +232,6 @@ int main(int argc, char** argv) {
     }
     if (!json_out.empty()) tools::write_text_file(json_out, records.dump(2) + "\n");
     if (!csv_out.empty()) tools::write_text_file(csv_out, csv_of(records));
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "moesched-sizing: error: %s\n", e.what());
-    return 2;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -1,14 +1,15 @@
 #pragma once
-/// Timeline: what the simulated GPU, link and scheduler did, as Chrome/Perfetto trace events.
+/// Timeline: what the GPU (simulated or real), the link and the predictors did, as Chrome/Perfetto
+/// trace events. The layer driver records it from completions, the same way on every backend.
 ///
-///   moesched::sim::Timeline tl;
+///   moesched::runtime::Timeline tl;
 ///   auto m = moesched::sim::replay(w, cost, policy, {.budget = b, .timeline = &tl});
 ///   std::ofstream f("run.json");
 ///   tl.write_chrome_json(f, "lru");     // open in ui.perfetto.dev or chrome://tracing
 ///
-/// Four tracks: "compute" (draft, dense part, each expert FFN, LM head), "h2d link" (each copied
-/// chunk, high or low priority), "stall" (the compute stream waiting for an expert) and "cpu
-/// predictors" (predictor jobs of predictive policies). Times are
+/// Four tracks: "compute" (draft steps, dense part, each expert FFN, LM head, predictor kernels on
+/// the stream), "h2d link" (each copied chunk, high or low priority), "stall" (the compute stream
+/// waiting for an expert) and "cpu predictors" (predictor jobs on CPU workers). Times are
 /// microseconds with nanosecond precision, as the trace-event format expects.
 
 #include "moesched/core/expert_id.hpp"
@@ -20,9 +21,9 @@
 #include <string_view>
 #include <vector>
 
-namespace moesched::sim {
+namespace moesched::runtime {
 
-enum class TimelineKind : std::uint8_t { draft, dense, expert, head, copy_high, copy_low, stall, cpu };
+enum class TimelineKind : std::uint8_t { draft, dense, expert, head, copy_high, copy_low, stall, cpu, gpu_job };
 
 class Timeline {
  public:
@@ -30,7 +31,7 @@ class Timeline {
     Nanoseconds start{};
     Nanoseconds duration{};
     TimelineKind kind = TimelineKind::dense;
-    std::uint32_t a = 0;  ///< layer (draft: draft tokens)
+    std::uint32_t a = 0;  ///< layer (draft: step; predictor jobs: tag)
     std::uint32_t b = 0;  ///< expert
     std::uint32_t c = 0;  ///< chunk
     std::uint32_t d = 0;  ///< chunks
@@ -46,6 +47,10 @@ class Timeline {
   /// A predictor job `tag` on CPU worker `worker`.
   void cpu(Nanoseconds start, Nanoseconds dur, std::uint32_t worker, std::uint32_t tag) {
     records_.push_back({start, dur, TimelineKind::cpu, tag, 0, worker, 0});
+  }
+  /// A predictor job `tag` on the compute stream.
+  void gpu_job(Nanoseconds start, Nanoseconds dur, std::uint32_t tag) {
+    records_.push_back({start, dur, TimelineKind::gpu_job, tag, 0, 0, 0});
   }
   void stall(Nanoseconds start, Nanoseconds dur, std::uint32_t layer) {
     records_.push_back({start, dur, TimelineKind::stall, layer, 0, 0, 0});
@@ -93,13 +98,14 @@ class Timeline {
       case TimelineKind::copy_low: return "copy,low";
       case TimelineKind::stall: return "stall";
       case TimelineKind::cpu: return "predictor";
+      case TimelineKind::gpu_job: return "predictor,gpu";
     }
     return "?";
   }
   static std::string name(const Record& r) {
     const std::string layer = "L" + std::to_string(r.a);
     switch (r.kind) {
-      case TimelineKind::draft: return "draft x" + std::to_string(r.a);
+      case TimelineKind::draft: return "draft step " + std::to_string(r.a);
       case TimelineKind::dense: return layer + " dense";
       case TimelineKind::expert: return layer + "/E" + std::to_string(r.b);
       case TimelineKind::head: return "lm head";
@@ -110,6 +116,7 @@ class Timeline {
                (r.kind == TimelineKind::copy_high ? " (high)" : " (low)");
       case TimelineKind::stall: return "stall " + layer;
       case TimelineKind::cpu: return "predict #" + std::to_string(r.a) + " (worker " + std::to_string(r.c) + ")";
+      case TimelineKind::gpu_job: return "predict #" + std::to_string(r.a) + " (stream)";
     }
     return "?";
   }
@@ -125,4 +132,4 @@ class Timeline {
   std::vector<Record> records_;
 };
 
-}  // namespace moesched::sim
+}  // namespace moesched::runtime

@@ -1,10 +1,11 @@
 #pragma once
-/// Workload: the forward passes a replay runs, built from a routing trace.
+/// Workload: the forward passes a run executes, built from a routing trace. Neutral ground:
+/// policies (the oracle), the layer driver and both executors read it; it depends on core only.
 ///
-///   auto w = moesched::sim::build_workload(trace, {trace.meta().model.moe_layers,
+///   auto w = moesched::build_workload(trace, {trace.meta().model.moe_layers,
 ///                                                  trace.meta().model.experts_per_layer,
 ///                                                  trace.meta().model.top_k},
-///                                         {.batch = 2, .sd = moesched::sim::SdReplay{.gamma = 4,
+///                                         {.batch = 2, .sd = moesched::SdReplay{.gamma = 4,
 ///                                                                      .acceptance = 0.7}});
 ///   for (std::uint64_t p = 0; p < w.pass_count(); ++p)
 ///     for (std::uint32_t l = 0; l < w.layers(); ++l)
@@ -45,7 +46,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace moesched::sim {
+namespace moesched {
 
 /// Routing dimensions of a workload.
 struct RoutingShape {
@@ -164,6 +165,16 @@ class Workload {
   std::uint32_t requests_ = 0;
   std::uint32_t max_union_ = 0;
 };
+
+/// How often each expert (flat id: layer x experts + expert) is used in `w`, over every pass.
+[[nodiscard]] inline std::vector<std::uint64_t> expert_use_counts(const Workload& w) {
+  std::vector<std::uint64_t> c(std::size_t{w.layers()} * w.shape().experts, 0);
+  for (std::uint64_t g = 0; g < w.group_count(); ++g) {
+    const std::size_t base = (g % w.layers()) * w.shape().experts;
+    for (const ExpertUse& u : w.group_uses(g)) ++c[base + u.expert];
+  }
+  return c;
+}
 
 /// What build_workload reads: io::Trace models it.
 template <class S>
@@ -346,4 +357,4 @@ template <RoutingSource S>
   return w;
 }
 
-}  // namespace moesched::sim
+}  // namespace moesched

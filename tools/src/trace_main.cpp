@@ -11,6 +11,7 @@
 // Exit codes: 0 success, 1 a file is invalid (validate), 2 bad input or options.
 #include "output.hpp"
 #include "presets_location.hpp"
+#include "main_guard.hpp"
 #include "table.hpp"
 #include "trace_commands.hpp"
 
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  try {
+  return tools::guarded_main("moesched-trace", [&] {
     if (info->parsed()) return tools::run_info(info_file);
     if (validate->parsed()) return tools::run_validate(validate_files);
     if (stats->parsed()) return tools::run_stats(stats_file, stats_json, stats_layers);
@@ -74,9 +75,6 @@ int main(int argc, char** argv) {
     if (import->parsed()) return tools::run_import(io_opts);
     if (slice->parsed()) return tools::run_slice(sl);
     if (merge->parsed()) return tools::run_merge(mo);
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "moesched-trace: error: %s\n", e.what());
-    return 2;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -1,0 +1,337 @@
+#pragma once
+/// SimBackend: the discrete-event simulator as a backend of the layer driver (virtual time).
+///
+///   moesched::sim::CostModel cost(model, gpu);
+///   moesched::sim::SimBackend backend(cost, workload.shape(), {.slots = 40, .cpu_workers = 1});
+///   moesched::runtime::LayerDriver driver(workload, backend);
+///   driver.run(policy);            // or sim::replay (moesched/sim/replay.hpp), which does both
+///
+/// What it simulates (ARCHITECTURE.md, "Simulator", has the picture):
+/// - One compute stream runs kernels in submission order, each for the cost model's time: a draft
+///   step, a layer's dense part, an expert's FFN over its tokens, the LM head, and predictor jobs
+///   placed on the stream (JobResource::gpu_stream) for their `cost`.
+/// - One host-to-device link moves one chunk at a time (two streams do not beat one: the link is
+///   the limit), high-priority copies first; a low copy in transit yields after its current chunk,
+///   so a high copy waits for at most one chunk.
+/// - CPU workers run predictor jobs (JobResource::cpu_worker), first come first served, each for
+///   its `cost`; `predict` runs when the charged time has passed, and its result is the job's.
+/// - Slot memory is virtual: slot s lives at address s x expert bytes; nothing is allocated
+///   (requirements() is zero), and a copy into a slot always follows its last reader (the driver
+///   unpins a slot only after its kernel's completion).
+/// Time is integer nanoseconds; events are ordered by (time, sequence), so a run is bit-for-bit
+/// deterministic.
+
+#include "moesched/core/config.hpp"
+#include "moesched/core/expert_id.hpp"
+#include "moesched/core/units.hpp"
+#include "moesched/runtime/backend.hpp"
+#include "moesched/runtime/jobs.hpp"
+#include "moesched/runtime/status.hpp"
+#include "moesched/sim/cost_model.hpp"
+#include "moesched/sim/event_queue.hpp"
+#include "moesched/workload/workload.hpp"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <vector>
+
+namespace moesched::sim {
+
+class SimBackend {
+ public:
+  static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+
+  struct Config {
+    std::uint32_t slots = 0;        ///< expert slots (budget / expert bytes)
+    std::uint32_t cpu_workers = 1;  ///< predictor threads
+  };
+
+  /// Nothing to allocate: slot memory is virtual.
+  [[nodiscard]] static runtime::Requirements requirements(const CostModel&, const Config&) noexcept { return {}; }
+
+  SimBackend(const CostModel& cost, RoutingShape shape, const Config& cfg)
+      : cost_(&cost),
+        shape_(shape),
+        slots_(cfg.slots),
+        chunk_bytes_(cost.chunk_bytes()),
+        chunk_times_(cost.chunk_times()) {
+    copies_.resize(std::size_t{shape.layers} * shape.experts);
+    cpu_free_.assign(cfg.cpu_workers, Nanoseconds{0});
+    queue_.reserve(64);
+  }
+  SimBackend(CostModel&&, RoutingShape, const Config&) = delete;  // keeps a pointer: no temporaries
+
+  // ---- Backend ----
+  [[nodiscard]] Nanoseconds now() const noexcept { return queue_.now(); }
+  [[nodiscard]] std::uint32_t layers() const noexcept { return shape_.layers; }
+  [[nodiscard]] std::uint32_t experts_per_layer() const noexcept { return shape_.experts; }
+  [[nodiscard]] std::uint32_t slot_count() const noexcept { return slots_; }
+  [[nodiscard]] Bytes expert_bytes() const noexcept { return cost_->expert_bytes(); }
+  [[nodiscard]] DeviceAddress slot_address(runtime::SlotIndex s) const noexcept {
+    return {std::uint64_t{s} * cost_->expert_bytes().count};
+  }
+  [[nodiscard]] std::uint32_t cpu_workers() const noexcept { return static_cast<std::uint32_t>(cpu_free_.size()); }
+  [[nodiscard]] std::span<const std::byte> activation(runtime::InputSource, std::uint32_t) const noexcept { return {}; }
+
+  runtime::Status submit_compute(const runtime::ComputeOrder& k) {
+    if (k.pass == nullptr) return runtime::Status::fail(runtime::StatusCode::bad_argument, "submit_compute (no pass)");
+    Nanoseconds d{0};
+    switch (k.kind) {
+      case runtime::ComputeKind::draft_step: d = cost_->draft_time(*k.pass) / k.pass->draft_len; break;
+      case runtime::ComputeKind::dense: d = cost_->dense_time(k.layer, *k.pass); break;
+      case runtime::ComputeKind::expert: d = cost_->expert_time(k.tokens); break;
+      case runtime::ComputeKind::head: d = cost_->head_time(*k.pass); break;
+    }
+    push_stream({d, kNone});
+    return runtime::Status::success();
+  }
+
+  runtime::Status submit_copy(const runtime::CopyOrder& c) {
+    const std::uint32_t f = c.expert.flat(shape_.experts);
+    Copy& s = copies_[f];
+    if (s.in_flight) return runtime::Status::fail(runtime::StatusCode::not_absent, "submit_copy", c.expert);
+    s.in_flight = true;
+    s.priority = c.priority;
+    s.chunks_done = 0;
+    push_back(c.priority, f);
+    if (current_ == kNone) start_next_chunk();
+    return runtime::Status::success();
+  }
+  bool cancel_copy(ExpertId id) {
+    const std::uint32_t f = id.flat(shape_.experts);
+    Copy& s = copies_[f];
+    if (!s.in_flight || s.chunks_done != 0 || f == current_) return false;
+    unlink(f);
+    s.in_flight = false;
+    return true;
+  }
+  void promote_copy(ExpertId id) {
+    const std::uint32_t f = id.flat(shape_.experts);
+    Copy& s = copies_[f];
+    if (!s.in_flight || s.priority == CopyPriority::high) return;
+    if (f != current_) {
+      unlink(f);
+      s.priority = CopyPriority::high;
+      push_back(CopyPriority::high, f);
+    } else {
+      s.priority = CopyPriority::high;
+    }
+  }
+  [[nodiscard]] bool copy_started(ExpertId id) const noexcept {
+    const std::uint32_t f = id.flat(shape_.experts);
+    return copies_[f].in_flight && (copies_[f].chunks_done > 0 || f == current_);
+  }
+
+  runtime::Status submit_job(const runtime::PredictorJob& j) {
+    if (j.cost.count() < 0) return runtime::Status::fail(runtime::StatusCode::bad_argument, "submit_job (negative cost)");
+    const auto index = static_cast<std::uint32_t>(jobs_.size());
+    if (!free_jobs_.empty()) {
+      const std::uint32_t i = free_jobs_.back();
+      free_jobs_.pop_back();
+      jobs_[i] = {j, now(), Nanoseconds{0}, 0};
+      return place(i, j);
+    }
+    jobs_.push_back({j, now(), Nanoseconds{0}, 0});
+    return place(index, j);
+  }
+
+  bool wait(runtime::Completion& out) {
+    if (queue_.empty()) return false;
+    const auto ev = queue_.pop();
+    deliver(ev.payload, out);
+    return true;
+  }
+  bool poll(runtime::Completion& out) {
+    if (queue_.empty() || queue_.top().time > now()) return false;
+    return wait(out);
+  }
+  runtime::Status drain() {
+    while (!queue_.empty()) (void)queue_.pop();  // what was running finishes; nothing is reported
+    stream_.clear();
+    stream_head_ = 0;
+    stream_busy_ = false;
+    current_ = kNone;
+    head_[0] = head_[1] = tail_[0] = tail_[1] = kNone;
+    for (Copy& c : copies_) c = Copy{};
+    return runtime::Status::success();
+  }
+
+  // ---- for tests ----
+  [[nodiscard]] bool link_idle() const noexcept { return current_ == kNone; }
+
+ private:
+  enum class EventKind : std::uint8_t { stream_done, chunk_done, cpu_done };
+  struct Payload {
+    EventKind kind = EventKind::stream_done;
+    std::uint32_t index = kNone;  ///< chunk_done: flat id; cpu_done: job index
+  };
+  struct Copy {
+    bool in_flight = false;
+    CopyPriority priority = CopyPriority::high;
+    std::uint8_t chunks_done = 0;
+    std::uint32_t prev = kNone;
+    std::uint32_t next = kNone;
+  };
+  struct StreamItem {
+    Nanoseconds duration{};
+    std::uint32_t job = kNone;  ///< a predictor job on the stream, or a driver kernel
+  };
+  struct Job {
+    runtime::PredictorJob job;
+    Nanoseconds queued{};
+    Nanoseconds start{};
+    std::uint32_t worker = 0;
+  };
+
+  runtime::Status place(std::uint32_t i, const runtime::PredictorJob& j) {
+    if (j.where == runtime::JobResource::gpu_stream) {
+      push_stream({j.cost, i});
+      return runtime::Status::success();
+    }
+    if (cpu_free_.empty()) {
+      free_jobs_.push_back(i);
+      return runtime::Status::fail(runtime::StatusCode::bad_argument, "submit_job (no CPU workers)");
+    }
+    const auto w = static_cast<std::size_t>(std::min_element(cpu_free_.begin(), cpu_free_.end()) - cpu_free_.begin());
+    const Nanoseconds start = std::max(now(), cpu_free_[w]);
+    cpu_free_[w] = start + j.cost;
+    jobs_[i].start = start;
+    jobs_[i].worker = static_cast<std::uint32_t>(w);
+    queue_.push(start + j.cost, {EventKind::cpu_done, i});
+    return runtime::Status::success();
+  }
+
+  void push_stream(StreamItem item) {
+    stream_.push_back(item);
+    if (!stream_busy_) start_stream();
+  }
+  void start_stream() {
+    stream_busy_ = true;
+    StreamItem& it = stream_[stream_head_];
+    if (it.job != kNone) jobs_[it.job].start = now();
+    stream_start_ = now();
+    queue_.push(now() + it.duration, {EventKind::stream_done, kNone});
+  }
+
+  void deliver(const Payload& p, runtime::Completion& out) {
+    switch (p.kind) {
+      case EventKind::stream_done: {
+        const StreamItem it = stream_[stream_head_];
+        if (++stream_head_ == stream_.size()) {
+          stream_.clear();
+          stream_head_ = 0;
+        }
+        if (it.job != kNone) {
+          finish_job(it.job, out);
+        } else {
+          out = runtime::Completion{};
+          out.kind = runtime::CompletionKind::compute;
+          out.start = stream_start_;
+          out.end = now();
+        }
+        stream_busy_ = false;
+        if (stream_head_ < stream_.size()) start_stream();
+        return;
+      }
+      case EventKind::chunk_done: finish_chunk(p.index, out); return;
+      case EventKind::cpu_done: finish_job(p.index, out); return;
+    }
+  }
+
+  void finish_job(std::uint32_t i, runtime::Completion& out) {
+    Job& j = jobs_[i];
+    out = runtime::Completion{};
+    out.kind = runtime::CompletionKind::job;
+    out.tag = j.job.tag;
+    out.where = j.job.where;
+    out.worker = j.worker;
+    out.queued = j.queued;
+    out.start = j.start;
+    out.end = now();
+    out.count = j.job.predict(j.job.predictor, j.job.input, j.job.out);
+    free_jobs_.push_back(i);
+  }
+
+  void finish_chunk(std::uint32_t f, runtime::Completion& out) {
+    Copy& s = copies_[f];
+    const std::size_t c = s.chunks_done;
+    out = runtime::Completion{};
+    out.kind = runtime::CompletionKind::chunk;
+    out.expert = ExpertId::from_flat(f, shape_.experts);
+    out.chunk = static_cast<std::uint32_t>(c);
+    out.chunks = static_cast<std::uint32_t>(chunk_bytes_.size());
+    out.bytes = chunk_bytes_[c];
+    out.high = s.priority == CopyPriority::high;
+    out.start = now() - chunk_times_[c];
+    out.end = now();
+    s.chunks_done = static_cast<std::uint8_t>(c + 1);
+    if (s.chunks_done == chunk_bytes_.size()) {
+      out.landed = true;
+      s.in_flight = false;
+      current_ = kNone;
+    } else if (s.priority == CopyPriority::low && head_[0] != kNone) {
+      // A high copy waits for at most one chunk of a low one.
+      push_front(CopyPriority::low, f);
+      current_ = kNone;
+    }
+    start_next_chunk();
+  }
+
+  void start_next_chunk() {
+    if (current_ == kNone) {
+      const int q = head_[0] != kNone ? 0 : 1;
+      if (head_[q] == kNone) return;
+      current_ = head_[q];
+      unlink(current_);
+    }
+    queue_.push(now() + chunk_times_[copies_[current_].chunks_done], {EventKind::chunk_done, current_});
+  }
+  void push_back(CopyPriority p, std::uint32_t f) {
+    const int q = static_cast<int>(p);
+    Copy& s = copies_[f];
+    s.prev = tail_[q];
+    s.next = kNone;
+    if (tail_[q] != kNone) copies_[tail_[q]].next = f; else head_[q] = f;
+    tail_[q] = f;
+  }
+  void push_front(CopyPriority p, std::uint32_t f) {
+    const int q = static_cast<int>(p);
+    Copy& s = copies_[f];
+    s.next = head_[q];
+    s.prev = kNone;
+    if (head_[q] != kNone) copies_[head_[q]].prev = f; else tail_[q] = f;
+    head_[q] = f;
+  }
+  void unlink(std::uint32_t f) {
+    Copy& s = copies_[f];
+    const int q = static_cast<int>(s.priority);
+    if (s.prev != kNone) copies_[s.prev].next = s.next; else if (head_[q] == f) head_[q] = s.next;
+    if (s.next != kNone) copies_[s.next].prev = s.prev; else if (tail_[q] == f) tail_[q] = s.prev;
+    s.prev = s.next = kNone;
+  }
+
+  const CostModel* cost_;
+  RoutingShape shape_;
+  std::uint32_t slots_;
+  std::span<const Bytes> chunk_bytes_;
+  std::span<const Nanoseconds> chunk_times_;
+  std::vector<Copy> copies_;
+  std::uint32_t head_[2]{kNone, kNone};
+  std::uint32_t tail_[2]{kNone, kNone};
+  std::uint32_t current_ = kNone;
+  std::vector<StreamItem> stream_;
+  std::size_t stream_head_ = 0;
+  bool stream_busy_ = false;
+  Nanoseconds stream_start_{};
+  std::vector<Job> jobs_;
+  std::vector<std::uint32_t> free_jobs_;
+  std::vector<Nanoseconds> cpu_free_;  // per worker: when it is free
+  EventQueue<Payload> queue_;
+};
+
+static_assert(runtime::Backend<SimBackend>);
+
+}  // namespace moesched::sim
