@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: a warnings-as-errors build (CUDA code compiled too when nvcc is found)
-# with every CPU test, then the same tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+# with every CPU test, then the same tests under AddressSanitizer + UndefinedBehaviorSanitizer,
+# and the tests that run real threads (the host backend, the layer driver) under ThreadSanitizer.
 # Then the libFuzzer targets (clang) each try a fixed number of inputs from a fixed seed
 # (deterministic: MOESCHED_FUZZ_RUNS, default 250000); MOESCHED_FUZZ_SECONDS=N explores for N
 # seconds with a random seed instead.
@@ -21,6 +22,12 @@ echo "== build under AddressSanitizer + UndefinedBehaviorSanitizer (tests run la
 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOESCHED_ENABLE_CUDA=OFF \
   -DMOESCHED_BUILD_BENCH=OFF -DMOESCHED_SANITIZE=address,undefined >/dev/null
 cmake --build build/asan -j "$jobs"
+
+echo "== the threaded backend and the driver under ThreadSanitizer"
+cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOESCHED_ENABLE_CUDA=OFF -DMOESCHED_BUILD_BENCH=OFF \
+  -DMOESCHED_BUILD_TOOLS=OFF -DMOESCHED_BUILD_EXAMPLES=OFF -DMOESCHED_SANITIZE=thread >/dev/null
+cmake --build build/tsan -j "$jobs" --target test_host test_runtime
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ctest --test-dir build/tsan -L 'host|runtime' --output-on-failure
 
 echo "== fuzz the trace reader and the importer (clang, libFuzzer + ASan + UBSan)"
 CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOESCHED_FUZZ=ON \

@@ -1,11 +1,15 @@
 #pragma once
-/// moesched: the umbrella header of the standard-library-only core.
+/// moesched: the umbrella header of everything that needs only the standard library: the core
+/// vocabulary, the workload, the runtime (executor concept, predictor jobs, layer driver), the
+/// policies, the simulator backend and the host backend.
 ///
 ///   #include <moesched/moesched.hpp>
-///   moesched::ModelShape shape{...};
+///   moesched::sim::CostModel cost(model, gpu);
+///   moesched::policy::LayerLru lru;
+///   auto m = moesched::sim::replay(workload, cost, lru, {.budget = moesched::Bytes::gib(12)});
 ///
-/// Preset loading (JSON) lives in <moesched/io/presets.hpp> (target moesched::io), the CUDA
-/// executor in <moesched/cuda/...> (target moesched::cuda); neither is pulled in here.
+/// Not pulled in: JSON presets and trace files (<moesched/io/...>, <moesched/trace/...>, target
+/// moesched::io) and the CUDA executor (<moesched/cuda/...>, target moesched::cuda).
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/dtype.hpp"
@@ -13,6 +17,31 @@
 #include "moesched/core/expert_id.hpp"
 #include "moesched/core/hardware.hpp"
 #include "moesched/core/model.hpp"
+#include "moesched/core/random.hpp"
+#include "moesched/core/routing.hpp"
 #include "moesched/core/sizing.hpp"
 #include "moesched/core/units.hpp"
+#include "moesched/host/backend.hpp"
+#include "moesched/policy/baseline.hpp"
+#include "moesched/policy/oracle.hpp"
+#include "moesched/policy/prediction_table.hpp"
+#include "moesched/policy/prefetch.hpp"
+#include "moesched/policy/recency_list.hpp"
+#include "moesched/policy/trace_predictions.hpp"
+#include "moesched/runtime/archetype.hpp"
+#include "moesched/runtime/backend.hpp"
+#include "moesched/runtime/completion_queue.hpp"
+#include "moesched/runtime/driver.hpp"
+#include "moesched/runtime/executor.hpp"
+#include "moesched/runtime/jobs.hpp"
+#include "moesched/runtime/machine.hpp"
+#include "moesched/runtime/metrics.hpp"
+#include "moesched/runtime/status.hpp"
+#include "moesched/runtime/timeline.hpp"
+#include "moesched/sim/backend.hpp"
+#include "moesched/sim/cost_model.hpp"
+#include "moesched/sim/event_queue.hpp"
+#include "moesched/sim/lower_bound.hpp"
+#include "moesched/sim/replay.hpp"
 #include "moesched/version.hpp"
+#include "moesched/workload/workload.hpp"

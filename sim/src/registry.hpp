@@ -8,7 +8,7 @@
 // `static` needs a popularity profile: by default it counts the replayed workload itself (an
 // optimistic static placement: it knows the run's overall popularity in advance); pass
 // `PolicyInputs::profile` to use another trace's counts. `prefetch:CHANNEL` needs the channel's
-// PredictionTable (moesched/sim/predictions.hpp), its predictor's cost and where it runs.
+// PredictionTable (moesched/policy/trace_predictions.hpp), its predictor's cost and where it runs.
 
 #include <moesched/core/error.hpp>
 #include <moesched/policy/baseline.hpp>

@@ -12,7 +12,7 @@
 #include <moesched/io/trace.hpp>
 #include <moesched/sim/replay.hpp>
 #include <moesched/sim/lower_bound.hpp>
-#include <moesched/sim/predictions.hpp>
+#include <moesched/policy/trace_predictions.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -60,6 +60,7 @@ struct ScenarioOptions {
   std::uint32_t max_requests = 0;
   bool no_prefill = false;
   std::optional<double> predictor_us;    // unset = per channel (predictor_latency)
+  std::string predictor_on = "auto";     // auto (by channel), cpu, gpu
   std::uint32_t cpu_workers = 1;
   std::uint32_t predict_top = 0;         // 0 = the model's top_k
   std::uint32_t prefetch_depth = 2;
@@ -85,8 +86,14 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
   app.add_option("--max-requests", o.max_requests, "replay only the first N requests (0 = all)")->capture_default_str();
   app.add_flag("--no-prefill", o.no_prefill, "leave prefill steps out (TTFT is then not measured)");
   app.add_option("--predictor-us", o.predictor_us,
-                 "prefetch:CHANNEL: CPU time of one predictor call in us (default: 200 for channels whose name "
-                 "contains 'mlp', ProMoE's MLP; 20 for gate channels, one router GEMV and its copy back)");
+                 "prefetch:CHANNEL: time of one predictor call in us, where it runs (default: 200 on a CPU worker "
+                 "for channels whose name contains 'mlp', ProMoE's MLP; for gate channels one router GEMV on the "
+                 "compute stream, timed by the GPU preset)");
+  app.add_option("--predictor-on", o.predictor_on,
+                 "prefetch:CHANNEL: where the predictor runs: cpu (worker threads), gpu (the compute stream, "
+                 "delaying the next kernel), auto (mlp channels on cpu, gate channels on gpu)")
+      ->check(CLI::IsMember({"auto", "cpu", "gpu"}))
+      ->capture_default_str();
   app.add_option("--cpu-workers", o.cpu_workers, "prefetch:CHANNEL: predictor threads")->capture_default_str();
   app.add_option("--predict-top", o.predict_top,
                  "prefetch:CHANNEL: candidates prefetched per prediction (0 = the model's top_k)")
@@ -260,10 +267,21 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
 // ---------------------------------------------------------------------------------------------
 // Predictive policies
 
-/// CPU time of one call of the predictor behind `channel` (see --predictor-us).
-inline Nanoseconds predictor_latency(const ScenarioOptions& o, std::string_view channel) {
+/// Whether the predictor behind `channel` is a learned MLP (ProMoE's; on CPU workers) rather
+/// than a router GEMV (the skip gate, the draft gate; on the compute stream).
+inline bool mlp_channel(std::string_view channel) { return channel.find("mlp") != std::string_view::npos; }
+
+/// Where the predictor behind `channel` runs (see --predictor-on).
+inline runtime::JobResource predictor_where(const ScenarioOptions& o, std::string_view channel) {
+  if (o.predictor_on == "cpu") return runtime::JobResource::cpu_worker;
+  if (o.predictor_on == "gpu") return runtime::JobResource::gpu_stream;
+  return mlp_channel(channel) ? runtime::JobResource::cpu_worker : runtime::JobResource::gpu_stream;
+}
+
+/// Time of one call of the predictor behind `channel` (see --predictor-us).
+inline Nanoseconds predictor_latency(const ScenarioOptions& o, const sim::CostModel& cost, std::string_view channel) {
   if (o.predictor_us) return ceil_ns(*o.predictor_us * 1e3);
-  return channel.find("mlp") != std::string_view::npos ? Nanoseconds{200'000} : Nanoseconds{20'000};
+  return mlp_channel(channel) ? Nanoseconds{200'000} : cost.router_time(1);
 }
 
 /// Tables already built, by (workload, channel), so sweep points share them.
@@ -286,11 +304,11 @@ inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::ve
       } catch (const ConfigError& e) {
         throw ConfigError(s.opt.trace, "policies", p, e.reason());
       }
-      sim::PredictionOptions po;
+      policy::PredictionOptions po;
       po.name = channel;
       po.max_candidates = b.trace->meta().channels[c].max_candidates;
       po.top = s.opt.predict_top == 0 ? s.model.shape.top_k : s.opt.predict_top;
-      t = std::make_shared<const policy::PredictionTable>(sim::build_predictions(*b.trace, c, *s.workload, po));
+      t = std::make_shared<const policy::PredictionTable>(policy::build_predictions(*b.trace, c, *s.workload, po));
       if (cache != nullptr) (*cache)[key] = t;
     }
     s.predictions[channel] = std::move(t);
@@ -323,7 +341,8 @@ inline runtime::RunMetrics run_scenario_policy(const Scenario& s, const std::str
   if (!channel.empty()) {
     const auto it = s.predictions.find(channel);
     if (it != s.predictions.end()) in.predictions = it->second.get();
-    in.predictor_latency = predictor_latency(s.opt, channel);
+    in.predictor_latency = predictor_latency(s.opt, *s.cost, channel);
+    in.predictor_where = predictor_where(s.opt, channel);
     in.prefetch_depth = s.opt.prefetch_depth;
     in.lookahead = s.opt.lookahead;
   }
@@ -393,10 +412,12 @@ inline Json metrics_json(const runtime::RunMetrics& m, const sim::LowerBound& lb
                    {"precision", m.prefetch_precision()}, {"recall", m.prefetch_recall()},
                    {"goodpred", m.goodpred()}};
   j["evictions"] = m.evictions;
-  if (m.cpu_jobs > 0) {
+  if (m.cpu_jobs > 0 || m.gpu_jobs > 0) {
     j["predictor"] = {{"jobs", m.cpu_jobs},
                       {"busy_ms", ms(m.cpu_busy)},
                       {"wait_ms", ms(m.cpu_wait)},
+                      {"gpu_jobs", m.gpu_jobs},
+                      {"gpu_busy_ms", ms(m.gpu_job_busy)},
                       {"late", m.predictions_late}};
   }
   j["wasted_bytes"] = m.wasted_bytes.count;

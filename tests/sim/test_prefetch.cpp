@@ -7,7 +7,7 @@
 #include <moesched/policy/prefetch.hpp>
 #include <moesched/sim/replay.hpp>
 #include <moesched/sim/lower_bound.hpp>
-#include <moesched/sim/predictions.hpp>
+#include <moesched/policy/trace_predictions.hpp>
 #include "registry.hpp"  // moesched-sim's policy registry (sim/src)
 
 #include <array>
@@ -17,7 +17,7 @@ using namespace std::chrono_literals;
 using sim::CostModel;
 using moesched::Workload;
 
-static_assert(sim::PredictionSource<test::VecRouting>);
+static_assert(policy::PredictionSource<test::VecRouting>);
 static_assert(JobExecutor<sim::SimMachine>);
 static_assert(Policy<policy::Prefetch, sim::SimMachine>);
 static_assert(JobPolicy<policy::Prefetch, sim::SimMachine>);
@@ -148,7 +148,7 @@ TEST_CASE("build_predictions: merging, top, draft timing, dropped and refused pr
       {1, 1, -1, -1, {1}},       // whole step: after all drafts
   };
   const Workload w = build_workload(r, {3, 4, 1});
-  const auto t = sim::build_predictions(r, 0, w, {.name = "ch", .max_candidates = 3, .top = 2});
+  const auto t = policy::build_predictions(r, 0, w, {.name = "ch", .max_candidates = 3, .top = 2});
   REQUIRE(t.pass_count() == 2);
   const auto p0 = t.of_pass(0);
   REQUIRE(p0.size() == 1);
@@ -165,10 +165,10 @@ TEST_CASE("build_predictions: merging, top, draft timing, dropped and refused pr
 
   // SD replay re-cuts the steps: no recorded predictions can be replayed.
   const Workload sd = build_workload(r, {3, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 0.5}});
-  CHECK(test::thrown_message<ConfigError>([&] { (void)sim::build_predictions(r, 0, sd, {.name = "ch", .max_candidates = 3}); }).find("leave --gamma at 0") != std::string::npos);
+  CHECK(test::thrown_message<ConfigError>([&] { (void)policy::build_predictions(r, 0, sd, {.name = "ch", .max_candidates = 3}); }).find("leave --gamma at 0") != std::string::npos);
   // Out-of-range candidates are refused, not used as indices.
   r.predictions = {{0, 1, 0, 0, {9}}};
-  CHECK(test::thrown_message<ConfigError>([&] { (void)sim::build_predictions(r, 0, w, {.name = "ch", .max_candidates = 3}); }).find("not below experts_per_layer") != std::string::npos);
+  CHECK(test::thrown_message<ConfigError>([&] { (void)policy::build_predictions(r, 0, w, {.name = "ch", .max_candidates = 3}); }).find("not below experts_per_layer") != std::string::npos);
 }
 
 namespace {

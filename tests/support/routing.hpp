@@ -17,7 +17,7 @@ struct VecRouting {
   std::vector<StepInfo> steps;
   std::vector<std::uint16_t> ids;  // token-major: token x layer x k
 
-  /// One prediction of the single in-memory channel (models sim::PredictionSource with c = 0).
+  /// One prediction of the single in-memory channel (models policy::PredictionSource with c = 0).
   struct Prediction {
     std::uint32_t step = 0;
     std::uint16_t layer = 0;
@@ -50,7 +50,7 @@ struct VecRouting {
   /// Appends a step whose tokens route as given (tokens x layers x k ids).
   void add(StepInfo s, std::initializer_list<std::uint16_t> token_ids) {
     s.first_token = tokens();
-    ids.insert(ids.end(), token_ids);
+    for (std::uint16_t id : token_ids) ids.push_back(id);  // (insert of a list: GCC 12 -Wstringop-overflow false positive)
     steps.push_back(s);
   }
 };

@@ -79,8 +79,13 @@ class Oracle {
   }
   template <Executor E> void on_expert_done(E& e, ExpertId) { issue(e, kNone); }
   template <Executor E>
-  void on_copy_done(E& e, ExpertId) {
-    if (outstanding_ > 0) --outstanding_;
+  void on_copy_done(E& e, ExpertId id) {
+    // Only the fetches issued ahead count against `depth`; an urgent one never did.
+    auto& c = counted_[id.flat(e.experts_per_layer())];
+    if (c != 0) {
+      c = 0;
+      --outstanding_;
+    }
     issue(e, kNone);
   }
   template <Executor E> void on_layer_done(E& e, std::uint32_t) { issue(e, kNone); }
@@ -91,6 +96,7 @@ class Oracle {
   /// Belady over the use sequence with `slots` slots.
   void plan(std::uint32_t slots) {
     planned_ = true;
+    counted_.assign(std::size_t{w_->layers()} * w_->shape().experts, 0);
     const auto& uses = w_->all_uses();
     const std::uint32_t per = w_->shape().experts;
     const std::size_t n = std::size_t{w_->layers()} * per;
@@ -152,7 +158,10 @@ class Oracle {
         if (!e.evict(v)) return;
       }
       if (!e.copy(ExpertId::from_flat(f.expert, per), is_urgent ? CopyPriority::high : CopyPriority::low)) return;
-      if (!is_urgent) ++outstanding_;
+      if (!is_urgent) {
+        ++outstanding_;
+        counted_[f.expert] = 1;
+      }
       ++next_;
       if (is_urgent) return;
     }
@@ -166,7 +175,8 @@ class Oracle {
   std::uint64_t group_ = 0;           // groups gated so far
   std::uint64_t cur_ = 0;             // first use not yet gated
   std::uint32_t last_layer_ = kNone;
-  std::uint32_t outstanding_ = 0;
+  std::uint32_t outstanding_ = 0;     // fetches issued ahead and not landed
+  std::vector<std::uint8_t> counted_; // per flat id: its copy in flight counts in outstanding_
 };
 
 static_assert(Policy<Oracle, runtime::ArchetypeExecutor>);

@@ -11,7 +11,7 @@
 /// (-1: from the pass's start) and, in an SD pass, once `draft_tokens` draft tokens were drafted;
 /// then the policy's predictor job runs (PredictionTable::predict is its function: the table is
 /// one predictor among others) and the candidates can be prefetched.
-/// The simulator builds one from a trace's prediction channel (moesched/sim/predictions.hpp); a
+/// The simulator builds one from a trace's prediction channel (moesched/policy/trace_predictions.hpp); a
 /// test or a user can build one by hand. Std-only.
 
 #include "moesched/core/config.hpp"

@@ -17,6 +17,8 @@
 /// - LM head at the end of the pass (decoder layers after the last MoE layer too); logits are
 ///   computed for every token of the pass.
 /// - Expert FFN: three matrix products over the tokens routed to it (expert_ffn_time).
+/// - Router GEMV (router_time): hidden x experts in bf16, one kernel; what a gate-based predictor
+///   job costs on the compute stream.
 /// - Draft (SD): draft_len forwards of the draft model over one token per member. The default
 ///   draft is the target's dense "upcycling source" (non-expert weights plus one routed-expert-sized
 ///   FFN per MoE layer: Mistral-7B for Mixtral-8x7B); `draft_token_time` overrides its step time.
@@ -57,6 +59,7 @@ struct FixedCosts {
   Nanoseconds expert_per_token{};  ///< added per token routed to the expert
   Nanoseconds head{};         ///< end of every pass
   Nanoseconds draft_step{};   ///< one draft step (SD)
+  Nanoseconds router{};       ///< one router GEMV (a gate predictor on the stream)
   std::vector<Nanoseconds> chunk_times{};///< link time of each chunk of one expert copy
   Bytes expert_bytes{};
 };
@@ -185,6 +188,13 @@ class CostModel {
     step += head_kernel(seqs);
     if (tail_layers_ != 0) step += dense_kernel(tail_params_, tail_bytes_, tail_layers_, seqs, p.kv_tokens, p.kv_tokens);
     return step * p.draft_len;
+  }
+  /// One router GEMV (hidden x experts, bf16) over `tokens` tokens: what a gate-based predictor
+  /// (the skip gate, SP-MoE's draft gate) costs on the compute stream.
+  [[nodiscard]] Nanoseconds router_time(std::uint32_t tokens) const noexcept {
+    if (fixed_) return fixed_costs_.router;
+    const std::uint64_t he = std::uint64_t{model_.shape.hidden} * model_.shape.experts_per_layer;
+    return gpu_.compute.matmul_time(2.0 * static_cast<double>(he) * tokens, Bytes{he * 2}, ComputeClass::bf16);
   }
   /// Resident bytes of the draft model.
   [[nodiscard]] Bytes draft_bytes() const noexcept { return draft_bytes_; }

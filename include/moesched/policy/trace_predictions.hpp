@@ -1,8 +1,9 @@
 #pragma once
-/// Prediction tables from a trace's prediction channel, aligned with a workload's passes.
+/// Prediction tables from a trace's prediction channel, aligned with a workload's passes (a
+/// policy input: what a recorded predictor said, replayed by PredictionTable::predict).
 ///
 ///   auto w = moesched::build_workload(trace, shape);
-///   auto table = moesched::sim::build_predictions(trace, trace.channel_index("skip_gate"), w,
+///   auto table = moesched::policy::build_predictions(trace, trace.channel_index("skip_gate"), w,
 ///                                                 {.max_candidates = 4, .top = 2});
 ///   moesched::policy::Prefetch pol(table, moesched::Nanoseconds{20'000});
 ///
@@ -34,7 +35,7 @@
 #include <utility>
 #include <vector>
 
-namespace moesched::sim {
+namespace moesched::policy {
 
 /// What build_predictions reads: io::Trace models it.
 template <class S>
@@ -54,9 +55,9 @@ struct PredictionOptions {
 
 /// Builds the table of channel `c` of `src` for the passes of `w` (see the header comment).
 template <PredictionSource S>
-[[nodiscard]] policy::PredictionTable build_predictions(const S& src, std::uint32_t c, const Workload& w,
+[[nodiscard]] PredictionTable build_predictions(const S& src, std::uint32_t c, const Workload& w,
                                                         const PredictionOptions& opt) {
-  policy::PredictionTable t(opt.name);
+  PredictionTable t(opt.name);
   std::vector<std::uint16_t> buf(std::max<std::uint32_t>(opt.max_candidates, 1));
   struct Item {
     std::int16_t after;
@@ -136,4 +137,4 @@ template <PredictionSource S>
   return t;
 }
 
-}  // namespace moesched::sim
+}  // namespace moesched::policy

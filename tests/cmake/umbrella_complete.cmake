@@ -1,0 +1,17 @@
+# The umbrella header includes every standard-library-only header (all but io/, trace/, cuda/).
+# Run: cmake -DINCLUDE_DIR=<include> -P umbrella_complete.cmake
+file(READ "${INCLUDE_DIR}/moesched/moesched.hpp" umbrella)
+file(GLOB_RECURSE headers RELATIVE "${INCLUDE_DIR}" "${INCLUDE_DIR}/moesched/*.hpp")
+set(missing "")
+foreach(h IN LISTS headers)
+  if(h MATCHES "^moesched/(io|trace|cuda)/" OR h STREQUAL "moesched/moesched.hpp")
+    continue()
+  endif()
+  string(FIND "${umbrella}" "#include \"${h}\"" at)
+  if(at EQUAL -1)
+    string(APPEND missing "  ${h}\n")
+  endif()
+endforeach()
+if(missing)
+  message(FATAL_ERROR "moesched/moesched.hpp does not include:\n${missing}")
+endif()

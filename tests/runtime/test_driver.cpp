@@ -1,0 +1,189 @@
+// The layer driver on the simulator backend: ready points of predictor jobs, jobs on the compute
+// stream, compute_ahead, the end of a run, and its refusals. Times are hand-computed.
+#include "support/catch.hpp"
+#include "support/routing.hpp"
+
+#include <moesched/policy/baseline.hpp>
+#include <moesched/policy/oracle.hpp>
+#include <moesched/runtime/driver.hpp>
+#include <moesched/sim/lower_bound.hpp>
+#include <moesched/sim/replay.hpp>
+
+#include <array>
+#include <vector>
+
+using namespace moesched;
+using namespace std::chrono_literals;
+using sim::CostModel;
+
+namespace {
+
+/// One SD pass (2 drafts, 1 accepted: 2 tokens emitted) over 2 layers x 2 experts, top-1; every
+/// token routes to E0 in both layers.
+Workload sd_pass() {
+  test::VecRouting r;
+  r.layers = 2;
+  r.top_k = 1;
+  r.add({.request = 0, .phase = StepPhase::verify, .tokens = 3, .draft_len = 2, .accepted = 1}, {0, 0, 0, 0, 0, 0});
+  return build_workload(r, {2, 2, 1});
+}
+
+CostModel costs() {
+  return CostModel::fixed({.dense = 10ns, .expert = 20ns, .head = 5ns, .draft_step = 50ns, .chunk_times = {100ns},
+                           .expert_bytes = Bytes{1000}});
+}
+
+std::uint32_t no_answer(const void*, const runtime::JobInput&, std::span<runtime::ScoredExpert>) noexcept { return 0; }
+
+/// Per-layer LRU for demand; submits the given jobs at the pass start and records when each ends.
+struct Probe {
+  static constexpr std::string_view name() { return "probe"; }
+  std::vector<runtime::PredictorJob> jobs;
+  std::vector<std::pair<std::uint32_t, std::int64_t>> done;  // (tag, ns)
+  policy::LayerLru lru;
+  template <JobExecutor E> void on_pass_begin(E& e, const PassInfo& p) {
+    lru.on_pass_begin(e, p);
+    for (const auto& j : jobs) REQUIRE(e.submit_job(j));
+  }
+  template <JobExecutor E> void on_gate(E& e, std::uint32_t l, std::span<const ExpertId> n) { lru.on_gate(e, l, n); }
+  template <JobExecutor E> void on_expert_done(E&, ExpertId) {}
+  template <JobExecutor E> void on_copy_done(E&, ExpertId) {}
+  template <JobExecutor E> void on_layer_done(E&, std::uint32_t) {}
+  template <JobExecutor E> void on_job_done(E& e, std::uint32_t tag, std::uint32_t) { done.emplace_back(tag, e.now().count()); }
+};
+static_assert(JobPolicy<Probe, runtime::ArchetypeExecutor>);
+
+runtime::PredictorJob job(std::uint32_t tag, runtime::ReadyPoint ready, runtime::JobResource where, Nanoseconds cost) {
+  runtime::PredictorJob j;
+  j.tag = tag;
+  j.ready = ready;
+  j.where = where;
+  j.cost = cost;
+  j.predict = &no_answer;
+  return j;
+}
+
+sim::SimOptions checked(Bytes budget, std::uint32_t ahead = 1) {
+  sim::SimOptions o;
+  o.budget = budget;
+  o.check_invariants = true;
+  o.compute_ahead = ahead;
+  return o;
+}
+
+/// OnDemand, plus a prefetch at every layer's end.
+struct Late {
+  static constexpr std::string_view name() { return "late"; }
+  policy::OnDemand demand;
+  template <Executor E> void on_pass_begin(E& e, const PassInfo& p) { demand.on_pass_begin(e, p); }
+  template <Executor E> void on_gate(E& e, std::uint32_t l, std::span<const ExpertId> n) { demand.on_gate(e, l, n); }
+  template <Executor E> void on_expert_done(E&, ExpertId) {}
+  template <Executor E> void on_copy_done(E&, ExpertId) {}
+  template <Executor E> void on_layer_done(E& e, std::uint32_t) { REQUIRE(e.copy({0, 1}, CopyPriority::low)); }
+};
+
+}  // namespace
+
+TEST_CASE("driver: a job is released at its ready point and runs on a CPU worker", "[runtime][driver]") {
+  // Draft steps 0-50 and 50-100; dense L0 100-110, gate: copy L0/E0 110-210, FFN 210-230; layer 0
+  // done at 230; dense L1 230-240, copy 240-340, FFN 340-360; head 360-365.
+  const Workload w = sd_pass();
+  const CostModel c = costs();
+  using runtime::ReadyPoint;
+  using runtime::JobResource;
+  Probe p;
+  p.jobs = {job(0, ReadyPoint::pass_start(), JobResource::cpu_worker, 10ns),
+            job(1, ReadyPoint::after_draft(1), JobResource::cpu_worker, 10ns),
+            job(2, ReadyPoint::after_draft(2), JobResource::cpu_worker, 10ns),
+            job(3, ReadyPoint::after_layer(0), JobResource::cpu_worker, 10ns)};
+  const auto m = sim::replay(w, c, p, checked(Bytes{2000}));
+  CHECK(p.done == std::vector<std::pair<std::uint32_t, std::int64_t>>{{0, 10}, {1, 60}, {2, 110}, {3, 240}});
+  CHECK(m.total_time == 365ns);
+  CHECK(m.tpot_ms.mean == Approx(365.0 / 2 / 1e6));
+  CHECK(m.cpu_jobs == 4);
+  CHECK(m.cpu_busy == 40ns);
+  CHECK(m.cpu_wait == 0ns);
+  CHECK(m.compute_busy == 2 * 50ns + 2 * 10ns + 2 * 20ns + 5ns);
+}
+
+TEST_CASE("driver: a job on the compute stream delays the next kernel by its cost", "[runtime][driver]") {
+  // As above, but a 30 ns router GEMV after draft step 1: draft 0-50, job 50-80, draft 80-130,
+  // and everything after moves by 30 ns: the pass ends at 395.
+  const Workload w = sd_pass();
+  const CostModel c = costs();
+  Probe p;
+  p.jobs = {job(7, runtime::ReadyPoint::after_draft(1), runtime::JobResource::gpu_stream, 30ns)};
+  const auto m = sim::replay(w, c, p, checked(Bytes{2000}));
+  CHECK(p.done == std::vector<std::pair<std::uint32_t, std::int64_t>>{{7, 80}});
+  CHECK(m.total_time == 395ns);
+  CHECK(m.gpu_jobs == 1);
+  CHECK(m.gpu_job_busy == 30ns);
+  CHECK(m.cpu_jobs == 0);
+  CHECK(m.compute_busy == 2 * 50ns + 2 * 10ns + 2 * 20ns + 5ns);  // the job is not a driver kernel
+}
+
+TEST_CASE("driver: copies that land after the last LM head do not count", "[runtime][driver]") {
+  // One decode pass, 1 layer x 2 experts: dense 0-10, copy L0/E0 10-110, FFN 110-130; at layer
+  // done the policy prefetches L0/E1 (lands at 230); the head ends at 135, and so does the run.
+  test::VecRouting r;
+  r.layers = 1;
+  r.top_k = 1;
+  r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0});
+  const Workload w = build_workload(r, {1, 2, 1});
+  Late p;
+  const auto m = sim::replay(w, costs(), p, checked(Bytes{2000}));
+  CHECK(m.total_time == 135ns);
+  CHECK(m.link_busy == 100ns);
+  CHECK(m.bytes_copied == Bytes{1000});
+  CHECK(m.experts_copied == 1);
+  CHECK(m.prefetch_copies == 1);  // submitted, never landed in the run
+  CHECK(m.link_busy_share == Approx(100.0 / 135.0));
+}
+
+TEST_CASE("driver: compute_ahead keeps kernels queued; demand policies give the same run", "[runtime][driver]") {
+  // The simulator charges no launch latency, so submitting ahead changes when choices are made,
+  // not what the stream does, for policies that copy only at the gate.
+  for (std::uint64_t seed = 0; seed < 4; ++seed) {
+    CAPTURE(seed);
+    const auto routing = test::random_routing(900 + seed, 4, 8, 2, 2, 4, 30, 0.5);
+    WorkloadOptions wo;
+    if (seed % 2 == 1) wo.sd = SdReplay{.gamma = 3, .acceptance = 0.7};
+    const Workload w = build_workload(routing, {4, 8, 2}, wo);
+    const CostModel c = CostModel::fixed({.dense = 40ns, .expert = 25ns, .expert_per_token = 3ns, .head = 15ns,
+                                          .draft_step = 50ns, .chunk_times = {60ns, 60ns}, .expert_bytes = Bytes{900}});
+    const std::uint32_t slots = w.max_layer_union() + 3;
+    const Bytes budget{900ULL * slots};
+    const auto lb = sim::tpot_lower_bound(w, c, slots);
+    for (std::uint32_t ahead : {2U, 4U, 64U}) {
+      CAPTURE(ahead);
+      policy::LayerLru a1;
+      policy::LayerLru a2;
+      const auto one = sim::replay(w, c, a1, checked(budget, 1));
+      const auto more = sim::replay(w, c, a2, checked(budget, ahead));
+      CHECK(more.tpot_ms == one.tpot_ms);
+      CHECK(more.stall == one.stall);
+      CHECK(more.misses == one.misses);
+      policy::Oracle o(w);
+      const auto oracle = sim::replay(w, c, o, checked(budget, ahead));
+      CHECK(oracle.tpot_ms.mean >= lb.tpot_ms * (1 - 1e-12));
+      CHECK(oracle.decode_tokens == w.decode_tokens());
+    }
+  }
+}
+
+TEST_CASE("driver: refusals", "[runtime][driver]") {
+  const Workload w = sd_pass();
+  const CostModel c = costs();
+  sim::SimBackend b(c, {2, 2, 1}, {.slots = 2});
+  runtime::LayerDriver<sim::SimBackend> d(w, b);
+  policy::LayerLru lru;
+  REQUIRE(d.run(lru));
+  CHECK(d.run(lru).code == runtime::StatusCode::bad_argument);  // a driver runs once
+  sim::SimBackend other(c, {3, 2, 1}, {.slots = 2});
+  CHECK(test::contains(test::thrown_message<ConfigError>([&] { runtime::LayerDriver<sim::SimBackend> x(w, other); }),
+                       "field 'workload' = 2 x 2: differs from the backend's 3 MoE layers x 2 experts"));
+  CHECK(test::contains(test::thrown_message<ConfigError>([&] {
+                         runtime::LayerDriver<sim::SimBackend> x(w, b, {.compute_ahead = 0});
+                       }),
+                       "field 'compute_ahead' = 0: must be between 1 and 64"));
+}
