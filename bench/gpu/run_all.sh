@@ -31,9 +31,9 @@ case "$gpu" in
   *H100*) like=h100-pcie; name=h100-measured ;;  # compute peaks then need checking: see notes
   *) like=h200; name=gpu-measured ;;
 esac
-build/gpu/sim/moesched-profile-link --like "$like" --name "$name" --max-mib 1024 \
+build/gpu/tools/moesched-profile-link --like "$like" --name "$name" --max-mib 1024 \
   --repeats 30 --json "$out/link_samples.json" -o "$out/$name.json" 2>&1 | tee "$out/link.txt"
-build/gpu/sim/moesched-sizing --gpu "$out/$name.json" \
+build/gpu/tools/moesched-sizing --gpu "$out/$name.json" \
   --model mixtral,deepseek-v2-lite,qwen3-30b-a3b 2>&1 | tee "$out/sizing_measured.txt" | tail -8
 
 log "CPU benchmarks"
