@@ -5,6 +5,8 @@
 ///
 /// MOESCHED_HOST_DEVICE expands to `__host__ __device__` under nvcc and to nothing otherwise,
 /// so the value types in core/ can be used inside CUDA kernels without a second definition.
+/// MOESCHED_HOT marks the few per-event functions of the layer driver and the simulator backend
+/// that must be inlined into the event loop (a replay handles millions of events a second).
 
 #if defined(_MSVC_LANG)
 #define MOESCHED_CPLUSPLUS _MSVC_LANG
@@ -20,4 +22,10 @@ static_assert(MOESCHED_CPLUSPLUS >= 202002L,
 #define MOESCHED_HOST_DEVICE __host__ __device__
 #else
 #define MOESCHED_HOST_DEVICE
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MOESCHED_HOT __attribute__((always_inline)) inline
+#else
+#define MOESCHED_HOT inline
 #endif

@@ -40,6 +40,8 @@ struct ExpertId {
   }
 
   friend constexpr auto operator<=>(ExpertId, ExpertId) noexcept = default;
+  // Spelled out: nvcc 13 drops the == a defaulted <=> implies ("used but never defined").
+  friend constexpr bool operator==(ExpertId, ExpertId) noexcept = default;
 };
 
 }  // namespace moesched

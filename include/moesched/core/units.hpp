@@ -45,6 +45,8 @@ struct Bytes {
   }
 
   friend constexpr auto operator<=>(Bytes, Bytes) noexcept = default;
+  // Spelled out: nvcc 13 drops the == a defaulted <=> implies ("used but never defined").
+  friend constexpr bool operator==(Bytes, Bytes) noexcept = default;
   friend constexpr Bytes operator+(Bytes a, Bytes b) noexcept { return {a.count + b.count}; }
   friend constexpr Bytes operator-(Bytes a, Bytes b) noexcept { return {a.count - b.count}; }
   friend constexpr Bytes operator*(Bytes a, std::uint64_t k) noexcept { return {a.count * k}; }
@@ -75,6 +77,8 @@ struct Bytes {
 struct BytesPerSecond {
   double value = 0.0;
   friend constexpr auto operator<=>(BytesPerSecond, BytesPerSecond) noexcept = default;
+  // Spelled out: nvcc 13 drops the == a defaulted <=> implies ("used but never defined").
+  friend constexpr bool operator==(BytesPerSecond, BytesPerSecond) noexcept = default;
   /// The rate in decimal gigabytes per second (what PCIe and HBM figures are quoted in).
   [[nodiscard]] constexpr double gb_per_s() const noexcept { return value / 1e9; }
 };

@@ -33,6 +33,8 @@
 #include "moesched/core/units.hpp"
 #include "moesched/runtime/backend.hpp"
 #include "moesched/runtime/completion_queue.hpp"
+#include "moesched/runtime/copy_queue.hpp"
+#include "moesched/runtime/job_workers.hpp"
 #include "moesched/runtime/jobs.hpp"
 #include "moesched/runtime/status.hpp"
 
@@ -120,6 +122,7 @@ class HostBackend {
       return Status::fail(StatusCode::bad_argument, "HostBackend::initialize (host store below requirements().host_bytes)");
     }
     copies_.assign(std::size_t{cfg_.layers} * cfg_.experts, Copy{});
+    waiting_ = runtime::CopyQueue(cfg_.layers * cfg_.experts);
     readers_submitted_.assign(cfg_.slots, 0);
     readers_done_.assign(cfg_.slots, 0);
     const std::uint64_t e = cfg_.expert_bytes.count;
@@ -129,10 +132,13 @@ class HostBackend {
     try {
       threads_.emplace_back([this] { copy_loop(); });
       threads_.emplace_back([this] { compute_loop(); });
-      for (std::uint32_t w = 0; w < cfg_.cpu_workers; ++w) threads_.emplace_back([this, w] { job_loop(w); });
     } catch (const std::system_error&) {
       (void)shutdown();
       return Status::backend("std::thread", "could not start a thread");
+    }
+    if (const Status w = workers_.start(cfg_.cpu_workers, done_, epoch_); !w) {
+      (void)shutdown();
+      return w;
     }
     running_ = true;
     return Status::success();
@@ -146,8 +152,8 @@ class HostBackend {
     }
     copy_cv_.notify_all();
     compute_cv_.notify_all();
-    jobs_cv_.notify_all();
     idle_cv_.notify_all();
+    workers_.stop();
     for (auto& t : threads_) {
       if (t.joinable()) t.join();
     }
@@ -178,7 +184,7 @@ class HostBackend {
     {
       std::lock_guard<std::mutex> lock(m_);
       if (k.kind == runtime::ComputeKind::expert) ++readers_submitted_[k.slot];
-      stream_.push_back({k, kNone, now()});
+      stream_.push_back({k, {}, false, now()});
     }
     ++outstanding_;
     compute_cv_.notify_one();
@@ -196,7 +202,7 @@ class HostBackend {
       Copy& s = copies_[f];
       if (s.in_flight) return runtime::Status::fail(runtime::StatusCode::not_absent, "submit_copy", c.expert);
       s = Copy{true, false, c.priority, 0, c.slot, readers_submitted_[c.slot]};
-      (c.priority == CopyPriority::high ? high_ : low_).push_back(f);
+      waiting_.push_back(f, c.priority);
     }
     ++outstanding_;
     copy_cv_.notify_one();
@@ -208,7 +214,7 @@ class HostBackend {
     std::lock_guard<std::mutex> lock(m_);
     Copy& s = copies_[f];
     if (!s.in_flight || s.started || f == current_) return false;
-    remove(s.priority == CopyPriority::high ? high_ : low_, f);
+    waiting_.remove(f);
     s.in_flight = false;
     --outstanding_;
     return true;
@@ -219,10 +225,7 @@ class HostBackend {
     std::lock_guard<std::mutex> lock(m_);
     Copy& s = copies_[f];
     if (!s.in_flight || s.priority == CopyPriority::high) return;
-    if (f != current_) {
-      remove(low_, f);
-      high_.push_back(f);
-    }
+    if (f != current_) (void)waiting_.promote(f);
     s.priority = CopyPriority::high;
   }
   [[nodiscard]] bool copy_started(ExpertId id) const {
@@ -238,25 +241,16 @@ class HostBackend {
     if (j.where == runtime::JobResource::cpu_worker && cfg_.cpu_workers == 0) {
       return runtime::Status::fail(runtime::StatusCode::bad_argument, "submit_job (no CPU workers)");
     }
+    ++outstanding_;
+    if (j.where == runtime::JobResource::cpu_worker) {
+      workers_.submit(j, now());
+      return runtime::Status::success();
+    }
     {
       std::lock_guard<std::mutex> lock(m_);
-      std::uint32_t i;
-      if (!free_jobs_.empty()) {
-        i = free_jobs_.back();
-        free_jobs_.pop_back();
-        jobs_[i] = j;
-      } else {
-        i = static_cast<std::uint32_t>(jobs_.size());
-        jobs_.push_back(j);
-      }
-      if (j.where == runtime::JobResource::gpu_stream) {
-        stream_.push_back({{}, i, now()});
-      } else {
-        job_queue_.push_back({i, now()});
-      }
+      stream_.push_back({{}, j, true, now()});
     }
-    ++outstanding_;
-    (j.where == runtime::JobResource::gpu_stream ? compute_cv_ : jobs_cv_).notify_one();
+    compute_cv_.notify_one();
     return runtime::Status::success();
   }
 
@@ -273,14 +267,13 @@ class HostBackend {
   }
   /// Cancels queued copies, kernels and jobs, lets the running ones finish, discards completions.
   runtime::Status drain() {
+    workers_.drain();
     std::unique_lock<std::mutex> lock(m_);
-    high_.clear();
-    low_.clear();
+    waiting_.clear();
     stream_.clear();
-    job_queue_.clear();
     draining_ = true;
     copy_cv_.notify_all();
-    idle_cv_.wait(lock, [&] { return stop_ || (current_ == kNone && !compute_busy_ && jobs_running_ == 0); });
+    idle_cv_.wait(lock, [&] { return stop_ || (current_ == kNone && !compute_busy_); });
     for (Copy& c : copies_) c.in_flight = false;
     readers_done_ = readers_submitted_;  // the dropped kernels will never read
     draining_ = false;
@@ -306,19 +299,12 @@ class HostBackend {
   };
   struct StreamItem {
     runtime::ComputeOrder order{};
-    std::uint32_t job = kNone;  ///< a predictor job on the stream, or a kernel
-    Nanoseconds queued{};
-  };
-  struct QueuedJob {
-    std::uint32_t job = 0;
+    runtime::PredictorJob job{};  ///< when is_job: a predictor job placed on the stream
+    bool is_job = false;
     Nanoseconds queued{};
   };
 
   [[nodiscard]] bool valid(ExpertId id) const noexcept { return id.layer < cfg_.layers && id.expert < cfg_.experts; }
-  static void remove(std::deque<std::uint32_t>& q, std::uint32_t f) {
-    const auto it = std::find(q.begin(), q.end(), f);
-    if (it != q.end()) q.erase(it);
-  }
   /// Driver thread: a final completion ends one piece of outstanding work.
   void account(const runtime::Completion& c) {
     if (c.kind != runtime::CompletionKind::chunk || c.landed) --outstanding_;
@@ -327,13 +313,9 @@ class HostBackend {
   void copy_loop() {
     std::unique_lock<std::mutex> lock(m_);
     for (;;) {
-      copy_cv_.wait(lock, [&] { return stop_ || current_ != kNone || (!draining_ && (!high_.empty() || !low_.empty())); });
+      copy_cv_.wait(lock, [&] { return stop_ || current_ != kNone || (!draining_ && !waiting_.empty()); });
       if (stop_) return;
-      if (current_ == kNone) {
-        auto& q = !high_.empty() ? high_ : low_;
-        current_ = q.front();
-        q.pop_front();
-      }
+      if (current_ == kNone) current_ = waiting_.pop();
       const std::uint32_t f = current_;
       // Stream order: the slot's earlier readers finish before a byte lands in it.
       copy_cv_.wait(lock, [&] { return stop_ || draining_ || readers_done_[copies_[f].slot] >= copies_[f].readers; });
@@ -374,8 +356,8 @@ class HostBackend {
         done.landed = c.chunks_done == cfg_.chunks;
         c.in_flight = false;
         current_ = kNone;
-      } else if (c.priority == CopyPriority::low && !high_.empty()) {
-        low_.push_front(f);  // a high copy waits for at most one chunk of a low one
+      } else if (c.priority == CopyPriority::low && waiting_.high_waiting()) {
+        waiting_.push_front(f, CopyPriority::low);  // a high copy waits for at most one chunk of a low one
         current_ = kNone;
       }
       if (!draining_) done_.push(done);
@@ -391,21 +373,16 @@ class HostBackend {
       const StreamItem it = stream_.front();
       stream_.pop_front();
       compute_busy_ = true;
-      runtime::PredictorJob job{};
-      if (it.job != kNone) {
-        job = jobs_[it.job];
-        free_jobs_.push_back(it.job);
-      }
       lock.unlock();
       const Nanoseconds start = now();
       runtime::Completion done;
       done.start = start;
-      if (it.job != kNone) {
+      if (it.is_job) {
         done.kind = runtime::CompletionKind::job;
-        done.tag = job.tag;
+        done.tag = it.job.tag;
         done.where = runtime::JobResource::gpu_stream;
         done.queued = it.queued;
-        done.count = job.predict(job.predictor, job.input, job.out);
+        done.count = it.job.predict(it.job.predictor, it.job.input, it.job.out);
       } else {
         done.kind = runtime::CompletionKind::compute;
         if (cfg_.kernel_time != nullptr) {
@@ -417,7 +394,7 @@ class HostBackend {
       done.end = now();
       lock.lock();
       compute_busy_ = false;
-      if (it.job == kNone && it.order.kind == runtime::ComputeKind::expert) {
+      if (!it.is_job && it.order.kind == runtime::ComputeKind::expert) {
         ++readers_done_[it.order.slot];
         copy_cv_.notify_all();
       }
@@ -436,33 +413,6 @@ class HostBackend {
     expert_kernels_.fetch_add(1);
   }
 
-  void job_loop(std::uint32_t worker) {
-    std::unique_lock<std::mutex> lock(m_);
-    for (;;) {
-      jobs_cv_.wait(lock, [&] { return stop_ || !job_queue_.empty(); });
-      if (stop_) return;
-      const QueuedJob q = job_queue_.front();
-      job_queue_.pop_front();
-      const runtime::PredictorJob job = jobs_[q.job];
-      free_jobs_.push_back(q.job);
-      ++jobs_running_;
-      lock.unlock();
-      runtime::Completion done;
-      done.kind = runtime::CompletionKind::job;
-      done.tag = job.tag;
-      done.where = runtime::JobResource::cpu_worker;
-      done.worker = worker;
-      done.queued = q.queued;
-      done.start = now();
-      done.count = job.predict(job.predictor, job.input, job.out);
-      done.end = now();
-      lock.lock();
-      --jobs_running_;
-      if (!draining_) done_.push(done);
-      idle_cv_.notify_all();
-    }
-  }
-
   Config cfg_;
   std::span<std::byte> device_;
   std::span<const std::byte> store_;
@@ -474,24 +424,19 @@ class HostBackend {
   mutable std::mutex m_;             // guards everything below except the atomics
   std::condition_variable copy_cv_;
   std::condition_variable compute_cv_;
-  std::condition_variable jobs_cv_;
   std::condition_variable idle_cv_;
   bool stop_ = false;
   bool draining_ = false;
   std::vector<Copy> copies_;
-  std::deque<std::uint32_t> high_;
-  std::deque<std::uint32_t> low_;
-  std::uint32_t current_ = kNone;
+  runtime::CopyQueue waiting_;       // copies waiting for the link
+  std::uint32_t current_ = kNone;    // the copy on the link
   std::vector<std::uint64_t> readers_submitted_;
   std::vector<std::uint64_t> readers_done_;
   std::deque<StreamItem> stream_;
   bool compute_busy_ = false;
-  std::vector<runtime::PredictorJob> jobs_;
-  std::vector<std::uint32_t> free_jobs_;
-  std::deque<QueuedJob> job_queue_;
-  std::uint32_t jobs_running_ = 0;
 
   runtime::CompletionQueue done_;
+  runtime::JobWorkers workers_;      // the cpu_worker predictor jobs
   std::atomic<std::uint64_t> verify_failures_{0};
   std::atomic<std::uint64_t> expert_kernels_{0};
   std::vector<std::thread> threads_;

@@ -60,7 +60,7 @@ struct ComputeOrder {
   SlotIndex slot = 0;          ///< expert: where its weights are
   std::uint32_t tokens = 0;    ///< expert: tokens routed to it
   std::uint32_t step = 0;      ///< draft_step: 1..draft_len
-  const Pass* pass = nullptr;  ///< the pass (tokens, sequences, context lengths)
+  const Pass* pass = nullptr;  ///< the pass (tokens, sequences, context lengths); never null
 };
 
 /// One host-to-device copy of an expert into a slot.

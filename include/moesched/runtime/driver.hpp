@@ -93,7 +93,7 @@ class LayerDriver {
   /// Throws ConfigError if the backend's slots cannot hold the most experts one layer of `w`
   /// needs at once, or if the shapes of `w` and the backend differ.
   LayerDriver(const Workload& w, B& backend, const DriverOptions& opt = {})
-      : w_(&w), b_(&backend), m_(backend), opt_(opt) {
+      : w_(&w), per_(w.shape().experts), b_(&backend), expert_bytes_(backend.expert_bytes()), m_(backend), opt_(opt) {
     if (w.shape().layers != backend.layers() || w.shape().experts != backend.experts_per_layer()) {
       throw ConfigError("", "workload", std::to_string(w.shape().layers) + " x " + std::to_string(w.shape().experts),
                         "differs from the backend's " + std::to_string(backend.layers()) + " MoE layers x " +
@@ -137,17 +137,18 @@ class LayerDriver {
       cursor_ = Cursor::done;
     }
     Completion c;
-    while (cursor_ != Cursor::done && !faulted()) {
+    const bool checking = opt_.check_invariants;
+    while (cursor_ != Cursor::done) {
       if (!b_->wait(c)) {
-        unmet_fault();
+        if (!faulted()) unmet_fault();
         break;
       }
-      check_times(c);
+      if (checking) check_times(c);
       const bool gated = handle(pol, c);
-      if (faulted() || cursor_ == Cursor::done) break;
       if (!gated) reask(pol);
-      fill();
-      if (opt_.check_invariants) check();
+      if (faulted()) break;  // a hook broke the contract (the first fault is the one reported)
+      if (inflight_ < opt_.compute_ahead) fill();
+      if (checking) check();
     }
     return finish(pol);
   }
@@ -162,22 +163,22 @@ class LayerDriver {
   static constexpr std::uint32_t kMaxAhead = 64;
 
   enum class Cursor : std::uint8_t { draft, dense, wait_gate, experts, head, wait_end, done };
+  /// A submitted kernel (8 bytes: the ring is copied on every completion).
   struct InFlight {
+    ExpertId id{};               ///< expert: which; dense: {layer, 0}
+    std::uint16_t step = 0;      ///< draft step
     ComputeKind kind = ComputeKind::dense;
-    std::uint32_t layer = 0;
-    std::uint32_t flat = kNone;  ///< expert
-    std::uint32_t step = 0;      ///< draft step
   };
 
   // ---- submission ----
 
   /// Submits kernels while the stream has room and the next one can go.
-  void fill() {
-    while (inflight_ < opt_.compute_ahead && !faulted()) {
+  MOESCHED_HOT void fill() {
+    while (inflight_ < opt_.compute_ahead) {
       switch (cursor_) {
         case Cursor::draft: {
           const std::uint32_t step = draft_next_;
-          submit({ComputeKind::draft_step, 0, {}, 0, 0, step, pass_}, {ComputeKind::draft_step, 0, kNone, step});
+          if (!submit({ComputeKind::draft_step, 0, {}, 0, 0, step, pass_}, {{}, static_cast<std::uint16_t>(step), ComputeKind::draft_step})) return;
           if (step >= pass_->draft_len) {
             cursor_ = Cursor::dense;
           } else {
@@ -186,7 +187,7 @@ class LayerDriver {
           break;
         }
         case Cursor::dense:
-          submit({ComputeKind::dense, layer_, {}, 0, 0, 0, pass_}, {ComputeKind::dense, layer_, kNone, 0});
+          if (!submit({ComputeKind::dense, layer_, {}, 0, 0, 0, pass_}, {{static_cast<std::uint16_t>(layer_), 0}, 0, ComputeKind::dense})) return;
           cursor_ = Cursor::wait_gate;
           break;
         case Cursor::experts: {
@@ -204,8 +205,10 @@ class LayerDriver {
             remaining_.erase(remaining_.begin() + static_cast<std::ptrdiff_t>(pick));
             const ExpertId id{static_cast<std::uint16_t>(layer_), uses_[use].expert};
             const std::uint32_t f = flat(id.expert);
-            submit({ComputeKind::expert, layer_, id, m_.state(f).slot, uses_[use].tokens, 0, pass_},
-                   {ComputeKind::expert, layer_, f, 0});
+            if (!submit({ComputeKind::expert, layer_, id, m_.state(f).slot, uses_[use].tokens, 0, pass_},
+                        {id, 0, ComputeKind::expert})) {
+              return;
+            }
             break;
           }
           if (!remaining_.empty()) {
@@ -225,7 +228,7 @@ class LayerDriver {
           break;
         }
         case Cursor::head:
-          submit({ComputeKind::head, 0, {}, 0, 0, 0, pass_}, {ComputeKind::head, 0, kNone, 0});
+          if (!submit({ComputeKind::head, 0, {}, 0, 0, 0, pass_}, {{}, 0, ComputeKind::head})) return;
           cursor_ = Cursor::wait_end;
           break;
         case Cursor::wait_gate:
@@ -235,14 +238,17 @@ class LayerDriver {
     }
   }
 
-  void submit(const ComputeOrder& k, InFlight item) {
+  /// False when the backend refused (the run then ends with its status).
+  MOESCHED_HOT bool submit(const ComputeOrder& k, InFlight item) {
     const Status s = b_->submit_compute(k);
     if (!s) {
       fail_with(s, "backend: ");
-      return;
+      cursor_ = Cursor::done;
+      return false;
     }
     ring_[(ring_head_ + inflight_) % kMaxAhead] = item;
     ++inflight_;
+    return true;
   }
 
   void end_stall() {
@@ -260,7 +266,7 @@ class LayerDriver {
 
   /// Handles one completion; returns true if it ran a gate.
   template <class P>
-  bool handle(P& pol, const Completion& c) {
+  MOESCHED_HOT bool handle(P& pol, const Completion& c) {
     switch (c.kind) {
       case CompletionKind::chunk: on_chunk(pol, c); return false;
       case CompletionKind::job: on_job(pol, c); return false;
@@ -278,13 +284,13 @@ class LayerDriver {
         keep(m_.reach(ReadyPoint::after_draft(k.step)));
         return false;
       case ComputeKind::dense:
-        if (recording_) opt_.timeline->compute(c.start, c.end - c.start, TimelineKind::dense, k.layer, 0);
-        gate(pol, k.layer);
+        if (recording_) opt_.timeline->compute(c.start, c.end - c.start, TimelineKind::dense, k.id.layer, 0);
+        gate(pol, k.id.layer);
         return true;
       case ComputeKind::expert: {
-        const ExpertId id = ExpertId::from_flat(k.flat, w_->shape().experts);
-        if (recording_) opt_.timeline->compute(c.start, c.end - c.start, TimelineKind::expert, k.layer, id.expert);
-        auto& s = m_.state(k.flat);
+        const ExpertId id = k.id;
+        if (recording_) opt_.timeline->compute(c.start, c.end - c.start, TimelineKind::expert, id.layer, id.expert);
+        auto& s = m_.state(id.flat(per_));
         if (opt_.check_invariants && s.state != Residency::resident) {
           throw InvariantError("computed " + expert_text(id) + " while it was not resident");
         }
@@ -292,7 +298,7 @@ class LayerDriver {
         s.used_since_copy = true;
         s.pins = 0;
         pol.on_expert_done(m_, id);
-        if (--experts_left_ == 0 && remaining_.empty()) layer_done(pol, k.layer);
+        if (--experts_left_ == 0 && remaining_.empty()) layer_done(pol, id.layer);
         return false;
       }
       case ComputeKind::head:
@@ -304,7 +310,7 @@ class LayerDriver {
   }
 
   template <class P>
-  void on_chunk(P& pol, const Completion& c) {
+  MOESCHED_HOT void on_chunk(P& pol, const Completion& c) {
     const std::uint32_t f = flat_of(c.expert);
     if (opt_.check_invariants && m_.state(f).state != Residency::queued) {
       throw InvariantError("the backend moved bytes of " + expert_text(c.expert) + ", which has no copy in flight");
@@ -315,7 +321,7 @@ class LayerDriver {
     partial_[f] += c.bytes;
     if (recording_) opt_.timeline->copy(c.start, c.end - c.start, c.expert, c.chunk, c.chunks, c.high);
     if (!c.landed) return;
-    if (partial_[f] != b_->expert_bytes()) {
+    if (partial_[f] != expert_bytes_) {
       throw InvariantError("the backend reported " + expert_text(c.expert) + " landed after " +
                            std::to_string(partial_[f].count) + " of its " + std::to_string(b_->expert_bytes().count) +
                            " bytes");
@@ -348,13 +354,14 @@ class LayerDriver {
   template <class P>
   void gate(P& pol, std::uint32_t layer) {
     uses_ = w_->uses(p_, layer);
-    needed_.clear();
-    remaining_.clear();
+    const auto n = static_cast<std::uint32_t>(uses_.size());
+    needed_.resize(n);
+    remaining_.resize(n);
     LayerMetrics& lm = r_.layers[layer];
-    for (std::uint32_t i = 0; i < uses_.size(); ++i) {
+    for (std::uint32_t i = 0; i < n; ++i) {
       const ExpertId id{static_cast<std::uint16_t>(layer), uses_[i].expert};
-      needed_.push_back(id);
-      remaining_.push_back(i);
+      needed_[i] = id;
+      remaining_[i] = i;
       auto& s = m_.state(flat(id.expert));
       ++lm.uses;
       switch (s.state) {
@@ -380,7 +387,7 @@ class LayerDriver {
 
   /// The still-absent needed experts of the gated layer go back to the policy.
   template <class P>
-  void reask(P& pol) {
+  MOESCHED_HOT void reask(P& pol) {
     if (cursor_ != Cursor::experts || remaining_.empty()) return;
     unmet_.clear();
     for (std::uint32_t i : remaining_) {
@@ -483,10 +490,11 @@ class LayerDriver {
   // ---- faults and checks ----
 
   /// True once the run has a fault (the machine's contract violations are folded in here).
-  bool faulted() {
-    if (fault_.ok() && !m_.fault().ok()) fail_with(m_.fault(), "");
+  MOESCHED_HOT bool faulted() {
+    if (fault_.ok() && !m_.fault().ok()) [[unlikely]] fold_machine_fault();
     return !fault_.ok();
   }
+  [[gnu::noinline]] void fold_machine_fault() { fail_with(m_.fault(), ""); }
   void keep(const Status& s) {
     if (!s) fail_with(s, "");
   }
@@ -512,15 +520,16 @@ class LayerDriver {
     if (const char* what = m_.check_invariants(); what != nullptr) throw InvariantError(what);
   }
   void check_times(const Completion& c) {
-    if (!opt_.check_invariants) return;
     if (c.end < c.start) throw InvariantError("the backend reported work that ended before it started");
   }
 
-  [[nodiscard]] std::uint32_t flat(std::uint16_t expert) const noexcept { return layer_ * w_->shape().experts + expert; }
-  [[nodiscard]] std::uint32_t flat_of(ExpertId id) const noexcept { return id.flat(w_->shape().experts); }
+  [[nodiscard]] MOESCHED_HOT std::uint32_t flat(std::uint16_t expert) const noexcept { return layer_ * per_ + expert; }
+  [[nodiscard]] MOESCHED_HOT std::uint32_t flat_of(ExpertId id) const noexcept { return id.flat(per_); }
 
   const Workload* w_;
+  std::uint32_t per_;  // experts per layer
   B* b_;
+  Bytes expert_bytes_;
   Machine<B> m_;
   DriverOptions opt_;
   RunMetrics r_;

@@ -61,6 +61,7 @@ class Machine {
       : b_(&backend),
         layers_(backend.layers()),
         per_(backend.experts_per_layer()),
+        expert_bytes_(backend.expert_bytes()),
         capacity_(std::min<std::uint32_t>(backend.slot_count(), backend.layers() * backend.experts_per_layer())) {
     st_.resize(std::size_t{layers_} * per_);
     free_.reserve(capacity_);
@@ -74,13 +75,13 @@ class Machine {
   [[nodiscard]] std::uint32_t layers() const noexcept { return layers_; }
   [[nodiscard]] std::uint32_t experts_per_layer() const noexcept { return per_; }
   [[nodiscard]] std::uint32_t capacity_slots() const noexcept { return capacity_; }
-  [[nodiscard]] std::uint32_t free_slots() const noexcept { return static_cast<std::uint32_t>(free_.size()); }
-  [[nodiscard]] Residency residency(ExpertId id) const {
+  [[nodiscard]] MOESCHED_HOT std::uint32_t free_slots() const noexcept { return static_cast<std::uint32_t>(free_.size()); }
+  [[nodiscard]] MOESCHED_HOT Residency residency(ExpertId id) const {
     const ExpertState& s = st_[id.flat(per_)];
     if (s.state != Residency::queued) return s.state;
     return b_->copy_started(id) ? Residency::copying : Residency::queued;
   }
-  [[nodiscard]] bool evictable(ExpertId id) const noexcept {
+  [[nodiscard]] MOESCHED_HOT bool evictable(ExpertId id) const noexcept {
     const ExpertState& s = st_[id.flat(per_)];
     return s.state == Residency::resident && s.pins == 0;
   }
@@ -88,7 +89,7 @@ class Machine {
     const ExpertState& s = st_[id.flat(per_)];
     return s.slot == kNoSlot ? DeviceAddress{} : b_->slot_address(s.slot);
   }
-  Status copy(ExpertId id, CopyPriority p) {
+  MOESCHED_HOT Status copy(ExpertId id, CopyPriority p) {
     if (!valid(id)) return fault(Status::fail(StatusCode::bad_argument, "copy", id));
     ExpertState& s = st_[id.flat(per_)];
     if (s.state != Residency::absent) return fault(Status::fail(StatusCode::not_absent, "copy", id));
@@ -106,17 +107,17 @@ class Machine {
     counters_.peak_slots = std::max(counters_.peak_slots, capacity_ - free_slots());
     return Status::success();
   }
-  Status evict(ExpertId id) {
+  MOESCHED_HOT Status evict(ExpertId id) {
     if (!valid(id)) return fault(Status::fail(StatusCode::bad_argument, "evict", id));
     ExpertState& s = st_[id.flat(per_)];
     if (s.state != Residency::resident) return fault(Status::fail(StatusCode::not_resident, "evict", id));
     if (s.pins != 0) return fault(Status::fail(StatusCode::pinned, "evict", id));
-    if (!s.used_since_copy) counters_.wasted_bytes += b_->expert_bytes();
+    if (!s.used_since_copy) counters_.wasted_bytes += expert_bytes_;
     release(s);
     ++counters_.evictions;
     return Status::success();
   }
-  bool cancel(ExpertId id) {
+  MOESCHED_HOT bool cancel(ExpertId id) {
     if (!valid(id)) return false;
     ExpertState& s = st_[id.flat(per_)];
     if (s.state != Residency::queued || !b_->cancel_copy(id)) return false;
@@ -125,7 +126,7 @@ class Machine {
     ++counters_.cancelled;
     return true;
   }
-  void promote(ExpertId id) {
+  MOESCHED_HOT void promote(ExpertId id) {
     if (!valid(id)) return;
     ExpertState& s = st_[id.flat(per_)];
     if (s.state != Residency::queued || s.priority == CopyPriority::high) return;
@@ -153,8 +154,8 @@ class Machine {
   }
 
   // ---- for the layer driver ----
-  [[nodiscard]] ExpertState& state(std::uint32_t flat) noexcept { return st_[flat]; }
-  [[nodiscard]] const ExpertState& state(std::uint32_t flat) const noexcept { return st_[flat]; }
+  [[nodiscard]] MOESCHED_HOT ExpertState& state(std::uint32_t flat) noexcept { return st_[flat]; }
+  [[nodiscard]] MOESCHED_HOT const ExpertState& state(std::uint32_t flat) const noexcept { return st_[flat]; }
   [[nodiscard]] B& backend() noexcept { return *b_; }
   [[nodiscard]] const MachineCounters& counters() const noexcept { return counters_; }
   [[nodiscard]] std::uint32_t used_slots() const noexcept { return capacity_ - free_slots(); }
@@ -171,11 +172,16 @@ class Machine {
     pending_count_ = 0;
   }
   /// The pass reached `point`: jobs waiting for it (or an earlier one) go to the backend.
-  Status reach(ReadyPoint point) {
+  MOESCHED_HOT Status reach(ReadyPoint point) {
     const std::uint32_t to = ordinal(point);
     const std::uint32_t from = reached_ == kNotStarted ? 0 : reached_ + 1;
     reached_ = to;
     if (pending_count_ == 0) return Status::success();
+    return release_pending(from, to);
+  }
+
+ private:
+  Status release_pending(std::uint32_t from, std::uint32_t to) {
     for (std::uint32_t i = from; i <= to; ++i) {
       for (const PredictorJob& j : pending_[i]) {
         --pending_count_;
@@ -185,6 +191,8 @@ class Machine {
     }
     return Status::success();
   }
+
+ public:
   /// Slots held (checked against the free list and the budget); ok or an invariant message.
   [[nodiscard]] const char* check_invariants() const noexcept {
     std::uint32_t held = 0;
@@ -226,6 +234,7 @@ class Machine {
   B* b_;
   std::uint32_t layers_;
   std::uint32_t per_;
+  Bytes expert_bytes_;
   std::uint32_t capacity_;
   std::vector<ExpertState> st_;
   std::vector<SlotIndex> free_;

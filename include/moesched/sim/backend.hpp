@@ -25,6 +25,7 @@
 #include "moesched/core/expert_id.hpp"
 #include "moesched/core/units.hpp"
 #include "moesched/runtime/backend.hpp"
+#include "moesched/runtime/copy_queue.hpp"
 #include "moesched/runtime/jobs.hpp"
 #include "moesched/runtime/status.hpp"
 #include "moesched/sim/cost_model.hpp"
@@ -56,9 +57,11 @@ class SimBackend {
       : cost_(&cost),
         shape_(shape),
         slots_(cfg.slots),
+        expert_bytes_(cost.expert_bytes()),
         chunk_bytes_(cost.chunk_bytes()),
         chunk_times_(cost.chunk_times()) {
     copies_.resize(std::size_t{shape.layers} * shape.experts);
+    waiting_ = runtime::CopyQueue(shape.layers * shape.experts);
     cpu_free_.assign(cfg.cpu_workers, Nanoseconds{0});
     queue_.reserve(64);
   }
@@ -69,15 +72,14 @@ class SimBackend {
   [[nodiscard]] std::uint32_t layers() const noexcept { return shape_.layers; }
   [[nodiscard]] std::uint32_t experts_per_layer() const noexcept { return shape_.experts; }
   [[nodiscard]] std::uint32_t slot_count() const noexcept { return slots_; }
-  [[nodiscard]] Bytes expert_bytes() const noexcept { return cost_->expert_bytes(); }
+  [[nodiscard]] Bytes expert_bytes() const noexcept { return expert_bytes_; }
   [[nodiscard]] DeviceAddress slot_address(runtime::SlotIndex s) const noexcept {
-    return {std::uint64_t{s} * cost_->expert_bytes().count};
+    return {std::uint64_t{s} * expert_bytes_.count};
   }
   [[nodiscard]] std::uint32_t cpu_workers() const noexcept { return static_cast<std::uint32_t>(cpu_free_.size()); }
   [[nodiscard]] std::span<const std::byte> activation(runtime::InputSource, std::uint32_t) const noexcept { return {}; }
 
-  runtime::Status submit_compute(const runtime::ComputeOrder& k) {
-    if (k.pass == nullptr) return runtime::Status::fail(runtime::StatusCode::bad_argument, "submit_compute (no pass)");
+  MOESCHED_HOT runtime::Status submit_compute(const runtime::ComputeOrder& k) {
     Nanoseconds d{0};
     switch (k.kind) {
       case runtime::ComputeKind::draft_step: d = cost_->draft_time(*k.pass) / k.pass->draft_len; break;
@@ -89,22 +91,22 @@ class SimBackend {
     return runtime::Status::success();
   }
 
-  runtime::Status submit_copy(const runtime::CopyOrder& c) {
+  MOESCHED_HOT runtime::Status submit_copy(const runtime::CopyOrder& c) {
     const std::uint32_t f = c.expert.flat(shape_.experts);
     Copy& s = copies_[f];
     if (s.in_flight) return runtime::Status::fail(runtime::StatusCode::not_absent, "submit_copy", c.expert);
     s.in_flight = true;
     s.priority = c.priority;
     s.chunks_done = 0;
-    push_back(c.priority, f);
+    waiting_.push_back(f, c.priority);
     if (current_ == kNone) start_next_chunk();
     return runtime::Status::success();
   }
-  bool cancel_copy(ExpertId id) {
+  MOESCHED_HOT bool cancel_copy(ExpertId id) {
     const std::uint32_t f = id.flat(shape_.experts);
     Copy& s = copies_[f];
     if (!s.in_flight || s.chunks_done != 0 || f == current_) return false;
-    unlink(f);
+    waiting_.remove(f);
     s.in_flight = false;
     return true;
   }
@@ -112,15 +114,10 @@ class SimBackend {
     const std::uint32_t f = id.flat(shape_.experts);
     Copy& s = copies_[f];
     if (!s.in_flight || s.priority == CopyPriority::high) return;
-    if (f != current_) {
-      unlink(f);
-      s.priority = CopyPriority::high;
-      push_back(CopyPriority::high, f);
-    } else {
-      s.priority = CopyPriority::high;
-    }
+    if (f != current_) (void)waiting_.promote(f);
+    s.priority = CopyPriority::high;
   }
-  [[nodiscard]] bool copy_started(ExpertId id) const noexcept {
+  [[nodiscard]] MOESCHED_HOT bool copy_started(ExpertId id) const noexcept {
     const std::uint32_t f = id.flat(shape_.experts);
     return copies_[f].in_flight && (copies_[f].chunks_done > 0 || f == current_);
   }
@@ -138,7 +135,7 @@ class SimBackend {
     return place(index, j);
   }
 
-  bool wait(runtime::Completion& out) {
+  MOESCHED_HOT bool wait(runtime::Completion& out) {
     if (queue_.empty()) return false;
     const auto ev = queue_.pop();
     deliver(ev.payload, out);
@@ -154,7 +151,7 @@ class SimBackend {
     stream_head_ = 0;
     stream_busy_ = false;
     current_ = kNone;
-    head_[0] = head_[1] = tail_[0] = tail_[1] = kNone;
+    waiting_.clear();
     for (Copy& c : copies_) c = Copy{};
     return runtime::Status::success();
   }
@@ -172,8 +169,6 @@ class SimBackend {
     bool in_flight = false;
     CopyPriority priority = CopyPriority::high;
     std::uint8_t chunks_done = 0;
-    std::uint32_t prev = kNone;
-    std::uint32_t next = kNone;
   };
   struct StreamItem {
     Nanoseconds duration{};
@@ -204,36 +199,41 @@ class SimBackend {
     return runtime::Status::success();
   }
 
-  void push_stream(StreamItem item) {
-    stream_.push_back(item);
-    if (!stream_busy_) start_stream();
+  MOESCHED_HOT void push_stream(StreamItem item) {
+    if (stream_busy_) {
+      stream_.push_back(item);
+      return;
+    }
+    start_stream(item);
   }
-  void start_stream() {
+  void start_stream(StreamItem item) {
     stream_busy_ = true;
-    StreamItem& it = stream_[stream_head_];
-    if (it.job != kNone) jobs_[it.job].start = now();
+    running_ = item;
+    if (item.job != kNone) jobs_[item.job].start = now();
     stream_start_ = now();
-    queue_.push(now() + it.duration, {EventKind::stream_done, kNone});
+    queue_.push(now() + item.duration, {EventKind::stream_done, kNone});
   }
 
-  void deliver(const Payload& p, runtime::Completion& out) {
+  MOESCHED_HOT void deliver(const Payload& p, runtime::Completion& out) {
     switch (p.kind) {
       case EventKind::stream_done: {
-        const StreamItem it = stream_[stream_head_];
-        if (++stream_head_ == stream_.size()) {
-          stream_.clear();
-          stream_head_ = 0;
-        }
-        if (it.job != kNone) {
-          finish_job(it.job, out);
+        if (running_.job != kNone) {
+          finish_job(running_.job, out);
         } else {
-          out = runtime::Completion{};
+          // Only the fields of a compute completion are set (the driver reads no others).
           out.kind = runtime::CompletionKind::compute;
           out.start = stream_start_;
           out.end = now();
         }
         stream_busy_ = false;
-        if (stream_head_ < stream_.size()) start_stream();
+        if (stream_head_ < stream_.size()) {
+          const StreamItem next = stream_[stream_head_];
+          if (++stream_head_ == stream_.size()) {
+            stream_.clear();
+            stream_head_ = 0;
+          }
+          start_stream(next);
+        }
         return;
       }
       case EventKind::chunk_done: finish_chunk(p.index, out); return;
@@ -255,11 +255,11 @@ class SimBackend {
     free_jobs_.push_back(i);
   }
 
-  void finish_chunk(std::uint32_t f, runtime::Completion& out) {
+  MOESCHED_HOT void finish_chunk(std::uint32_t f, runtime::Completion& out) {
     Copy& s = copies_[f];
     const std::size_t c = s.chunks_done;
-    out = runtime::Completion{};
     out.kind = runtime::CompletionKind::chunk;
+    out.landed = false;
     out.expert = ExpertId::from_flat(f, shape_.experts);
     out.chunk = static_cast<std::uint32_t>(c);
     out.chunks = static_cast<std::uint32_t>(chunk_bytes_.size());
@@ -272,57 +272,32 @@ class SimBackend {
       out.landed = true;
       s.in_flight = false;
       current_ = kNone;
-    } else if (s.priority == CopyPriority::low && head_[0] != kNone) {
+    } else if (s.priority == CopyPriority::low && waiting_.high_waiting()) {
       // A high copy waits for at most one chunk of a low one.
-      push_front(CopyPriority::low, f);
+      waiting_.push_front(f, CopyPriority::low);
       current_ = kNone;
     }
     start_next_chunk();
   }
 
-  void start_next_chunk() {
+  MOESCHED_HOT void start_next_chunk() {
     if (current_ == kNone) {
-      const int q = head_[0] != kNone ? 0 : 1;
-      if (head_[q] == kNone) return;
-      current_ = head_[q];
-      unlink(current_);
+      current_ = waiting_.pop();
+      if (current_ == kNone) return;
     }
     queue_.push(now() + chunk_times_[copies_[current_].chunks_done], {EventKind::chunk_done, current_});
   }
-  void push_back(CopyPriority p, std::uint32_t f) {
-    const int q = static_cast<int>(p);
-    Copy& s = copies_[f];
-    s.prev = tail_[q];
-    s.next = kNone;
-    if (tail_[q] != kNone) copies_[tail_[q]].next = f; else head_[q] = f;
-    tail_[q] = f;
-  }
-  void push_front(CopyPriority p, std::uint32_t f) {
-    const int q = static_cast<int>(p);
-    Copy& s = copies_[f];
-    s.next = head_[q];
-    s.prev = kNone;
-    if (head_[q] != kNone) copies_[head_[q]].prev = f; else tail_[q] = f;
-    head_[q] = f;
-  }
-  void unlink(std::uint32_t f) {
-    Copy& s = copies_[f];
-    const int q = static_cast<int>(s.priority);
-    if (s.prev != kNone) copies_[s.prev].next = s.next; else if (head_[q] == f) head_[q] = s.next;
-    if (s.next != kNone) copies_[s.next].prev = s.prev; else if (tail_[q] == f) tail_[q] = s.prev;
-    s.prev = s.next = kNone;
-  }
-
   const CostModel* cost_;
   RoutingShape shape_;
   std::uint32_t slots_;
+  Bytes expert_bytes_;
   std::span<const Bytes> chunk_bytes_;
   std::span<const Nanoseconds> chunk_times_;
   std::vector<Copy> copies_;
-  std::uint32_t head_[2]{kNone, kNone};
-  std::uint32_t tail_[2]{kNone, kNone};
-  std::uint32_t current_ = kNone;
-  std::vector<StreamItem> stream_;
+  runtime::CopyQueue waiting_;     // copies waiting for the link
+  std::uint32_t current_ = kNone;  // the copy on the link
+  StreamItem running_{};               // on the stream now (when stream_busy_)
+  std::vector<StreamItem> stream_;     // waiting behind it, from stream_head_
   std::size_t stream_head_ = 0;
   bool stream_busy_ = false;
   Nanoseconds stream_start_{};

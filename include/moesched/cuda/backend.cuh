@@ -1,0 +1,989 @@
+#pragma once
+/// CudaBackend: the real GPU backend of the layer driver (moesched/runtime/driver.hpp). Real
+/// host-to-device copies of expert weights into a slot pool, real cuBLAS bf16 GEMMs of the model's
+/// shapes on one compute stream, CUDA events reporting completions to the driver's thread.
+///
+///   auto cfg = moesched::cuda::CudaBackend::from_model(model, /*slots=*/40, /*max_tokens=*/8);
+///   const auto req = moesched::cuda::CudaBackend::requirements(cfg);
+///   void* device = nullptr;  cudaMalloc(&device, req.device_bytes);          // caller-owned
+///   std::vector<std::byte> store(req.host_bytes);                             // caller-owned
+///   moesched::cuda::CudaBackend backend(cfg, device, req.device_bytes, store);
+///   if (auto s = backend.initialize(); !s) std::puts(s.describe().c_str());  // pins, streams, threads
+///   moesched::runtime::LayerDriver driver(workload, backend, {.compute_ahead = 8});
+///   driver.run(policy);                                  // drain() at the end of run()
+///   backend.shutdown();                                  // joins, frees what it created
+///
+/// How each Backend operation runs (ARCHITECTURE.md, "CUDA backend"):
+/// - submit_compute (driver thread): records a start event, launches the order's GEMMs with cuBLAS
+///   on the compute stream (dense: q/k/v, o, router, shared experts and the dense FFN layers that
+///   belong to the MoE layer; expert: gate, up, SiLU(gate) x up, down reading the slot; head: LM
+///   head; draft_step: the default draft of sim/cost_model.hpp), records an end event; an expert
+///   kernel also records its slot's "free" event after itself (stream-order slot reuse).
+/// - submit_copy / cancel_copy / promote_copy / copy_started: a copy thread owns the copy stream;
+///   high copies first; each chunk is cudaEventRecord(start), cudaMemcpyAsync, cudaEventRecord(end).
+///   At most `copy_window` chunks are on the stream at once, so a high copy overtakes a low one at
+///   the next chunk boundary after those. Before a copy's first chunk the copy stream waits
+///   (cudaStreamWaitEvent, no host sync) on the slot's free event: the slot's last reader.
+/// - completions: one poller thread queries (cudaEventQuery) the end events in order, kernels in
+///   stream order and chunks in link order, turns event times (cudaEventElapsedTime against an
+///   anchor event) into runtime::Completion and pushes them into a CompletionQueue that wait() and
+///   poll() drain on the driver's thread. No CUDA call runs inside a host callback.
+/// - submit_job: cpu_worker jobs run `predict` on CPU worker threads (as the host backend does);
+///   gpu_stream jobs record an event on the compute stream and the poller runs `predict` on the
+///   host once the stream has reached it: the job's place in stream order is real, the predictor
+///   itself runs on the CPU (a router GEMV kernel would need the live hidden state, which replay
+///   does not have).
+/// - drain: drops queued copies and jobs, lets what is on the streams finish, discards completions.
+///
+/// Kernels: the backend's three small kernels (SiLU x up, random fill, slot checksum) are defined in
+/// moesched/cuda/backend_kernels.cuh; include that in exactly one .cu file of the program. This
+/// header itself is host code (g++ or nvcc).
+///
+/// Memory: the caller allocates requirements().device_bytes (slot pool first, then the cuBLAS
+/// workspace, activations and the dense/head/draft weights) and the host store of every expert
+/// (requirements().host_bytes). initialize() pins the store with cudaHostRegister (unless it is
+/// already pinned) and unregisters it at shutdown. Weights outside the slots are random bf16
+/// (timing does not depend on values); the expert GEMMs read the slot. With `verify`, each expert
+/// kernel also checksums its slot against the host store's expert and counts mismatches on the
+/// device (verify_counts()).
+///
+/// Every CUDA and cuBLAS call is checked; failures are runtime::Status naming the call with the
+/// runtime's static error text. A failure on a worker thread is kept (error()) and ends wait().
+/// Times are host steady_clock nanoseconds since construction; event times are mapped onto that
+/// clock through an anchor event (float milliseconds: about 1 us resolution over tens of seconds),
+/// and clamped to now() when taken. Known limit: the anchor is taken once, so over a long run the
+/// GPU and host clocks drift apart and mapped times run ahead of now(); the clamp then shortens
+/// short chunks (link_busy under-reads for experts of a few MB). Re-anchoring is still to do.
+
+#include "moesched/core/config.hpp"
+#include "moesched/core/expert_id.hpp"
+#include "moesched/core/model.hpp"
+#include "moesched/core/units.hpp"
+#include "moesched/cuda/status.cuh"
+#include "moesched/runtime/backend.hpp"
+#include "moesched/runtime/completion_queue.hpp"
+#include "moesched/runtime/copy_queue.hpp"
+#include "moesched/runtime/job_workers.hpp"
+#include "moesched/runtime/jobs.hpp"
+#include "moesched/runtime/status.hpp"
+#include "moesched/workload/workload.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <limits>
+#include <mutex>
+#include <span>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+// Returns a failed runtime::Status from the enclosing function (undefined at the end of the file).
+#define MOESCHED_CUDA_BACKEND_RETURN_IF_(expr)                        \
+  do {                                                         \
+    const ::moesched::runtime::Status moesched_st_ = (expr);   \
+    if (!moesched_st_.ok()) return moesched_st_;               \
+  } while (0)
+
+namespace moesched::cuda {
+
+namespace detail {
+
+// The backend's own small kernels. Declared here, defined in moesched/cuda/backend_kernels.cuh,
+// which exactly one CUDA translation unit of the program includes: the rest of the backend is
+// host code that g++ compiles (nvcc 13 drops the implicit operator== of the core's defaulted
+// operator<=>, so the policies and the driver are best compiled by the host compiler).
+
+/// h = SiLU(g) x u over n bf16 values, in place in g, on `stream`.
+cudaError_t launch_silu_mul(__nv_bfloat16* g, const __nv_bfloat16* u, std::size_t n, cudaStream_t stream);
+/// Small pseudo-random bf16 values in [-1/64, 1/64) over n values.
+cudaError_t launch_fill_random(__nv_bfloat16* p, std::size_t n, std::uint32_t seed, cudaStream_t stream);
+/// Checksums `words` (slot_checksum()); counters[0] += (sum != expected[flat]), counters[1] += 1.
+cudaError_t launch_checksum(const std::uint32_t* words, std::size_t n, const std::uint32_t* expected,
+                            std::uint32_t flat, std::uint32_t* counters, cudaStream_t stream);
+
+}  // namespace detail
+
+/// Host mirror of the device checksum of one expert's bytes (whole 32-bit words).
+[[nodiscard]] inline std::uint32_t slot_checksum(const std::byte* p, std::size_t bytes) noexcept {
+  std::uint32_t s = 0;
+  for (std::size_t i = 0; i < bytes / 4; ++i) {
+    std::uint32_t w = 0;
+    for (std::size_t b = 0; b < 4; ++b) w |= static_cast<std::uint32_t>(p[i * 4 + b]) << (8U * b);
+    s += w * static_cast<std::uint32_t>(2 * i + 1);
+  }
+  return s;
+}
+
+/// The shapes of the model the kernels compute (bf16). from_model() derives them from a ModelDesc.
+///
+///   moesched::cuda::DenseShape s{.hidden = 4096, .moe_ffn = 14336, .q_out = 4096, .kv_out = 1024,
+///                                .o_in = 4096, .router_out = 8, .vocab = 32000};
+struct DenseShape {
+  std::uint32_t hidden = 0;
+  std::uint32_t moe_ffn = 0;        ///< one routed expert's intermediate size
+  std::uint32_t q_out = 0;          ///< query projection outputs (heads x head dim)
+  std::uint32_t kv_out = 0;         ///< key and value projection outputs each (MLA: the compressed kv)
+  std::uint32_t o_in = 0;           ///< output projection inputs
+  std::uint32_t router_out = 0;     ///< routed experts
+  std::uint32_t shared_ffn = 0;     ///< shared experts' intermediate size (all of them), 0 = none
+  std::uint32_t dense_ffn = 0;      ///< FFN of the dense decoder layers
+  std::uint32_t leading_dense_layers = 0;  ///< dense decoder layers before MoE layer 0 (DeepSeek: 1)
+  std::uint32_t dense_layers_between = 0;  ///< dense decoder layers before every other MoE layer
+  std::uint32_t vocab = 0;
+};
+
+/// A real GPU backend of the layer driver (see the header comment).
+class CudaBackend {
+ public:
+  static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+  static constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20U;  // Hopper's advice
+
+  struct Config {
+    std::uint32_t layers = 0;        ///< MoE layers
+    std::uint32_t experts = 0;       ///< routed experts per layer
+    Bytes expert_bytes{};            ///< one expert as copied; holds gate, up, down (hidden x moe_ffn bf16 each) first
+    std::uint32_t slots = 0;         ///< expert slots in device memory
+    std::uint32_t chunks = 3;        ///< copies per expert, equal parts (3 = one per matrix), 1..64
+    std::uint32_t copy_window = 2;   ///< chunks on the copy stream at once, 1..16
+    std::uint32_t cpu_workers = 1;   ///< predictor threads
+    std::uint32_t max_tokens = 64;   ///< most tokens of one pass (sizes the activations)
+    DenseShape shape{};
+    std::uint32_t host_experts = 0;  ///< experts held in host memory, 0 = all; fewer aliases expert f to
+                                     ///< f mod host_experts (times a model larger than host memory)
+    bool verify = false;             ///< checksum every expert kernel's slot (a test mode: slower)
+    int device = 0;                  ///< CUDA device ordinal
+  };
+
+  /// A configuration with the real shapes of `m` (bf16 GEMMs; expert_bytes = the model's expert size).
+  [[nodiscard]] static Config from_model(const ModelDesc& m, std::uint32_t slots, std::uint32_t max_tokens) {
+    const ModelShape& s = m.shape;
+    Config c;
+    c.layers = s.moe_layers();
+    c.experts = s.experts_per_layer;
+    c.slots = slots;
+    c.max_tokens = max_tokens;
+    // Copies move the expert as the model stores it (m.expert_bytes(): its dtype, biases); the GEMMs
+    // read the slot's first 3 x hidden x moe_ffn bf16 values (compute is bf16 whatever the dtype).
+    const std::uint64_t bf16 = std::uint64_t{3} * s.hidden * s.moe_ffn * 2;
+    c.expert_bytes = Bytes{(std::max(bf16, m.expert_bytes().count) + 3) / 4 * 4};
+    DenseShape& d = c.shape;
+    d.hidden = s.hidden;
+    d.moe_ffn = s.moe_ffn;
+    const AttentionShape& a = s.attention;
+    if (a.kind == AttentionKind::gqa) {
+      d.q_out = a.heads * a.head_dim;
+      d.kv_out = a.kv_heads * a.head_dim;
+      d.o_in = a.heads * a.head_dim;
+    } else {  // MLA: q (or its low-rank pair folded into one), the compressed kv pair, the output
+      d.q_out = a.heads * (a.qk_nope_head_dim + a.qk_rope_head_dim);
+      d.kv_out = a.kv_lora_rank + a.qk_rope_head_dim;
+      d.o_in = a.heads * a.v_head_dim;
+    }
+    d.router_out = s.experts_per_layer;
+    d.shared_ffn = s.shared_experts * s.shared_expert_ffn;
+    d.dense_ffn = s.dense_ffn;
+    d.leading_dense_layers = s.first_dense_layers;
+    d.dense_layers_between = s.moe_layer_interval > 0 ? s.moe_layer_interval - 1 : 0;
+    d.vocab = s.vocab;
+    return c;
+  }
+
+  /// Memory the caller allocates: device = slots, cuBLAS workspace, activations and weights;
+  /// host = every expert.
+  [[nodiscard]] static runtime::Requirements requirements(const Config& c) noexcept {
+    runtime::Requirements r;
+    r.device_bytes = Layout(c).total;
+    r.host_bytes = std::size_t{host_expert_count(c)} * c.expert_bytes.count;
+    return r;
+  }
+
+  /// Experts the host store holds for `c`.
+  [[nodiscard]] static std::uint32_t host_expert_count(const Config& c) noexcept {
+    const std::uint32_t all = c.layers * c.experts;
+    return c.host_experts == 0 ? all : std::min(c.host_experts, all);
+  }
+
+  /// Keeps the pointers (caller-owned); nothing runs until initialize().
+  CudaBackend(const Config& cfg, void* device, std::size_t device_bytes, std::span<const std::byte> host_store)
+      : cfg_(cfg), layout_(cfg), device_(static_cast<std::byte*>(device)), device_bytes_(device_bytes),
+        store_(host_store), epoch_(std::chrono::steady_clock::now()) {}
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+  ~CudaBackend() { (void)shutdown(); }
+
+  /// Checks the configuration and memory, pins the host store, creates the streams, events and
+  /// cuBLAS handle, fills the weights, starts the threads.
+  runtime::Status initialize() {
+    using runtime::Status;
+    using runtime::StatusCode;
+    if (running_ || created_ || shut_) {
+      return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (already initialised or shut down)");
+    }
+    const auto req = requirements(cfg_);
+    const DenseShape& d = cfg_.shape;
+    if (cfg_.layers == 0 || cfg_.experts == 0 || cfg_.slots == 0 || d.hidden == 0 || d.moe_ffn == 0 ||
+        cfg_.max_tokens == 0) {
+      return Status::fail(StatusCode::bad_argument,
+                          "CudaBackend::initialize (layers, experts, slots, hidden, moe_ffn and max_tokens must be positive)");
+    }
+    if (cfg_.expert_bytes.count < expert_matrix_bytes() || cfg_.expert_bytes.count % 4 != 0) {
+      return Status::fail(StatusCode::bad_argument,
+                          "CudaBackend::initialize (expert_bytes must hold 3 x hidden x moe_ffn bf16 and be a multiple of 4)");
+    }
+    if (cfg_.chunks < 1 || cfg_.chunks > 64 || cfg_.copy_window < 1 || cfg_.copy_window > 16) {
+      return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (chunks must be 1..64, copy_window 1..16)");
+    }
+    if (device_ == nullptr || device_bytes_ < req.device_bytes) {
+      return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (device memory below requirements().device_bytes)");
+    }
+    if (reinterpret_cast<std::uintptr_t>(device_) % 256 != 0) {
+      return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (device memory not 256-byte aligned)");
+    }
+    if (store_.size() < req.host_bytes) {
+      return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (host store below requirements().host_bytes)");
+    }
+    created_ = true;  // from here on shutdown() releases what exists
+    if (auto s = create(req.host_bytes); !s) {
+      (void)shutdown();
+      return s;
+    }
+    copies_.assign(std::size_t{cfg_.layers} * cfg_.experts, Copy{});
+    waiting_ = runtime::CopyQueue(cfg_.layers * cfg_.experts);
+    const std::uint64_t e = cfg_.expert_bytes.count;
+    chunk_offset_.clear();
+    for (std::uint32_t c = 0; c < cfg_.chunks; ++c) chunk_offset_.push_back(e * c / cfg_.chunks);
+    chunk_offset_.push_back(e);
+    stop_ = false;
+    try {
+      threads_.emplace_back([this] { copy_loop(); });
+      threads_.emplace_back([this] { poll_loop(); });
+    } catch (const std::system_error&) {
+      (void)shutdown();
+      return Status::backend("std::thread", "could not start a thread");
+    }
+    if (const Status w = workers_.start(cfg_.cpu_workers, done_, epoch_); !w) {
+      (void)shutdown();
+      return w;
+    }
+    running_ = true;
+    return Status::success();
+  }
+
+  /// Stops and joins the threads, waits for the streams, frees what initialize() created and
+  /// unregisters the host store. Idempotent; returns the first failure.
+  runtime::Status shutdown() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stop_ = true;
+    }
+    copy_cv_.notify_all();
+    poll_cv_.notify_all();
+    idle_cv_.notify_all();
+    workers_.stop();
+    done_.close();
+    shut_ = true;
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    threads_.clear();
+    running_ = false;
+    runtime::Status first = runtime::Status::success();
+    auto keep = [&](cudaError_t st, const char* call) {
+      if (st != cudaSuccess && first.ok()) first = runtime::Status::backend(call, cudaGetErrorString(st));
+    };
+    if (!created_) return first;
+    if (copy_stream_ != nullptr) keep(cudaStreamSynchronize(copy_stream_), "cudaStreamSynchronize");
+    if (compute_stream_ != nullptr) keep(cudaStreamSynchronize(compute_stream_), "cudaStreamSynchronize");
+    for (cudaEvent_t ev : all_events_) keep(cudaEventDestroy(ev), "cudaEventDestroy");
+    all_events_.clear();
+    free_events_.clear();
+    for (cudaEvent_t ev : slot_free_) keep(cudaEventDestroy(ev), "cudaEventDestroy");
+    slot_free_.clear();
+    if (anchor_ != nullptr) keep(cudaEventDestroy(anchor_), "cudaEventDestroy");
+    anchor_ = nullptr;
+    if (cublas_ != nullptr) {
+      const cublasStatus_t cs = cublasDestroy(cublas_);
+      if (cs != CUBLAS_STATUS_SUCCESS && first.ok()) first = runtime::Status::backend("cublasDestroy", cublasGetStatusString(cs));
+      cublas_ = nullptr;
+    }
+    if (copy_stream_ != nullptr) keep(cudaStreamDestroy(copy_stream_), "cudaStreamDestroy");
+    if (compute_stream_ != nullptr) keep(cudaStreamDestroy(compute_stream_), "cudaStreamDestroy");
+    copy_stream_ = compute_stream_ = nullptr;
+    if (registered_) keep(cudaHostUnregister(const_cast<std::byte*>(store_.data())), "cudaHostUnregister");
+    registered_ = false;
+    created_ = false;
+    return first;
+  }
+
+  // ---- Backend ----
+  [[nodiscard]] Nanoseconds now() const noexcept {
+    return std::chrono::duration_cast<Nanoseconds>(std::chrono::steady_clock::now() - epoch_);
+  }
+  [[nodiscard]] std::uint32_t layers() const noexcept { return cfg_.layers; }
+  [[nodiscard]] std::uint32_t experts_per_layer() const noexcept { return cfg_.experts; }
+  [[nodiscard]] std::uint32_t slot_count() const noexcept { return cfg_.slots; }
+  [[nodiscard]] Bytes expert_bytes() const noexcept { return cfg_.expert_bytes; }
+  [[nodiscard]] DeviceAddress slot_address(runtime::SlotIndex s) const noexcept {
+    return {reinterpret_cast<std::uintptr_t>(slot_ptr(s))};
+  }
+  [[nodiscard]] std::uint32_t cpu_workers() const noexcept { return cfg_.cpu_workers; }
+  /// No host-visible activations: predictors see a null state.
+  [[nodiscard]] std::span<const std::byte> activation(runtime::InputSource, std::uint32_t) const noexcept { return {}; }
+
+  runtime::Status submit_compute(const runtime::ComputeOrder& k) {
+    using runtime::ComputeKind;
+    using runtime::Status;
+    using runtime::StatusCode;
+    if (!running_) return Status::fail(StatusCode::shut_down, "submit_compute");
+    if (auto e = error(); !e) return e;
+    if (k.kind == ComputeKind::expert && (k.slot >= cfg_.slots || !valid(k.expert))) {
+      return Status::fail(StatusCode::bad_argument, "submit_compute", k.expert);
+    }
+    if (k.kind != ComputeKind::expert && k.pass == nullptr) {
+      return Status::fail(StatusCode::bad_argument, "submit_compute (no pass)");
+    }
+    if ((k.kind == ComputeKind::dense || k.kind == ComputeKind::expert) && k.layer >= cfg_.layers) {
+      return Status::fail(StatusCode::bad_argument, "submit_compute (layer out of range)");
+    }
+    std::uint32_t tokens = 0;
+    switch (k.kind) {
+      case ComputeKind::expert: tokens = k.tokens; break;
+      case ComputeKind::draft_step: tokens = std::max<std::uint32_t>(1, k.pass->member_count); break;
+      case ComputeKind::dense:
+      case ComputeKind::head: tokens = k.pass->tokens; break;
+    }
+    if (tokens == 0 || tokens > cfg_.max_tokens) {
+      return Status::fail(StatusCode::bad_argument, "submit_compute (tokens must be 1..max_tokens)");
+    }
+    StreamRecord rec;
+    rec.order = k;
+    if (auto s = take_event(rec.start); !s) return s;
+    if (auto s = take_event(rec.end); !s) return s;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(rec.start, compute_stream_), "cudaEventRecord"));
+    switch (k.kind) {
+      case ComputeKind::dense: MOESCHED_CUDA_BACKEND_RETURN_IF_(dense(k.layer, tokens)); break;
+      case ComputeKind::expert:
+        MOESCHED_CUDA_BACKEND_RETURN_IF_(expert_ffn(slot_ptr(k.slot), tokens));
+        if (cfg_.verify) MOESCHED_CUDA_BACKEND_RETURN_IF_(checksum(k.slot, k.expert.flat(cfg_.experts)));
+        MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(slot_free_[k.slot], compute_stream_), "cudaEventRecord"));
+        break;
+      case ComputeKind::head: MOESCHED_CUDA_BACKEND_RETURN_IF_(head(tokens)); break;
+      case ComputeKind::draft_step: MOESCHED_CUDA_BACKEND_RETURN_IF_(draft_step(tokens)); break;
+    }
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(rec.end, compute_stream_), "cudaEventRecord"));
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stream_.push_back(rec);
+    }
+    ++outstanding_;
+    poll_cv_.notify_one();
+    return Status::success();
+  }
+
+  runtime::Status submit_copy(const runtime::CopyOrder& c) {
+    using runtime::Status;
+    using runtime::StatusCode;
+    if (!running_) return Status::fail(StatusCode::shut_down, "submit_copy");
+    if (auto e = error(); !e) return e;
+    if (c.slot >= cfg_.slots || !valid(c.expert)) return Status::fail(StatusCode::bad_argument, "submit_copy", c.expert);
+    const std::uint32_t f = c.expert.flat(cfg_.experts);
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      Copy& s = copies_[f];
+      if (s.in_flight) return Status::fail(StatusCode::not_absent, "submit_copy", c.expert);
+      s = Copy{true, false, c.priority, 0, c.slot};
+      waiting_.push_back(f, c.priority);
+    }
+    ++outstanding_;
+    copy_cv_.notify_one();
+    return Status::success();
+  }
+  bool cancel_copy(ExpertId id) {
+    if (!valid(id)) return false;
+    const std::uint32_t f = id.flat(cfg_.experts);
+    std::lock_guard<std::mutex> lock(m_);
+    Copy& s = copies_[f];
+    if (!s.in_flight || s.started || f == current_) return false;
+    waiting_.remove(f);
+    s.in_flight = false;
+    --outstanding_;
+    return true;
+  }
+  void promote_copy(ExpertId id) {
+    if (!valid(id)) return;
+    const std::uint32_t f = id.flat(cfg_.experts);
+    std::lock_guard<std::mutex> lock(m_);
+    Copy& s = copies_[f];
+    if (!s.in_flight || s.priority == CopyPriority::high) return;
+    if (f != current_ && s.submitted < cfg_.chunks) {
+      (void)waiting_.promote(f);
+    }
+    s.priority = CopyPriority::high;
+  }
+  [[nodiscard]] bool copy_started(ExpertId id) const {
+    if (!valid(id)) return false;
+    std::lock_guard<std::mutex> lock(m_);
+    const Copy& s = copies_[id.flat(cfg_.experts)];
+    return s.in_flight && s.started;
+  }
+
+  runtime::Status submit_job(const runtime::PredictorJob& j) {
+    using runtime::Status;
+    using runtime::StatusCode;
+    if (!running_) return Status::fail(StatusCode::shut_down, "submit_job");
+    if (auto e = error(); !e) return e;
+    if (j.predict == nullptr) return Status::fail(StatusCode::bad_argument, "submit_job (no predict function)");
+    if (j.where == runtime::JobResource::cpu_worker && cfg_.cpu_workers == 0) {
+      return Status::fail(StatusCode::bad_argument, "submit_job (no CPU workers)");
+    }
+    if (j.where == runtime::JobResource::gpu_stream) {
+      // Its place in stream order: an event after the kernels submitted so far; the poller runs
+      // `predict` on the host once the stream has passed it.
+      StreamRecord rec;
+      rec.job = true;
+      rec.job_item = j;
+      rec.queued = now();
+      if (auto s = take_event(rec.start); !s) return s;
+      rec.end = rec.start;
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(rec.start, compute_stream_), "cudaEventRecord"));
+      {
+        std::lock_guard<std::mutex> lock(m_);
+        stream_.push_back(rec);
+      }
+      ++outstanding_;
+      poll_cv_.notify_one();
+      return Status::success();
+    }
+    ++outstanding_;
+    workers_.submit(j, now());
+    return Status::success();
+  }
+
+  bool wait(runtime::Completion& out) {
+    if (outstanding_ == 0 || !error().ok()) return false;
+    if (!done_.pop_wait(out)) return false;
+    account(out);
+    return true;
+  }
+  bool poll(runtime::Completion& out) {
+    if (outstanding_ == 0 || !done_.try_pop(out)) return false;
+    account(out);
+    return true;
+  }
+  /// Drops queued copies and jobs, lets what is on the streams finish, discards completions.
+  runtime::Status drain() {
+    workers_.drain();
+    std::unique_lock<std::mutex> lock(m_);
+    waiting_.clear();
+    draining_ = true;
+    copy_cv_.notify_all();
+    poll_cv_.notify_all();
+    idle_cv_.wait(lock, [&] {
+      return stop_ || (current_ == kNone && !copy_busy_ && chunks_.empty() && stream_.empty());
+    });
+    for (Copy& c : copies_) c.in_flight = false;
+    draining_ = false;
+    done_.clear();
+    outstanding_ = 0;
+    return error_;
+  }
+
+  // ---- checks and extras ----
+  /// The first failure of a worker thread (a CUDA call on the copy or poller thread), or ok.
+  [[nodiscard]] runtime::Status error() const {
+    std::lock_guard<std::mutex> lock(m_);
+    return error_;
+  }
+  /// verify mode: expert kernels whose slot did not hold their expert, and expert kernels checked.
+  /// Waits for the compute stream.
+  runtime::Status verify_counts(std::uint64_t& mismatches, std::uint64_t& checked) const {
+    mismatches = checked = 0;
+    if (compute_stream_ == nullptr) return runtime::Status::fail(runtime::StatusCode::shut_down, "verify_counts");
+    std::uint32_t host[2] = {0, 0};
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaMemcpyAsync(host, device_ + layout_.counters, sizeof host,
+                                                          cudaMemcpyDeviceToHost, compute_stream_), "cudaMemcpyAsync"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaStreamSynchronize(compute_stream_), "cudaStreamSynchronize"));
+    mismatches = host[0];
+    checked = host[1];
+    return runtime::Status::success();
+  }
+  /// Copies slot `s` back to the host (synchronous; for tests).
+  runtime::Status read_slot(runtime::SlotIndex s, std::span<std::byte> out) const {
+    if (s >= cfg_.slots || out.size() < cfg_.expert_bytes.count) {
+      return runtime::Status::fail(runtime::StatusCode::bad_argument, "read_slot");
+    }
+    return cuda_status(cudaMemcpy(out.data(), slot_ptr(s), cfg_.expert_bytes.count, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  }
+  [[nodiscard]] const Config& config() const noexcept { return cfg_; }
+
+ private:
+  /// Offsets into the caller's device memory (256-byte aligned pieces).
+  struct Layout {
+    std::size_t slots = 0, cublas = 0, x = 0, y = 0, wide_a = 0, wide_b = 0, weights = 0, layer_weights = 0,
+                lead_weights = 0, head = 0, draft_ffn = 0, expected = 0, counters = 0, total = 0;
+    std::size_t wide = 0;  ///< columns of the wide activation buffers
+    explicit Layout(const Config& c) {
+      const DenseShape& d = c.shape;
+      const std::size_t h = d.hidden;
+      auto align = [](std::size_t v) { return (v + 255) / 256 * 256; };
+      std::size_t at = 0;
+      auto take = [&](std::size_t bytes) {
+        const std::size_t o = at;
+        at = align(at + bytes);
+        return o;
+      };
+      wide = std::max<std::size_t>({h, std::size_t{d.q_out} + 2 * std::size_t{d.kv_out}, d.o_in, d.moe_ffn,
+                                    d.shared_ffn, d.dense_ffn, d.router_out, d.vocab});
+      const std::size_t t = c.max_tokens;
+      slots = take(std::size_t{c.slots} * c.expert_bytes.count);
+      cublas = take(kCublasWorkspaceBytes);
+      x = take(t * h * 2);
+      y = take(t * h * 2);
+      wide_a = take(t * wide * 2);
+      wide_b = take(t * wide * 2);
+      layer_weights = attention_params(d) + h * d.router_out + 3 * h * d.shared_ffn +
+                      std::size_t{d.dense_layers_between} * (attention_params(d) + 3 * h * d.dense_ffn);
+      layer_weights *= 2;
+      const std::size_t lead = std::size_t{d.leading_dense_layers} * (attention_params(d) + 3 * h * d.dense_ffn) * 2;
+      weights = take(layer_weights * c.layers);
+      lead_weights = take(lead);
+      head = take(std::size_t{d.vocab} * h * 2);
+      draft_ffn = take(3 * h * d.moe_ffn * 2);
+      expected = take(std::size_t{c.layers} * c.experts * 4);
+      counters = take(8);
+      total = at;
+    }
+    static std::size_t attention_params(const DenseShape& d) {
+      return std::size_t{d.hidden} * (std::size_t{d.q_out} + 2 * std::size_t{d.kv_out}) + std::size_t{d.hidden} * d.o_in;
+    }
+  };
+
+  struct Copy {
+    bool in_flight = false;
+    bool started = false;
+    CopyPriority priority = CopyPriority::high;
+    std::uint32_t submitted = 0;  ///< chunks on the copy stream
+    runtime::SlotIndex slot = 0;
+  };
+  struct ChunkRecord {
+    std::uint32_t flat = 0;
+    std::uint32_t chunk = 0;
+    bool high = false;
+    std::uint64_t bytes = 0;
+    cudaEvent_t start = nullptr;
+    cudaEvent_t end = nullptr;
+  };
+  struct StreamRecord {
+    runtime::ComputeOrder order{};
+    bool job = false;
+    runtime::PredictorJob job_item{};
+    Nanoseconds queued{};
+    cudaEvent_t start = nullptr;
+    cudaEvent_t end = nullptr;
+  };
+
+  static runtime::Status cuda_status(cudaError_t st, const char* call) noexcept {
+    return st == cudaSuccess ? runtime::Status::success() : runtime::Status::backend(call, cudaGetErrorString(st));
+  }
+  static runtime::Status cublas_status(cublasStatus_t st, const char* call) noexcept {
+    return st == CUBLAS_STATUS_SUCCESS ? runtime::Status::success() : runtime::Status::backend(call, cublasGetStatusString(st));
+  }
+
+  [[nodiscard]] bool valid(ExpertId id) const noexcept { return id.layer < cfg_.layers && id.expert < cfg_.experts; }
+  [[nodiscard]] std::byte* slot_ptr(runtime::SlotIndex s) const noexcept {
+    return device_ + layout_.slots + std::size_t{s} * cfg_.expert_bytes.count;
+  }
+  [[nodiscard]] std::uint64_t expert_matrix_bytes() const noexcept {
+    return std::uint64_t{3} * cfg_.shape.hidden * cfg_.shape.moe_ffn * 2;
+  }
+  [[nodiscard]] __nv_bfloat16* bf16_at(std::size_t offset) const noexcept {
+    return reinterpret_cast<__nv_bfloat16*>(device_ + offset);
+  }
+  void account(const runtime::Completion& c) {
+    if (c.kind != runtime::CompletionKind::chunk || c.landed) --outstanding_;
+  }
+  /// Keeps the first failure of a worker thread and wakes the driver (wait() then returns false).
+  void fail_async(const runtime::Status& s) {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      if (error_.ok()) error_ = s;
+    }
+    done_.close();
+  }
+
+  // ---- initialisation ----
+  runtime::Status create(std::size_t host_bytes) {
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaSetDevice(cfg_.device), "cudaSetDevice"));
+    // Pin the caller's store unless it is pinned already (cudaHostAlloc'd or registered by the caller).
+    cudaPointerAttributes attr{};
+    const cudaError_t pa = cudaPointerGetAttributes(&attr, store_.data());
+    if (pa != cudaSuccess) (void)cudaGetLastError();
+    if (pa != cudaSuccess || attr.type != cudaMemoryTypeHost) {
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(
+          cudaHostRegister(const_cast<std::byte*>(store_.data()), host_bytes, cudaHostRegisterDefault), "cudaHostRegister"));
+      registered_ = true;
+    }
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaStreamCreateWithFlags(&compute_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cublas_status(cublasCreate(&cublas_), "cublasCreate"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cublas_status(cublasSetStream(cublas_, compute_stream_), "cublasSetStream"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cublas_status(cublasSetWorkspace(cublas_, device_ + layout_.cublas, kCublasWorkspaceBytes), "cublasSetWorkspace"));
+    for (std::uint32_t s = 0; s < cfg_.slots; ++s) {
+      cudaEvent_t ev = nullptr;
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreateWithFlags"));
+      slot_free_.push_back(ev);
+    }
+    for (int i = 0; i < 256; ++i) {
+      cudaEvent_t ev = nullptr;
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventCreate(&ev), "cudaEventCreate"));
+      all_events_.push_back(ev);
+      free_events_.push_back(ev);
+    }
+    // Random bf16 weights and activations everywhere but the slots.
+    const std::size_t first = layout_.x;
+    const std::size_t n = (layout_.expected - first) / 2;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(detail::launch_fill_random(bf16_at(first), n, 0x9E3779B9U, compute_stream_),
+                                                 "fill_random_kernel"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaMemsetAsync(device_ + layout_.counters, 0, 8, compute_stream_), "cudaMemsetAsync"));
+    if (cfg_.verify) {
+      const std::size_t e = cfg_.expert_bytes.count;
+      expected_.resize(std::size_t{cfg_.layers} * cfg_.experts);
+      const std::size_t held = host_expert_count(cfg_);
+      for (std::size_t f = 0; f < expected_.size(); ++f) expected_[f] = slot_checksum(store_.data() + (f % held) * e, e);
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaMemcpyAsync(device_ + layout_.expected, expected_.data(), expected_.size() * 4,
+                                                            cudaMemcpyHostToDevice, compute_stream_), "cudaMemcpyAsync"));
+    }
+    // Warm-up: the first cuBLAS calls pick kernels and load modules; keep that off the hot path.
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(dense(0, 1));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(expert_ffn(bf16_at(layout_.draft_ffn), 1));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(head(1));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaStreamSynchronize(compute_stream_), "cudaStreamSynchronize"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventCreate(&anchor_), "cudaEventCreate"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(anchor_, compute_stream_), "cudaEventRecord"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventSynchronize(anchor_), "cudaEventSynchronize"));
+    anchor_host_ = now();
+    return runtime::Status::success();
+  }
+
+  // ---- compute (driver thread) ----
+  /// y[t x out] = x[t x in] . W^T, W row-major [out x in], bf16 in and out, fp32 accumulation.
+  runtime::Status gemm(const void* w, std::uint32_t out, std::uint32_t in, const void* x, void* y, std::uint32_t t,
+                       float beta = 0.0f) {
+    if (out == 0 || in == 0) return runtime::Status::success();
+    const float alpha = 1.0f;
+    return cublas_status(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(t),
+                                      static_cast<int>(in), &alpha, w, CUDA_R_16BF, static_cast<int>(in), x, CUDA_R_16BF,
+                                      static_cast<int>(in), &beta, y, CUDA_R_16BF, static_cast<int>(out),
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                         "cublasGemmEx");
+  }
+  /// Attention projections of one decoder layer starting at weight offset `w`; returns the next offset.
+  /// The attention itself (scores over the KV cache) is not run: replay has no KV cache, and at
+  /// decode its cost is small beside the projections; the simulator's cost model charges it.
+  runtime::Status attention(std::size_t& w, std::uint32_t t) {
+    const DenseShape& d = cfg_.shape;
+    const std::uint32_t qkv = d.q_out + 2 * d.kv_out;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(gemm(device_ + w, qkv, d.hidden, bf16_at(layout_.x), bf16_at(layout_.wide_a), t));
+    w += std::size_t{qkv} * d.hidden * 2;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(gemm(device_ + w, d.hidden, d.o_in, bf16_at(layout_.wide_a), bf16_at(layout_.y), t));
+    w += std::size_t{d.hidden} * d.o_in * 2;
+    return runtime::Status::success();
+  }
+  /// A dense FFN (gate, up, SiLU x up, down) of intermediate size `ffn` with weights at `w`.
+  runtime::Status ffn(const std::byte* w, std::uint32_t ffn_size, std::uint32_t t, float beta) {
+    if (ffn_size == 0) return runtime::Status::success();
+    const std::uint32_t h = cfg_.shape.hidden;
+    const std::size_t m = std::size_t{h} * ffn_size * 2;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(gemm(w, ffn_size, h, bf16_at(layout_.x), bf16_at(layout_.wide_a), t));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(gemm(w + m, ffn_size, h, bf16_at(layout_.x), bf16_at(layout_.wide_b), t));
+    const std::size_t n = std::size_t{t} * ffn_size;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(
+        detail::launch_silu_mul(bf16_at(layout_.wide_a), bf16_at(layout_.wide_b), n, compute_stream_), "silu_mul_kernel"));
+    return gemm(w + 2 * m, h, ffn_size, bf16_at(layout_.wide_a), bf16_at(layout_.y), t, beta);
+  }
+  runtime::Status expert_ffn(const void* weights, std::uint32_t t) {
+    return ffn(static_cast<const std::byte*>(weights), cfg_.shape.moe_ffn, t, 1.0f);  // outputs are summed
+  }
+  /// Dense part of MoE layer `layer`: its leading or in-between dense decoder layers (attention
+  /// projections and dense FFN), then its own attention projections, router and shared experts.
+  runtime::Status dense(std::uint32_t layer, std::uint32_t t) {
+    const DenseShape& d = cfg_.shape;
+    const std::size_t dense_layer_bytes = (Layout::attention_params(d) + 3 * std::size_t{d.hidden} * d.dense_ffn) * 2;
+    std::size_t w = layout_.lead_weights;
+    const std::uint32_t before = layer == 0 ? d.leading_dense_layers : 0;
+    for (std::uint32_t i = 0; i < before; ++i) {
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(attention(w, t));
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(ffn(device_ + w, d.dense_ffn, t, 0.0f));
+      w += 3 * std::size_t{d.hidden} * d.dense_ffn * 2;
+    }
+    w = layout_.weights + std::size_t{layer} * layout_.layer_weights;
+    for (std::uint32_t i = 0; i < (layer == 0 ? 0 : d.dense_layers_between); ++i) {
+      std::size_t a = w + std::size_t{i} * dense_layer_bytes;
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(attention(a, t));
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(ffn(device_ + a, d.dense_ffn, t, 0.0f));
+    }
+    w += std::size_t{d.dense_layers_between} * dense_layer_bytes;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(attention(w, t));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(gemm(device_ + w, d.router_out, d.hidden, bf16_at(layout_.x), bf16_at(layout_.wide_b), t));
+    w += std::size_t{d.router_out} * d.hidden * 2;
+    return ffn(device_ + w, d.shared_ffn, t, 1.0f);
+  }
+  runtime::Status head(std::uint32_t t) {
+    const DenseShape& d = cfg_.shape;
+    return gemm(device_ + layout_.head, d.vocab, d.hidden, bf16_at(layout_.x), bf16_at(layout_.wide_a), t);
+  }
+  /// One step of the default draft (sim/cost_model.hpp): every MoE layer's dense part plus one
+  /// routed-expert-sized FFN, then the head. It reuses the target's dense weights and one FFN
+  /// weight set (the draft's own weights would cost their size in memory, not in time).
+  runtime::Status draft_step(std::uint32_t t) {
+    for (std::uint32_t l = 0; l < cfg_.layers; ++l) {
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(dense(l, t));
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(expert_ffn(bf16_at(layout_.draft_ffn), t));
+    }
+    return head(t);
+  }
+  runtime::Status checksum(runtime::SlotIndex s, std::uint32_t flat) {
+    const auto* words = reinterpret_cast<const std::uint32_t*>(slot_ptr(s));
+    return cuda_status(detail::launch_checksum(words, cfg_.expert_bytes.count / 4,
+                                               reinterpret_cast<const std::uint32_t*>(device_ + layout_.expected), flat,
+                                               reinterpret_cast<std::uint32_t*>(device_ + layout_.counters), compute_stream_),
+                       "checksum_kernel");
+  }
+
+  /// An event from the pool (any thread); the pool grows when empty (rare: work in flight is bounded).
+  runtime::Status take_event(cudaEvent_t& ev) {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      if (!free_events_.empty()) {
+        ev = free_events_.back();
+        free_events_.pop_back();
+        return runtime::Status::success();
+      }
+    }
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventCreate(&ev), "cudaEventCreate"));
+    std::lock_guard<std::mutex> lock(m_);
+    all_events_.push_back(ev);
+    return runtime::Status::success();
+  }
+  /// Host-clock time of a completed event.
+  runtime::Status event_time(cudaEvent_t ev, Nanoseconds& t) const {
+    float ms = 0.0f;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventElapsedTime(&ms, anchor_, ev), "cudaEventElapsedTime"));
+    t = anchor_host_ + Nanoseconds{static_cast<std::int64_t>(static_cast<double>(ms) * 1e6)};
+    return runtime::Status::success();
+  }
+
+  // ---- threads ----
+  void copy_loop() {
+    std::unique_lock<std::mutex> lock(m_);
+    for (;;) {
+      copy_cv_.wait(lock, [&] {
+        return stop_ || (draining_ && current_ != kNone) ||
+               (!draining_ && chunks_.size() < cfg_.copy_window && (current_ != kNone || !waiting_.empty()));
+      });
+      if (stop_) return;
+      if (draining_) {  // a partly submitted copy is abandoned: drain discards it
+        current_ = kNone;
+        idle_cv_.notify_all();
+        continue;
+      }
+      if (current_ != kNone && copies_[current_].priority == CopyPriority::low && waiting_.high_waiting()) {
+        waiting_.push_front(current_, CopyPriority::low);  // a high copy overtakes a low one at a chunk boundary
+        current_ = kNone;
+      }
+      if (current_ == kNone) current_ = waiting_.pop();
+      const std::uint32_t f = current_;
+      Copy& c = copies_[f];
+      const std::uint32_t chunk = c.submitted;
+      c.started = true;
+      copy_busy_ = true;
+      const runtime::SlotIndex slot = c.slot;
+      const bool high = c.priority == CopyPriority::high;
+      lock.unlock();
+      ChunkRecord rec;
+      rec.flat = f;
+      rec.chunk = chunk;
+      rec.high = high;
+      const std::uint64_t off = chunk_offset_[chunk];
+      rec.bytes = chunk_offset_[chunk + 1] - off;
+      runtime::Status s = take_event(rec.start);
+      if (s) s = take_event(rec.end);
+      // Stream order: the slot's last submitted reader finishes before a byte lands in it.
+      if (s && chunk == 0) s = cuda_status(cudaStreamWaitEvent(copy_stream_, slot_free_[slot], 0), "cudaStreamWaitEvent");
+      if (s) s = cuda_status(cudaEventRecord(rec.start, copy_stream_), "cudaEventRecord");
+      // One contiguous copy per chunk, then its event: a batched submission (cudaMemcpyBatchAsync)
+      // would hold one copy here, so a plain cudaMemcpyAsync is the whole cost.
+      if (s) {
+        s = cuda_status(cudaMemcpyAsync(slot_ptr(slot) + off, store_.data() + std::size_t{f % host_expert_count(cfg_)} * cfg_.expert_bytes.count + off,
+                                        rec.bytes, cudaMemcpyHostToDevice, copy_stream_),
+                        "cudaMemcpyAsync");
+      }
+      if (s) s = cuda_status(cudaEventRecord(rec.end, copy_stream_), "cudaEventRecord");
+      lock.lock();
+      copy_busy_ = false;
+      if (!s) {
+        lock.unlock();
+        fail_async(s);
+        lock.lock();
+        current_ = kNone;
+        idle_cv_.notify_all();
+        continue;
+      }
+      chunks_.push_back(rec);
+      c.submitted = chunk + 1;
+      if (c.submitted == cfg_.chunks) current_ = kNone;
+      poll_cv_.notify_one();
+      idle_cv_.notify_all();
+    }
+  }
+
+  /// Queries the oldest kernel and the oldest chunk; spins (yielding) while work is in flight.
+  void poll_loop() {
+    std::unique_lock<std::mutex> lock(m_);
+    for (;;) {
+      poll_cv_.wait(lock, [&] { return stop_ || !stream_.empty() || !chunks_.empty(); });
+      if (stop_) return;
+      const bool has_k = !stream_.empty();
+      const bool has_c = !chunks_.empty();
+      StreamRecord k = has_k ? stream_.front() : StreamRecord{};
+      ChunkRecord c = has_c ? chunks_.front() : ChunkRecord{};
+      lock.unlock();
+      bool progressed = false;
+      runtime::Status failed = runtime::Status::success();
+      if (has_k) {
+        const cudaError_t q = cudaEventQuery(k.end);
+        if (q == cudaSuccess) {
+          progressed = true;
+          failed = finish_kernel(k);
+          lock.lock();
+          stream_.pop_front();
+          free_events_.push_back(k.start);
+          if (!k.job) free_events_.push_back(k.end);
+          lock.unlock();
+        } else if (q != cudaErrorNotReady) {
+          failed = cuda_status(q, "cudaEventQuery");
+        }
+      }
+      if (has_c && failed) {
+        const cudaError_t q = cudaEventQuery(c.end);
+        if (q == cudaSuccess) {
+          progressed = true;
+          failed = finish_chunk(c);
+        } else if (q != cudaErrorNotReady) {
+          failed = cuda_status(q, "cudaEventQuery");
+        }
+      }
+      if (!failed) fail_async(failed);
+      if (!progressed) std::this_thread::yield();
+      lock.lock();
+      if (!failed) {  // nothing more will complete reliably: drop what is pending
+        stream_.clear();
+        chunks_.clear();
+      }
+      idle_cv_.notify_all();
+    }
+  }
+  runtime::Status finish_kernel(const StreamRecord& k) {
+    runtime::Completion done;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(event_time(k.start, done.start));
+    if (k.job) {
+      // The stream reached the job's place: run the predictor here, on the host.
+      done.kind = runtime::CompletionKind::job;
+      done.tag = k.job_item.tag;
+      done.where = runtime::JobResource::gpu_stream;
+      done.queued = k.queued;
+      done.start = std::min(done.start, now());
+      done.count = k.job_item.predict(k.job_item.predictor, k.job_item.input, k.job_item.out);
+      done.end = now();
+    } else {
+      done.kind = runtime::CompletionKind::compute;
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(event_time(k.end, done.end));
+      done.end = std::min(done.end, now());
+      done.start = std::min(done.start, done.end);
+    }
+    if (!draining_now()) done_.push(done);
+    return runtime::Status::success();
+  }
+  runtime::Status finish_chunk(const ChunkRecord& c) {
+    runtime::Completion done;
+    done.kind = runtime::CompletionKind::chunk;
+    done.expert = ExpertId::from_flat(c.flat, cfg_.experts);
+    done.chunk = c.chunk;
+    done.chunks = cfg_.chunks;
+    done.bytes = Bytes{c.bytes};
+    done.high = c.high;
+    runtime::Status s = event_time(c.start, done.start);
+    if (s) s = event_time(c.end, done.end);
+    done.end = std::min(done.end, now());
+    done.start = std::min(done.start, done.end);
+    std::lock_guard<std::mutex> lock(m_);
+    chunks_.pop_front();
+    free_events_.push_back(c.start);
+    free_events_.push_back(c.end);
+    done.landed = c.chunk + 1 == cfg_.chunks;
+    if (done.landed) copies_[c.flat].in_flight = false;
+    if (!draining_ && s) done_.push(done);
+    copy_cv_.notify_one();
+    return s;
+  }
+  [[nodiscard]] bool draining_now() {
+    std::lock_guard<std::mutex> lock(m_);
+    return draining_;
+  }
+
+  Config cfg_;
+  Layout layout_;
+  std::byte* device_ = nullptr;
+  std::size_t device_bytes_ = 0;
+  std::span<const std::byte> store_;
+  std::chrono::steady_clock::time_point epoch_;
+  std::vector<std::uint64_t> chunk_offset_;
+  std::vector<std::uint32_t> expected_;
+  bool running_ = false;           // driver thread only
+  bool created_ = false;
+  bool registered_ = false;
+  bool shut_ = false;              // shutdown() ran: the completion queue is closed for good
+  std::uint64_t outstanding_ = 0;  // driver thread only
+
+  cudaStream_t compute_stream_ = nullptr;
+  cudaStream_t copy_stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cudaEvent_t anchor_ = nullptr;
+  Nanoseconds anchor_host_{};
+  std::vector<cudaEvent_t> slot_free_;  ///< recorded after each expert kernel reading the slot
+
+  mutable std::mutex m_;  // guards everything below except done_
+  std::condition_variable copy_cv_;
+  std::condition_variable poll_cv_;
+  std::condition_variable idle_cv_;
+  bool stop_ = false;
+  bool draining_ = false;
+  runtime::Status error_{};
+  std::vector<cudaEvent_t> all_events_;
+  std::vector<cudaEvent_t> free_events_;
+  std::vector<Copy> copies_;
+  runtime::CopyQueue waiting_;  ///< copies waiting for the copy thread
+  std::uint32_t current_ = kNone;
+  bool copy_busy_ = false;
+  std::deque<ChunkRecord> chunks_;   ///< on the copy stream, link order
+  std::deque<StreamRecord> stream_;  ///< on the compute stream, submission order
+
+  runtime::CompletionQueue done_;
+  runtime::JobWorkers workers_;  ///< the cpu_worker predictor jobs
+  std::vector<std::thread> threads_;
+};
+
+static_assert(runtime::Backend<CudaBackend>);
+
+}  // namespace moesched::cuda
+
+#undef MOESCHED_CUDA_BACKEND_RETURN_IF_

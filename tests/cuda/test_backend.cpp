@@ -1,0 +1,291 @@
+// GPU test of moesched/cuda/backend.cuh (ctest label 'gpu'): the library's policies through the
+// one layer driver on real streams, copies and cuBLAS kernels. Exits 77 (skipped) when no CUDA
+// device is present, 1 on any failed check. A plain main() (no Catch2): the same file builds with
+// Catch2 v2 and v3 machines. Host code (g++); tests/cuda/test_backend_kernels.cu holds the kernels.
+#include "support/routing.hpp"
+
+#include <moesched/cuda/backend.cuh>
+#include <moesched/policy/baseline.hpp>
+#include <moesched/policy/prediction_table.hpp>
+#include <moesched/policy/prefetch.hpp>
+#include <moesched/runtime/driver.hpp>
+#include <moesched/sim/replay.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace moesched;
+using cuda::CudaBackend;
+
+static_assert(runtime::Backend<CudaBackend>);
+static_assert(JobPolicy<policy::Prefetch, runtime::Machine<CudaBackend>>);
+
+namespace {
+
+int failures = 0;
+void expect(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++failures;
+}
+
+/// Small real shapes: hidden 256, expert FFN 128 (192 KiB experts), GQA 4 x 64 heads.
+CudaBackend::Config config(std::uint32_t layers, std::uint32_t experts, std::uint32_t slots, std::uint32_t chunks) {
+  CudaBackend::Config c;
+  c.layers = layers;
+  c.experts = experts;
+  c.slots = slots;
+  c.chunks = chunks;
+  c.cpu_workers = 2;
+  c.max_tokens = 64;
+  c.verify = true;
+  c.shape = {.hidden = 256, .moe_ffn = 128, .q_out = 256, .kv_out = 64, .o_in = 256, .router_out = experts,
+             .shared_ffn = 128, .dense_ffn = 0, .leading_dense_layers = 0, .dense_layers_between = 0, .vocab = 1024};
+  c.expert_bytes = Bytes{3ULL * 256 * 128 * 2};
+  return c;
+}
+
+/// A CUDA backend with its caller-owned device memory and host store.
+struct Rig {
+  CudaBackend::Config cfg;
+  void* device = nullptr;
+  std::vector<std::byte> store;
+  CudaBackend* backend = nullptr;
+  bool ok = false;
+  explicit Rig(const CudaBackend::Config& c) : cfg(c) {
+    const auto req = CudaBackend::requirements(c);
+    store.resize(req.host_bytes);
+    const std::size_t e = c.expert_bytes.count;
+    for (std::size_t i = 0; i < store.size(); ++i) {
+      const std::size_t f = i / e;
+      store[i] = static_cast<std::byte>((f * 131 + (i % e) * 7 + ((i % e) >> 8)) & 0xFFU);
+    }
+    if (cudaMalloc(&device, req.device_bytes) != cudaSuccess) return;
+    backend = new CudaBackend(c, device, req.device_bytes, store);
+    const runtime::Status s = backend->initialize();
+    if (!s) std::printf("initialize: %s\n", s.describe().c_str());
+    ok = s.ok();
+  }
+  Rig(const Rig&) = delete;
+  Rig& operator=(const Rig&) = delete;
+  ~Rig() {
+    if (backend != nullptr) {
+      const runtime::Status s = backend->shutdown();
+      if (!s) std::printf("FAIL shutdown: %s\n", s.describe().c_str());
+      delete backend;  // before the memory it uses
+    }
+    if (device != nullptr) cudaFree(device);
+  }
+};
+
+/// Predictions that are always right: layer l predicted after layer l-1 (layer 0 at the start).
+policy::PredictionTable perfect(const Workload& w) {
+  policy::PredictionTable t("perfect");
+  std::vector<std::uint16_t> c;
+  for (std::uint64_t p = 0; p < w.pass_count(); ++p) {
+    t.begin_pass();
+    for (std::uint32_t l = 0; l < w.layers(); ++l) {
+      c.clear();
+      for (const auto& u : w.uses(p, l)) c.push_back(u.expert);
+      t.add({static_cast<std::uint16_t>(l), static_cast<std::int16_t>(static_cast<int>(l) - 1), 0, 0, 0}, c);
+    }
+  }
+  return t;
+}
+
+struct RunResult {
+  bool ok = false;
+  runtime::RunMetrics metrics;
+};
+
+template <class P>
+RunResult run_gpu(const Workload& w, P& pol, std::uint32_t slots, std::uint32_t chunks, const std::string& label) {
+  RunResult out;
+  Rig rig(config(w.layers(), w.shape().experts, slots, chunks));
+  expect(rig.ok, label + ": initialize");
+  if (!rig.ok) return out;
+  runtime::LayerDriver<CudaBackend> driver(w, *rig.backend, {.check_invariants = true, .compute_ahead = 4});
+  const runtime::Status s = driver.run(pol);
+  if (!s) std::printf("  %s / %s\n", driver.fault_text().c_str(), rig.backend->error().describe().c_str());
+  expect(s.ok(), label + ": the driver's run succeeds");
+  std::uint64_t mismatches = 0;
+  std::uint64_t checked = 0;
+  expect(rig.backend->verify_counts(mismatches, checked).ok(), label + ": verify counters read back");
+  expect(mismatches == 0, label + ": every expert kernel found its expert's bytes in its slot (" +
+                              std::to_string(mismatches) + " mismatches)");
+  expect(checked == w.all_uses().size(), label + ": one checked expert kernel per use (" + std::to_string(checked) +
+                                             " of " + std::to_string(w.all_uses().size()) + ")");
+  const auto& m = driver.metrics();
+  expect(m.decode_tokens == w.decode_tokens(), label + ": decode tokens");
+  expect(m.uses == w.all_uses().size(), label + ": uses");
+  expect(m.passes == w.pass_count(), label + ": passes");
+  expect(m.tpot_ms.mean > 0.0, label + ": TPOT positive (" + std::to_string(m.tpot_ms.mean) + " ms)");
+  expect(m.peak_expert_memory <= rig.cfg.expert_bytes * slots, label + ": peak expert memory within the slots");
+  out.ok = s.ok();
+  out.metrics = m;
+  return out;
+}
+
+/// A copy into a slot waits (on the GPU) for the kernel still reading it; bytes arrive intact;
+/// a high copy overtakes a queued low one; cancel and drain.
+void direct_checks() {
+  auto cfg = config(1, 4, 2, 3);
+  Rig rig(cfg);
+  expect(rig.ok, "direct: initialize");
+  if (!rig.ok) return;
+  CudaBackend& b = *rig.backend;
+  runtime::Completion c;
+  bool landed = false;
+  expect(b.submit_copy({{0, 0}, 0, CopyPriority::high}).ok(), "direct: submit_copy");
+  while (b.wait(c)) landed = landed || (c.kind == runtime::CompletionKind::chunk && c.landed);
+  expect(landed, "direct: the copy landed");
+  std::vector<std::byte> back(cfg.expert_bytes.count);
+  expect(b.read_slot(0, back).ok(), "direct: read_slot");
+  expect(std::memcmp(back.data(), rig.store.data(), back.size()) == 0, "direct: slot 0 holds expert 0's bytes exactly");
+
+  // A pass of 64 tokens makes the expert kernel long enough to matter; the copy into the same
+  // slot is submitted at once and must start after it (stream order, no host wait).
+  Pass pass;
+  pass.tokens = 64;
+  pass.member_count = 1;
+  expect(b.submit_compute({runtime::ComputeKind::dense, 0, {}, 0, 0, 0, &pass}).ok(), "direct: dense kernel");
+  expect(b.submit_compute({runtime::ComputeKind::expert, 0, {0, 0}, 0, 64, 0, &pass}).ok(), "direct: expert kernel");
+  expect(b.submit_copy({{0, 1}, 0, CopyPriority::high}).ok(), "direct: copy into the slot being read");
+  Nanoseconds kernel_end{};
+  Nanoseconds copy_start{Nanoseconds::max()};
+  std::uint32_t kernels = 0;
+  while (b.wait(c)) {
+    if (c.kind == runtime::CompletionKind::compute && ++kernels == 2) kernel_end = c.end;
+    if (c.kind == runtime::CompletionKind::chunk) copy_start = std::min(copy_start, c.start);
+  }
+  expect(copy_start >= kernel_end, "direct: the copy started after the slot's reader ended (" +
+                                       std::to_string(copy_start.count()) + " >= " + std::to_string(kernel_end.count()) + " ns)");
+  std::uint64_t mismatches = 1;
+  std::uint64_t checked = 0;
+  expect(b.verify_counts(mismatches, checked).ok() && mismatches == 0 && checked == 1,
+         "direct: the expert kernel read expert 0 intact before the slot was overwritten");
+  expect(b.read_slot(0, back).ok() && std::memcmp(back.data(), rig.store.data() + cfg.expert_bytes.count, back.size()) == 0,
+         "direct: slot 0 then holds expert 1's bytes exactly");
+
+  // Priorities: a low copy into slot 0 held back on the GPU behind a long reader of the slot (40
+  // dense kernels, then an expert kernel reading slot 0); a second low copy queued behind it is
+  // cancelled (no byte moved) and resubmitted high: it overtakes the first at a chunk boundary and
+  // lands first.
+  for (int i = 0; i < 40; ++i) {
+    if (!b.submit_compute({runtime::ComputeKind::dense, 0, {}, 0, 0, 0, &pass}).ok()) expect(false, "direct: dense kernel");
+  }
+  expect(b.submit_compute({runtime::ComputeKind::expert, 0, {0, 1}, 0, 64, 0, &pass}).ok(), "direct: second expert kernel");
+  expect(b.submit_copy({{0, 2}, 0, CopyPriority::low}).ok(), "direct: low copy behind the reader");
+  expect(b.submit_copy({{0, 3}, 1, CopyPriority::low}).ok(), "direct: second low copy");
+  expect(b.cancel_copy({0, 3}), "direct: a queued copy that has not moved is cancelled");
+  expect(b.submit_copy({{0, 3}, 1, CopyPriority::high}).ok(), "direct: high copy");
+  std::vector<ExpertId> order;
+  std::uint32_t low_chunks_before_high_landed = 0;
+  while (b.wait(c)) {
+    if (c.kind != runtime::CompletionKind::chunk) continue;
+    if (c.expert == ExpertId{0, 2} && order.empty()) ++low_chunks_before_high_landed;
+    if (c.landed) order.push_back(c.expert);
+  }
+  expect(order.size() == 2 && order[0] == ExpertId{0, 3} && order[1] == ExpertId{0, 2},
+         "direct: the high copy landed before the low one it overtook");
+  expect(low_chunks_before_high_landed <= cfg.copy_window,
+         "direct: the high copy waited for at most copy_window chunks of the low one (" +
+             std::to_string(low_chunks_before_high_landed) + ")");
+  expect(b.verify_counts(mismatches, checked).ok() && mismatches == 0 && checked == 2,
+         "direct: the second reader found expert 1 intact");
+  expect(b.read_slot(0, back).ok() && std::memcmp(back.data(), rig.store.data() + 2 * cfg.expert_bytes.count, back.size()) == 0,
+         "direct: slot 0 holds expert 2's bytes exactly");
+  expect(b.read_slot(1, back).ok() && std::memcmp(back.data(), rig.store.data() + 3 * cfg.expert_bytes.count, back.size()) == 0,
+         "direct: slot 1 holds expert 3's bytes exactly");
+  expect(b.submit_copy({{0, 0}, 1, CopyPriority::low}).ok(), "direct: copy before drain");
+  expect(b.drain().ok(), "direct: drain");
+  expect(!b.poll(c), "direct: nothing left after drain");
+  expect(b.submit_compute({runtime::ComputeKind::expert, 0, {0, 9}, 0, 1, 0, &pass}).code ==
+             runtime::StatusCode::bad_argument,
+         "direct: an out-of-range expert is a bad_argument status");
+  Pass big;
+  big.tokens = 1000;
+  expect(b.submit_compute({runtime::ComputeKind::dense, 0, {}, 0, 0, 0, &big}).code == runtime::StatusCode::bad_argument,
+         "direct: a pass above max_tokens is a bad_argument status");
+}
+
+void failure_checks() {
+  // Too little device memory: a status, nothing started.
+  auto cfg = config(1, 4, 2, 1);
+  std::vector<std::byte> store(CudaBackend::requirements(cfg).host_bytes);
+  void* dev = nullptr;
+  if (cudaMalloc(&dev, 1 << 20) != cudaSuccess) {
+    expect(false, "failure: cudaMalloc");
+    return;
+  }
+  {
+    CudaBackend b(cfg, dev, 1 << 20, store);
+    const runtime::Status s = b.initialize();
+    expect(s.code == runtime::StatusCode::bad_argument, "failure: device memory below requirements: " + s.describe());
+  }
+  cudaFree(dev);
+}
+
+}  // namespace
+
+int main() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::printf("no CUDA device: skipped\n");
+    return 77;
+  }
+  direct_checks();
+  failure_checks();
+
+  const auto routing = test::random_routing(42, 4, 16, 2, 2, 4, 40, 0.6);
+  const Workload w = build_workload(routing, {4, 16, 2}, {.batch = 2});
+  const std::uint32_t slots = w.max_layer_union() + 6;
+  const Bytes e{3ULL * 256 * 128 * 2};
+  const sim::CostModel cost = sim::CostModel::fixed(
+      {.dense = Nanoseconds{40}, .expert = Nanoseconds{25}, .head = Nanoseconds{15},
+       .chunk_times = {Nanoseconds{100}, Nanoseconds{100}, Nanoseconds{100}}, .expert_bytes = e});
+  // Demand policies decide the same on virtual and real time (every copy they make lands before
+  // its layer's experts run): the same hits, misses, copies and evictions as the simulator.
+  auto compare = [&](auto make, const char* name) {
+    auto p1 = make();
+    auto p2 = make();
+    const auto s = sim::replay(w, cost, p1, {.budget = e * slots, .check_invariants = true});
+    const RunResult g = run_gpu(w, p2, slots, 3, name);
+    if (!g.ok) return;
+    const auto& m = g.metrics;
+    expect(m.cache_hits == s.cache_hits && m.misses == s.misses, std::string(name) + ": hits and misses equal the simulator's (" +
+                                                                     std::to_string(m.cache_hits) + "/" + std::to_string(m.misses) +
+                                                                     " vs " + std::to_string(s.cache_hits) + "/" +
+                                                                     std::to_string(s.misses) + ")");
+    expect(m.experts_copied == s.experts_copied && m.evictions == s.evictions,
+           std::string(name) + ": copies and evictions equal the simulator's");
+    bool layers = m.layers.size() == s.layers.size();
+    for (std::size_t l = 0; layers && l < s.layers.size(); ++l) layers = m.layers[l].misses == s.layers[l].misses;
+    expect(layers, std::string(name) + ": per-layer misses equal the simulator's");
+  };
+  compare([] { return policy::OnDemand{}; }, "on-demand");
+  compare([] { return policy::LayerLru{}; }, "lru");
+
+  // Prefetching with perfect predictions, CPU-worker and GPU-stream jobs; SD with drafting.
+  for (const bool sd : {false, true}) {
+    WorkloadOptions wo;
+    if (sd) wo.sd = SdReplay{.gamma = 3, .acceptance = 0.6};
+    const Workload ws = build_workload(routing, {4, 16, 2}, wo);
+    const std::uint32_t s2 = ws.max_layer_union() + 5;
+    const auto table = perfect(ws);
+    policy::Prefetch cpu(table, Nanoseconds{0});
+    const RunResult a = run_gpu(ws, cpu, s2, 1, sd ? "prefetch (cpu jobs, SD)" : "prefetch (cpu jobs)");
+    expect(a.ok && a.metrics.cpu_jobs > 0 && a.metrics.cpu_jobs <= table.set_count(), "prefetch: CPU jobs ran");
+    policy::Prefetch gpu(table, Nanoseconds{0}, 2, 0, runtime::JobResource::gpu_stream);
+    const RunResult b = run_gpu(ws, gpu, s2, 3, sd ? "prefetch (stream jobs, SD)" : "prefetch (stream jobs)");
+    expect(b.ok && b.metrics.gpu_jobs > 0 && b.metrics.cpu_jobs == 0, "prefetch: stream jobs ran");
+    policy::LayerLru lru;
+    const RunResult c = run_gpu(ws, lru, s2, 3, sd ? "lru (SD)" : "lru (no SD)");
+    expect(c.ok && a.ok && a.metrics.misses <= c.metrics.misses, "prefetch: no more misses than lru");
+  }
+  std::printf("%d failure(s)\n", failures);
+  return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,216 @@
+// moesched-replay: replays a routing trace on the GPU (moesched::cuda::CudaBackend) under one of
+// the library's policies, with the model preset's real shapes in bf16, and reports the same JSON
+// metrics as moesched-sim beside the simulator's prediction of the same run.
+//
+//   trace + presets --> Workload --> LayerDriver --> CudaBackend (copies, cuBLAS GEMMs, events)
+//                                        |                \--> metrics (real time)
+//                                        \--> sim::replay of the same scenario --> sim_tpot_ms
+//
+//   moesched-replay --trace traces/real/mix-prose-sd4.trace.safetensors --policy lru --cache-gb 4 --json out.json
+//
+// Exit codes: 0 ok; 1 a CUDA or policy failure at run time (the message names the call); 2 bad
+// input; 4 out of memory; 70 a bug (tools/common/main_guard.hpp).
+#include "../../sim/src/sim_commands.hpp"
+
+#include <moesched/cuda/backend.cuh>
+#include <moesched/policy/baseline.hpp>
+#include <moesched/policy/oracle.hpp>
+#include <moesched/policy/prefetch.hpp>
+#include <moesched/runtime/driver.hpp>
+#include <moesched/sim/lower_bound.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moesched::tools {
+namespace {
+
+struct ReplayOptions {
+  std::string policy = "lru";
+  std::string json;
+  std::uint32_t compute_ahead = 8;
+  std::uint32_t host_experts = 0;
+  std::uint32_t copy_window = 2;
+  bool verify = false;
+  int device = 0;
+};
+
+/// Names moesched-replay runs on the GPU: the registry's demand baselines and prefetch:CHANNEL.
+bool replayable(std::string_view name) {
+  return name == "on-demand" || name == "lru" || name == "lfu" || name == "static" || name == "oracle" ||
+         !prefetch_channel(name).empty();
+}
+
+/// Runs `name` through the driver on `backend`; the registry's equivalent for CudaBackend.
+template <class Run>
+runtime::Status with_policy(const std::string& name, const Scenario& s, Run&& run, runtime::RunMetrics& out) {
+  const Workload& w = *s.workload;
+  if (name == "on-demand") {
+    policy::OnDemand p;
+    return run(p, out);
+  }
+  if (name == "lru") {
+    policy::LayerLru p;
+    return run(p, out);
+  }
+  if (name == "lfu") {
+    policy::Lfu p;
+    return run(p, out);
+  }
+  if (name == "static") {
+    policy::StaticPopular p(expert_use_counts(w), w.max_layer_union());
+    return run(p, out);
+  }
+  if (name == "oracle") {
+    policy::Oracle p(w);
+    return run(p, out);
+  }
+  const std::string_view channel = prefetch_channel(name);
+  const auto it = s.predictions.find(channel);
+  if (it == s.predictions.end() || it->second == nullptr) {
+    throw ConfigError("", "policy", name, "the trace has no prediction channel '" + std::string(channel) + "'");
+  }
+  policy::Prefetch p(*it->second, predictor_latency(s.opt, *s.cost, channel), s.opt.prefetch_depth, s.opt.lookahead,
+                     predictor_where(s.opt, channel));
+  const runtime::Status st = run(p, out);
+  out.policy = name;
+  out.predictions_late = p.too_late();
+  return st;
+}
+
+int replay(const ScenarioOptions& o, const ReplayOptions& r) {
+  check_policy_name(r.policy);
+  if (!replayable(r.policy)) {
+    throw ConfigError("", "policy", r.policy, "runs in moesched-sim only; moesched-replay runs on-demand, lru, lfu, static, oracle, prefetch:CHANNEL");
+  }
+  if (r.compute_ahead < 1 || r.compute_ahead > 64) {
+    throw ConfigError("", "compute_ahead", std::to_string(r.compute_ahead), "must be between 1 and 64");
+  }
+  const ScenarioBase b = open_base(o);
+  Scenario s = prepare(b, build_workload_for(b, o), o);
+  attach_predictions(s, b, {r.policy});
+  const Workload& w = *s.workload;
+  const std::uint32_t slots = sim::slots_for(s.budget, *s.cost, w.shape());
+
+  std::uint32_t max_tokens = 1;
+  for (const auto& p : w.passes()) max_tokens = std::max({max_tokens, p.tokens, p.member_count});
+  auto cfg = cuda::CudaBackend::from_model(s.model, slots, max_tokens);
+  cfg.chunks = o.chunks;
+  cfg.cpu_workers = o.cpu_workers;
+  cfg.copy_window = r.copy_window;
+  cfg.host_experts = r.host_experts;
+  cfg.verify = r.verify;
+  cfg.device = r.device;
+  const auto req = cuda::CudaBackend::requirements(cfg);
+
+  cudaError_t st = cudaSetDevice(r.device);
+  void* device = nullptr;
+  if (st == cudaSuccess) st = cudaMalloc(&device, req.device_bytes);
+  if (st != cudaSuccess) {
+    std::fprintf(stderr, "moesched-replay: error: cudaMalloc of %.2f GB: %s\n", static_cast<double>(req.device_bytes) / 1e9,
+                 cuda::describe(st).c_str());
+    return 1;
+  }
+  std::unique_ptr<void, decltype(&cudaFree)> device_owner(device, &cudaFree);
+  std::unique_ptr<std::byte[]> store(new std::byte[req.host_bytes]);
+  if (r.verify) {  // distinct bytes per expert, so that a wrong slot is caught
+    for (std::size_t i = 0; i < req.host_bytes; ++i) store[i] = static_cast<std::byte>((i * 2654435761ULL) >> 24U);
+  } else {
+    std::memset(store.get(), 0, req.host_bytes);  // touched once: pinning and copies see real pages
+  }
+
+  runtime::RunMetrics real;
+  std::string fault;
+  runtime::Status err = runtime::Status::success();
+  std::uint64_t mismatches = 0;
+  std::uint64_t checked = 0;
+  {
+    cuda::CudaBackend backend(cfg, device, req.device_bytes, std::span<const std::byte>(store.get(), req.host_bytes));
+    if (auto is = backend.initialize(); !is) {
+      std::fprintf(stderr, "moesched-replay: error: %s\n", is.describe().c_str());
+      return 1;
+    }
+    auto run = [&](auto& pol, runtime::RunMetrics& out) {
+      runtime::LayerDriver<cuda::CudaBackend> driver(w, backend, {.check_invariants = false, .compute_ahead = r.compute_ahead});
+      const runtime::Status rs = driver.run(pol);
+      out = driver.metrics();
+      if (!rs) fault = driver.fault_text();
+      return rs;
+    };
+    err = with_policy(r.policy, s, run, real);
+    if (err && r.verify) err = backend.verify_counts(mismatches, checked);
+    if (auto be = backend.error(); !be) err = be;
+    if (auto sh = backend.shutdown(); !sh && err) err = sh;
+  }
+  if (!err) {
+    std::fprintf(stderr, "moesched-replay: error: %s%s%s\n", err.describe().c_str(), fault.empty() ? "" : ": ", fault.c_str());
+    return 1;
+  }
+  if (r.verify && mismatches != 0) {
+    std::fprintf(stderr, "moesched-replay: error: %llu of %llu expert kernels read a slot without their expert\n",
+                 static_cast<unsigned long long>(mismatches), static_cast<unsigned long long>(checked));
+    return 1;
+  }
+
+  // The simulator's prediction of the same scenario and policy (roofline presets).
+  runtime::RunMetrics simulated = run_scenario_policy(s, r.policy, sim_options(s));
+  const sim::LowerBound lb = sim::tpot_lower_bound(w, *s.cost, slots);
+  cudaDeviceProp prop{};
+  const std::string device_name = cudaGetDeviceProperties(&prop, r.device) == cudaSuccess ? prop.name : "?";
+
+  if (r.json != "-") {
+    runtime::RunMetrics shown = simulated;
+    shown.policy = r.policy + " (sim)";
+    real.policy = r.policy;
+    std::fputs(compare_table(s, {real, shown}, lb).c_str(), stdout);
+    std::fprintf(stdout, "device: %s; %u slots (%.2f GB), %u chunks, compute_ahead %u%s\n", device_name.c_str(), slots,
+                 (cfg.expert_bytes * slots).gigabytes(), cfg.chunks, r.compute_ahead,
+                 r.verify ? fmt::format(", {} expert kernels verified", checked).c_str() : "");
+  }
+  if (!r.json.empty()) {
+    real.policy = r.policy;
+    Json rec = metrics_json(real, lb, true);
+    rec["backend"] = "cuda";
+    rec["sim_tpot_ms"] = simulated.tpot_ms.mean;
+    rec["sim_relative_error"] = real.tpot_ms.mean > 0 ? (simulated.tpot_ms.mean - real.tpot_ms.mean) / real.tpot_ms.mean : 0.0;
+    Json scenario = scenario_json(s);
+    scenario["device"] = device_name;
+    scenario["compute_ahead"] = r.compute_ahead;
+    scenario["host_experts"] = moesched::cuda::CudaBackend::host_expert_count(cfg);
+    Json records = Json::array();
+    records.push_back(std::move(rec));
+    records.push_back(bound_json(lb));
+    const Json doc = {{"tool", "moesched-replay"}, {"scenario", std::move(scenario)}, {"records", std::move(records)}};
+    write_text_file(r.json, doc.dump(2) + "\n");
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moesched::tools
+
+int main(int argc, char** argv) {
+  using namespace moesched::tools;
+  CLI::App app{"moesched-replay: replay a routing trace on the GPU under a policy (real copies, real GEMMs)"};
+  ScenarioOptions o;
+  o.gpu = "h200";
+  o.chunks = 3;
+  ReplayOptions r;
+  add_scenario_options(app, o, false);
+  app.add_option("--policy", r.policy, "on-demand, lru, lfu, static, oracle or prefetch:CHANNEL")->capture_default_str();
+  app.add_option("--json", r.json, "write the metrics as JSON here ('-' = only the JSON, on stdout)");
+  app.add_option("--compute-ahead", r.compute_ahead, "kernels submitted ahead of the running one, 1..64")->capture_default_str();
+  app.add_option("--copy-window", r.copy_window, "chunks on the copy stream at once, 1..16")->capture_default_str();
+  app.add_option("--host-experts", r.host_experts,
+                 "hold only N experts in host memory and alias the rest onto them (0 = all)")
+      ->capture_default_str();
+  app.add_flag("--verify", r.verify, "checksum every expert kernel's slot on the GPU (slower)");
+  app.add_option("--device", r.device, "CUDA device ordinal")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  return guarded_main("moesched-replay", [&] { return replay(o, r); });
+}
