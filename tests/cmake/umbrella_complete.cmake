@@ -1,7 +1,12 @@
 # The umbrella header includes every standard-library-only header (all but io/, trace/, cuda/).
 # Run: cmake -DINCLUDE_DIR=<include> -P umbrella_complete.cmake
+get_filename_component(INCLUDE_DIR "${INCLUDE_DIR}" ABSOLUTE)
 file(READ "${INCLUDE_DIR}/moesched/moesched.hpp" umbrella)
 file(GLOB_RECURSE headers RELATIVE "${INCLUDE_DIR}" "${INCLUDE_DIR}/moesched/*.hpp")
+list(LENGTH headers n)
+if(n LESS 10)
+  message(FATAL_ERROR "found only ${n} headers under ${INCLUDE_DIR}/moesched")
+endif()
 set(missing "")
 foreach(h IN LISTS headers)
   if(h MATCHES "^moesched/(io|trace|cuda)/" OR h STREQUAL "moesched/moesched.hpp")
