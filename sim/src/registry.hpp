@@ -9,10 +9,13 @@
 // optimistic static placement: it knows the run's overall popularity in advance); pass
 // `PolicyInputs::profile` to use another trace's counts. `prefetch:CHANNEL` needs the channel's
 // PredictionTable (moesched/policy/trace_predictions.hpp), its predictor's cost and where it runs.
+// `predict:popularity`, `predict:transition` and `moe-infinity` need routing only (policy::Predictive
+// over a routing-only ExpertPredictor): they run on any trace, recorded or re-windowed.
 
 #include <moesched/core/error.hpp>
 #include <moesched/policy/baseline.hpp>
 #include <moesched/policy/oracle.hpp>
+#include <moesched/policy/predictive.hpp>
 #include <moesched/policy/prefetch.hpp>
 #include <moesched/runtime/jobs.hpp>
 #include <moesched/sim/replay.hpp>
@@ -23,6 +26,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace moesched::tools {
@@ -31,6 +35,13 @@ namespace moesched::tools {
 /// names the predictive policy replaying a trace's prediction channel (policy::Prefetch).
 [[nodiscard]] inline std::span<const std::string_view> policy_names() noexcept {
   static constexpr std::array<std::string_view, 5> kNames{"on-demand", "lru", "lfu", "static", "oracle"};
+  return kNames;
+}
+
+/// Predictive policies over routing-only predictors (policy::Predictive): they run on any trace.
+/// Not in policy_names(), so compare's default list stays the baselines and the channels.
+[[nodiscard]] inline std::span<const std::string_view> predictive_policy_names() noexcept {
+  static constexpr std::array<std::string_view, 3> kNames{"predict:popularity", "predict:transition", "moe-infinity"};
   return kNames;
 }
 
@@ -49,10 +60,21 @@ inline constexpr std::string_view kPrefetchPrefix = "prefetch:";
   if (name == "lfu") return "evict the least frequently used expert (ties: least recently used)";
   if (name == "static") return "pin the most used experts at start, stage misses through LRU slots";
   if (name == "oracle") return "perfect future knowledge: Belady eviction, copies as early as memory allows";
+  if (name == "predict:popularity") {
+    return "prefetch each layer's most used experts (decayed counts, routing only) for the next layers";
+  }
+  if (name == "predict:transition") {
+    return "prefetch from cross-layer transitions learned online (layer l's experts -> l+1's, l+2's; routing only)";
+  }
+  if (name == "moe-infinity") {
+    return "MoE-Infinity: the request's expert activation matrix matched (cosine) against stored ones "
+           "predicts every later layer; prefetch nearest layer first (routing only)";
+  }
   if (name == "prefetch") {
     return "prefetch:CHANNEL replays the trace's prediction channel CHANNEL through predictor jobs (CPU "
            "workers for MLP channels, the compute stream for gate channels), prefetching at low priority "
-           "with early preemption (ProMoE's mechanism)";
+           "with early preemption (ProMoE's mechanism). Routing-only predictors (any trace): "
+           "predict:popularity, predict:transition, moe-infinity";
   }
   return "";
 }
@@ -62,9 +84,13 @@ inline void check_policy_name(std::string_view name) {
   for (auto n : policy_names()) {
     if (n == name) return;
   }
+  for (auto n : predictive_policy_names()) {
+    if (n == name) return;
+  }
   if (!prefetch_channel(name).empty()) return;
   std::string list;
   for (auto n : policy_names()) list += (list.empty() ? "" : ", ") + std::string(n);
+  for (auto n : predictive_policy_names()) list += ", " + std::string(n);
   throw ConfigError("", "policies", std::string(name), "unknown policy; known: " + list + ", prefetch:CHANNEL");
 }
 
@@ -80,7 +106,33 @@ struct PolicyInputs {
   /// `prefetch:CHANNEL`: copies kept outstanding, and layers ahead it may prefetch (0 = any).
   std::uint32_t prefetch_depth = 2;
   std::uint32_t lookahead = 0;
+  /// Routing-only predictive policies: candidates per ranking (0 = the layer's last gate size),
+  /// layers ranked ahead after each gate (0 = every later layer; moe-infinity always uses 0), and
+  /// an optional training split the predictor learns before the run (policy::warm).
+  std::uint32_t predict_top = 0;
+  std::uint32_t horizon = 2;
+  const Workload* training = nullptr;
 };
+
+namespace registry_detail {
+template <class Pred>
+runtime::RunMetrics run_predictive(std::string_view name, Pred predictor, std::uint32_t horizon, const Workload& w,
+                                   const sim::CostModel& cost, const sim::SimOptions& opt, const PolicyInputs& in) {
+  if (in.training != nullptr) {
+    if (in.training->shape().layers != w.shape().layers || in.training->shape().experts != w.shape().experts) {
+      throw ConfigError("", "train_trace", std::to_string(in.training->shape().layers) + " x " +
+                                               std::to_string(in.training->shape().experts),
+                        "differs from the replayed workload's layers x experts");
+    }
+    policy::warm(predictor, *in.training);
+  }
+  policy::Predictive<Pred> p(std::move(predictor),
+                             {.depth = in.prefetch_depth, .lookahead = in.lookahead, .horizon = horizon, .top = in.predict_top});
+  runtime::RunMetrics m = sim::replay(w, cost, p, opt);
+  m.policy = std::string(name);
+  return m;
+}
+}  // namespace registry_detail
 
 /// Replays `w` under the policy called `name`.
 [[nodiscard]] inline runtime::RunMetrics run_policy(std::string_view name, const Workload& w,
@@ -106,6 +158,15 @@ struct PolicyInputs {
   if (name == "oracle") {
     policy::Oracle p(w);
     return sim::replay(w, cost, p, opt);
+  }
+  if (name == "predict:popularity") {
+    return registry_detail::run_predictive(name, policy::PopularityPredictor{}, in.horizon, w, cost, opt, in);
+  }
+  if (name == "predict:transition") {
+    return registry_detail::run_predictive(name, policy::TransitionPredictor{}, in.horizon, w, cost, opt, in);
+  }
+  if (name == "moe-infinity") {
+    return registry_detail::run_predictive(name, policy::ActivationMatrixPredictor{}, 0, w, cost, opt, in);
   }
   const std::string_view channel = prefetch_channel(name);
   if (in.predictions == nullptr || in.predictions->channel() != channel) {

@@ -65,6 +65,8 @@ struct ScenarioOptions {
   std::uint32_t predict_top = 0;         // 0 = the model's top_k
   std::uint32_t prefetch_depth = 2;
   std::uint32_t lookahead = 0;
+  std::uint32_t horizon = 2;             // predict:*: layers ranked ahead after each gate
+  std::string train_trace;               // predict:*, moe-infinity: warm the predictor on this trace
 };
 
 inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
@@ -96,13 +98,21 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
       ->capture_default_str();
   app.add_option("--cpu-workers", o.cpu_workers, "prefetch:CHANNEL: predictor threads")->capture_default_str();
   app.add_option("--predict-top", o.predict_top,
-                 "prefetch:CHANNEL: candidates prefetched per prediction (0 = the model's top_k)")
+                 "prefetch:CHANNEL: candidates prefetched per prediction (0 = the model's top_k); predict:*, "
+                 "moe-infinity: candidates per ranking (0 = as many as the layer's last gate asked for)")
       ->capture_default_str();
   app.add_option("--prefetch-depth", o.prefetch_depth,
                  "prefetch:CHANNEL: copies kept outstanding (demand included) before another prefetch is issued")
       ->capture_default_str();
-  app.add_option("--lookahead", o.lookahead, "prefetch:CHANNEL: prefetch at most N layers ahead (0 = any later layer)")
+  app.add_option("--lookahead", o.lookahead,
+                 "prefetch:CHANNEL, predict:*, moe-infinity: prefetch at most N layers ahead (0 = any later layer)")
       ->capture_default_str();
+  app.add_option("--horizon", o.horizon,
+                 "predict:*: layers the predictor ranks ahead after each gate (0 = every later layer; moe-infinity: all)")
+      ->capture_default_str();
+  app.add_option("--train-trace", o.train_trace,
+                 "predict:*, moe-infinity: a trace (same model) whose routing the predictor learns before the run "
+                 "(a training split; default: learn online only)");
   if (!grid) {
     app.add_option("--cache-gb", o.cache_gb, "expert cache budget in GB (default: everything the GPU has left)");
     app.add_option("--bandwidth-gbps", o.bandwidth_gbps,
@@ -124,6 +134,8 @@ struct Scenario {
   Bytes budget{};
   bool has_draft = false;
   ScenarioOptions opt;
+  /// --train-trace's workload (same batch, no SD re-cut), or null.
+  std::shared_ptr<const Workload> training;
   /// Prediction tables of the prefetch:CHANNEL policies to run, by channel.
   std::map<std::string, std::shared_ptr<const policy::PredictionTable>, std::less<>> predictions;
 };
@@ -215,6 +227,16 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
     throw ConfigError("", "cpu_workers", std::to_string(o.cpu_workers), "must be between 1 and 1024");
   }
   s.workload = std::move(w);
+  if (!o.train_trace.empty()) {
+    ScenarioOptions to = o;
+    to.trace = o.train_trace;
+    to.gamma = 0;
+    const ScenarioBase tb = open_base(to);
+    if (tb.model.name != b.model.name) {
+      throw ConfigError(o.train_trace, "model.name", tb.model.name, "differs from the replayed trace's model " + b.model.name);
+    }
+    s.training = build_workload_for(tb, to);
+  }
   for (const auto& p : s.workload->passes()) s.has_draft = s.has_draft || p.draft_len > 0;
   sim::CostOptions co;
   co.chunks = o.chunks;
@@ -345,6 +367,13 @@ inline runtime::RunMetrics run_scenario_policy(const Scenario& s, const std::str
     in.predictor_where = predictor_where(s.opt, channel);
     in.prefetch_depth = s.opt.prefetch_depth;
     in.lookahead = s.opt.lookahead;
+  }
+  if (name.starts_with("predict:") || name == "moe-infinity") {
+    in.prefetch_depth = s.opt.prefetch_depth;
+    in.lookahead = s.opt.lookahead;
+    in.predict_top = s.opt.predict_top;
+    in.horizon = s.opt.horizon;
+    in.training = s.training.get();
   }
   return run_policy(name, *s.workload, *s.cost, o, in);
 }

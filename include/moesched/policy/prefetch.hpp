@@ -12,32 +12,24 @@
 ///   `latency` there; it returns the set's ranked candidates (PredictionTable::predict), whose
 ///   absent members are then copied at low priority, in rank order, unless the predicted layer's
 ///   gate already ran (too late: dropped).
-/// - The cache is ProMoE's per-layer LRU (LayerLru: equal shares, borrowing) for demand copies,
-///   which spare this pass's unused prefetches while anything else can go; a prefetch touches its
-///   entry. A prefetch evicts by Belady's rule with layers as the clock
-///   (see victim()): from the layer whose next turn is furthest, and never an expert needed
-///   sooner than the one it brings, nor one prefetched for this pass and not yet used; with no
-///   such victim the prefetch waits.
-/// - Prefetch queue: candidates wait per layer, nearest layer first and in arrival order within a
-///   layer, and are issued while fewer than `depth` copies are outstanding (the running layer's
-///   demand copies count) and within `lookahead` layers of the running one, so speculation never
-///   queues ahead of the link nor evicts for a copy that could not start soon. A candidate whose
-///   layer's gate ran is dropped.
-/// - Early preemption at the gate: the layer's queued low copies that the gate did not ask for
-///   are cancelled, the asked ones still queued or moving are promoted to high, and the absent
-///   ones are copied at high priority (demand, as OnDemand).
+/// - Queue, cache, victim choice and early preemption are the PrefetchQueue component
+///   (moesched/policy/prefetch_queue.hpp): candidates wait per layer, nearest layer first, and are
+///   issued while fewer than `depth` copies are outstanding and within `lookahead` layers; demand
+///   copies use per-layer LRU sparing this pass's unused prefetches; a prefetch evicts by Belady's
+///   rule with layers as the clock; at a layer's gate its unasked speculative copies are cancelled
+///   and the asked ones promoted.
 /// Needs a JobExecutor (every runtime::Machine is one).
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
 #include "moesched/core/units.hpp"
-#include "moesched/policy/baseline.hpp"
 #include "moesched/policy/prediction_table.hpp"
-#include "moesched/policy/recency_list.hpp"
+#include "moesched/policy/prefetch_queue.hpp"
 #include "moesched/runtime/archetype.hpp"
 #include "moesched/runtime/executor.hpp"
 #include "moesched/runtime/jobs.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -58,7 +50,7 @@ class Prefetch {
   /// `where`: where the predictor runs (its `latency` is charged there).
   Prefetch(const PredictionTable& table, Nanoseconds latency, std::uint32_t depth = 2, std::uint32_t lookahead = 0,
            runtime::JobResource where = runtime::JobResource::cpu_worker)
-      : table_(&table), latency_(latency), depth_(depth < 1 ? 1 : depth), lookahead_(lookahead), where_(where) {
+      : table_(&table), latency_(latency), where_(where), queue_(depth, lookahead) {
     for (std::uint64_t i = 0; i < table.set_count(); ++i) block_size_ = std::max(block_size_, table.set(i).count);
     block_size_ = std::max<std::uint32_t>(block_size_, 1);
   }
@@ -70,18 +62,8 @@ class Prefetch {
 
   template <JobExecutor E>
   void on_pass_begin(E& e, const PassInfo& pass) {
-    cache_.on_pass_begin(e, pass);
-    if (marks_.empty()) {
-      marks_.assign(std::size_t{e.layers()} * e.experts_per_layer(), 0);
-      low_flight_.assign(marks_.size(), 0);
-      low_.assign(e.layers(), {});
-      pending_.assign(e.layers(), {});
-    }
+    queue_.begin_pass(e, pass);
     pass_ = pass.index;
-    layer_ = -1;
-    for (auto& q : pending_) q.clear();
-    first_pending_ = e.layers();
-    needed_.clear();
     if (pass_ >= table_->pass_count()) return;
     // One job per predicted set, ready where its input exists.
     for (std::uint64_t i = table_->pass_begin(pass_); i < table_->pass_end(pass_); ++i) {
@@ -113,48 +95,19 @@ class Prefetch {
 
   template <JobExecutor E>
   void on_gate(E& e, std::uint32_t layer, std::span<const ExpertId> needed) {
-    const std::uint32_t per = e.experts_per_layer();
-    if (layer_ != static_cast<std::int64_t>(layer)) {  // first call for this layer
-      layer_ = layer;
-      needed_.assign(needed.begin(), needed.end());
-      // Early preemption: this layer's speculative copies the gate did not ask for are dropped,
-      // the asked ones become demand copies.
-      for (std::uint32_t f : low_[layer]) {
-        const ExpertId id = ExpertId::from_flat(f, per);
-        const auto r = e.residency(id);
-        if (low_flight_[f] == 0 || (r != Residency::queued && r != Residency::copying)) continue;
-        bool asked = false;
-        for (ExpertId n : needed) asked = asked || n == id;
-        if (asked) {
-          e.promote(id);
-          land(f);
-        } else if (e.cancel(id)) {
-          land(f);
-          forget(e, f);
-        }
-      }
-      low_[layer].clear();
-    }
-    // Demand as per-layer LRU, sparing this pass's unused prefetches while anything else can go.
-    cache_.demand(
-        e, layer, needed, [&](std::uint32_t held) { return unused_prefetch(held, per); },
-        [&](std::uint32_t evicted) { marks_[evicted] = 0; });
+    queue_.gate(e, layer, needed);
   }
-
   template <JobExecutor E>
   void on_expert_done(E& e, ExpertId id) {
-    marks_[id.flat(e.experts_per_layer())] = 0;
+    queue_.expert_done(e, id);
   }
   template <JobExecutor E>
   void on_copy_done(E& e, ExpertId id) {
-    land(id.flat(e.experts_per_layer()));
-    pump(e);
+    queue_.copy_done(e, id);
   }
-
   template <JobExecutor E>
-  void on_layer_done(E& e, std::uint32_t) {
-    needed_.clear();
-    pump(e);
+  void on_layer_done(E& e, std::uint32_t layer) {
+    queue_.layer_done(e, layer);
   }
 
   /// A predictor job ended: its candidates join the prefetch queue (unless too late).
@@ -168,84 +121,10 @@ class Prefetch {
       return;
     }
     const PredictedSet& s = table_->set(set);
-    if (static_cast<std::int64_t>(s.layer) <= layer_) {
-      ++too_late_;
-      return;
-    }
-    auto& q = pending_[s.layer];
-    for (std::uint32_t i = 0; i < count && i < block_size_; ++i) q.push_back(out[i].expert);
-    first_pending_ = std::min<std::uint32_t>(first_pending_, s.layer);
-    pump(e);
+    if (!queue_.push(e, s.layer, std::span<const runtime::ScoredExpert>(out, std::min(count, block_size_)))) ++too_late_;
   }
 
  private:
-  /// Issues pending prefetches, nearest layer first, while fewer than depth_ copies are
-  /// outstanding and within the lookahead.
-  template <JobExecutor E>
-  void pump(E& e) {
-    const std::uint32_t per = e.experts_per_layer();
-    const std::uint64_t mark = pass_ + 1;
-    const auto L = static_cast<std::uint32_t>(pending_.size());
-    const auto next_layer = static_cast<std::uint32_t>(layer_ + 1);  // layer_ >= -1
-    first_pending_ = std::min(L, std::max(first_pending_, next_layer));
-    const std::uint32_t last = lookahead_ == 0 ? L : std::min(L, next_layer + lookahead_);
-    for (std::uint32_t l = first_pending_; l < last; ++l) {
-      auto& q = pending_[l];
-      std::size_t i = 0;
-      for (; i < q.size(); ++i) {
-        std::uint32_t outstanding = low_count_;
-        for (ExpertId n : needed_) outstanding += e.residency(n) == Residency::resident ? 0U : 1U;
-        if (outstanding >= depth_) break;
-        const ExpertId id{static_cast<std::uint16_t>(l), q[i]};
-        const std::uint32_t f = id.flat(per);
-        if (e.residency(id) != Residency::absent) {
-          cache_.touch(id, per);
-          continue;
-        }
-        if (e.free_slots() == 0) {
-          const std::uint32_t v = victim(e, l);
-          if (v == RecencyList::kNone) break;  // retried when a copy lands or a layer ends
-          if (!e.evict(ExpertId::from_flat(v, per))) break;
-          forget(e, v);
-        }
-        if (!e.copy(id, CopyPriority::low)) break;
-        cache_.touch(id, per);
-        marks_[f] = mark;
-        low_flight_[f] = 1;
-        ++low_count_;
-        low_[l].push_back(f);
-      }
-      q.erase(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(i));
-      if (!q.empty()) return;  // blocked: keep the order (nearest layer first)
-      first_pending_ = l + 1;
-    }
-  }
-  /// The expert to evict for a prefetch of `layer`: Belady's rule with layers as the clock. The
-  /// layers run in a cycle, so an expert's next use is at the earliest its layer's next turn;
-  /// evict from the layer whose turn is furthest (the one just run first), least recently used
-  /// within it, and only from layers whose turn comes after `layer`'s (else the copy would evict
-  /// something needed sooner than what it brings). Experts prefetched for this pass and not yet
-  /// used are kept.
-  template <Executor E>
-  std::uint32_t victim(const E& e, std::uint32_t layer) const {
-    const std::uint32_t per = e.experts_per_layer();
-    const std::int64_t L = e.layers();
-    const std::int64_t cur = layer_;  // -1 before the first gate
-    auto skip = [&](std::uint32_t held) { return unused_prefetch(held, per); };
-    const std::int64_t need = static_cast<std::int64_t>(layer) - cur;  // turns until `layer` runs
-    for (std::int64_t d = L; d > need; --d) {  // turn distance d: layer (cur + d) mod L
-      const auto x = static_cast<std::uint32_t>(((cur + d) % L + L) % L);
-      const std::uint32_t v = cache_.oldest_of_layer(e, x, skip);
-      if (v != RecencyList::kNone) return v;
-    }
-    return RecencyList::kNone;
-  }
-
-  /// Flat id `held` was prefetched for a layer of this pass still to run.
-  [[nodiscard]] bool unused_prefetch(std::uint32_t held, std::uint32_t per) const noexcept {
-    return marks_[held] == pass_ + 1 && static_cast<std::int64_t>(held / per) > layer_;
-  }
-
   /// A result block for a job of set `set` (reused once its job ended).
   std::uint32_t take_block(std::uint64_t set) {
     if (free_blocks_.empty()) {
@@ -259,37 +138,15 @@ class Prefetch {
     return b;
   }
 
-  /// A low copy of flat id f landed, was cancelled or became a demand copy.
-  void land(std::uint32_t f) {
-    if (low_flight_[f] == 0) return;
-    low_flight_[f] = 0;
-    --low_count_;
-  }
-  template <Executor E>
-  void forget(const E& e, std::uint32_t f) {
-    cache_.forget(ExpertId::from_flat(f, e.experts_per_layer()), e.experts_per_layer());
-    marks_[f] = 0;
-  }
-
   const PredictionTable* table_;
   Nanoseconds latency_;
-  std::uint32_t depth_;
-  std::uint32_t lookahead_;
   runtime::JobResource where_;
   std::uint32_t block_size_ = 1;                // candidates of the largest set
   std::vector<std::unique_ptr<runtime::ScoredExpert[]>> blocks_;  // job results, one block per job in flight
   std::vector<std::uint64_t> block_set_;        // the set each block's job predicts
   std::vector<std::uint32_t> free_blocks_;
-  LayerLru cache_;
-  std::vector<std::uint64_t> marks_;            // pass + 1 while prefetched and not yet used
-  std::vector<std::uint8_t> low_flight_;        // a low copy is queued or moving
-  std::vector<std::vector<std::uint32_t>> low_; // per layer: low copies submitted for it
-  std::vector<std::vector<std::uint16_t>> pending_;  // per layer: candidates not yet copied
-  std::uint32_t first_pending_ = 0;             // no pending candidates below this layer
-  std::vector<ExpertId> needed_;                // the running layer's experts (from its gate)
-  std::uint32_t low_count_ = 0;
+  PrefetchQueue queue_;
   std::uint64_t pass_ = 0;
-  std::int64_t layer_ = -1;                     // last gated layer of the pass, -1 before
   std::uint64_t too_late_ = 0;
 };
 

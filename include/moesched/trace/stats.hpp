@@ -26,6 +26,8 @@
 
 #include "moesched/core/routing.hpp"
 #include "moesched/io/trace.hpp"
+#include "moesched/policy/transition_predictor.hpp"
+#include "moesched/runtime/jobs.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -242,44 +244,32 @@ inline void popularity(LayerStats& ls) {
     s.top10_share += ls.top10_share / L;
   }
 
-  // next-layer predictor: fit on the first half of the tokens, score on the second half
+  // next-layer predictor: fit on the first half of the tokens, score on the second half (the
+  // co-occurrence ranking is policy::TransitionCounts, the one the transition predictor uses)
   if (E <= 1024 && L >= 2 && s.tokens >= 2) {
     const std::uint64_t half = s.tokens / 2;
-    std::vector<std::uint32_t> co(std::size_t{E} * E);
-    std::vector<std::uint64_t> pop(E);
-    std::vector<std::uint64_t> score(E);
-    std::vector<std::uint16_t> a(K), b(K), order(E), pred(E);
+    policy::TransitionCounts co(E);
+    std::vector<std::uint16_t> a(K), b(K);
+    std::vector<runtime::ScoredExpert> pred(K), order(K);
     double hit_all = 0.0, base_all = 0.0;
     for (std::uint32_t l = 0; l + 1 < L; ++l) {
-      std::fill(co.begin(), co.end(), 0U);
-      std::fill(pop.begin(), pop.end(), 0U);
+      co.clear();
       for (std::uint64_t tok = 0; tok < half; ++tok) {
         t.experts(tok, l, a.data());
         t.experts(tok, l + 1, b.data());
-        for (auto x : a) {
-          for (auto y : b) ++co[std::size_t{x} * E + y];
-        }
-        for (auto y : b) ++pop[y];
+        co.add(a, b);
       }
-      std::iota(order.begin(), order.end(), std::uint16_t{0});
-      std::stable_sort(order.begin(), order.end(), [&](auto x, auto y) { return pop[x] > pop[y]; });
+      // the baseline: the fitted half's most popular experts (ties: the lower id)
+      co.rank({}, order);
       double hits = 0.0, base = 0.0;
       for (std::uint64_t tok = half; tok < s.tokens; ++tok) {
         t.experts(tok, l, a.data());
         t.experts(tok, l + 1, b.data());
-        std::fill(score.begin(), score.end(), 0U);
-        for (auto x : a) {
-          for (std::uint32_t y = 0; y < E; ++y) score[y] += co[std::size_t{x} * E + y];
-        }
         // co-occurrence first; ties go to the more popular expert, then the lower id
-        std::copy(order.begin(), order.end(), pred.begin());
-        std::partial_sort(pred.begin(), pred.begin() + K, pred.end(), [&](auto x, auto y) {
-          if (score[x] != score[y]) return score[x] > score[y];
-          return pop[x] != pop[y] ? pop[x] > pop[y] : x < y;
-        });
+        co.rank(a, pred);
         for (std::uint32_t k = 0; k < K; ++k) {
-          if (std::find(b.begin(), b.end(), pred[k]) != b.end()) hits += 1.0;
-          if (std::find(b.begin(), b.end(), order[k]) != b.end()) base += 1.0;
+          if (std::find(b.begin(), b.end(), pred[k].expert) != b.end()) hits += 1.0;
+          if (std::find(b.begin(), b.end(), order[k].expert) != b.end()) base += 1.0;
         }
       }
       const double n = static_cast<double>((s.tokens - half) * K);
