@@ -2,6 +2,7 @@
 // one layer driver on real streams, copies and cuBLAS kernels. Exits 77 (skipped) when no CUDA
 // device is present, 1 on any failed check. A plain main() (no Catch2): the same file builds with
 // Catch2 v2 and v3 machines. Host code (g++); tests/cuda/test_backend_kernels.cu holds the kernels.
+#include "support/predictions.hpp"
 #include "support/routing.hpp"
 
 #include <moesched/cuda/backend.cuh>
@@ -81,20 +82,6 @@ struct Rig {
   }
 };
 
-/// Predictions that are always right: layer l predicted after layer l-1 (layer 0 at the start).
-policy::PredictionTable perfect(const Workload& w) {
-  policy::PredictionTable t("perfect");
-  std::vector<std::uint16_t> c;
-  for (std::uint64_t p = 0; p < w.pass_count(); ++p) {
-    t.begin_pass();
-    for (std::uint32_t l = 0; l < w.layers(); ++l) {
-      c.clear();
-      for (const auto& u : w.uses(p, l)) c.push_back(u.expert);
-      t.add({static_cast<std::uint16_t>(l), static_cast<std::int16_t>(static_cast<int>(l) - 1), 0, 0, 0}, c);
-    }
-  }
-  return t;
-}
 
 struct RunResult {
   bool ok = false;
@@ -275,7 +262,7 @@ int main() {
     if (sd) wo.sd = SdReplay{.gamma = 3, .acceptance = 0.6};
     const Workload ws = build_workload(routing, {4, 16, 2}, wo);
     const std::uint32_t s2 = ws.max_layer_union() + 5;
-    const auto table = perfect(ws);
+    const auto table = test::perfect_predictions(ws);
     policy::Prefetch cpu(table, Nanoseconds{0});
     const RunResult a = run_gpu(ws, cpu, s2, 1, sd ? "prefetch (cpu jobs, SD)" : "prefetch (cpu jobs)");
     expect(a.ok && a.metrics.cpu_jobs > 0 && a.metrics.cpu_jobs <= table.set_count(), "prefetch: CPU jobs ran");

@@ -1,6 +1,7 @@
 // The host backend: real threads, real copies, the same policies and the same layer driver as
 // the simulator. Run under ThreadSanitizer in CI (scripts/test.sh, stage "tsan").
 #include "support/catch.hpp"
+#include "support/predictions.hpp"
 #include "support/routing.hpp"
 
 #include <moesched/host/backend.hpp>
@@ -51,20 +52,6 @@ HostBackend::Config config(std::uint32_t layers, std::uint32_t experts, std::uin
   return c;
 }
 
-/// Predictions that are always right: layer l predicted after layer l-1 (layer 0 at the start).
-policy::PredictionTable perfect(const Workload& w) {
-  policy::PredictionTable t("perfect");
-  std::vector<std::uint16_t> c;
-  for (std::uint64_t p = 0; p < w.pass_count(); ++p) {
-    t.begin_pass();
-    for (std::uint32_t l = 0; l < w.layers(); ++l) {
-      c.clear();
-      for (const auto& u : w.uses(p, l)) c.push_back(u.expert);
-      t.add({static_cast<std::uint16_t>(l), static_cast<std::int16_t>(static_cast<int>(l) - 1), 0, 0, 0}, c);
-    }
-  }
-  return t;
-}
 
 template <class P>
 runtime::RunMetrics run_host(const Workload& w, P& pol, std::uint32_t slots, std::uint64_t* failures = nullptr) {
@@ -99,7 +86,7 @@ TEST_CASE("host backend: every policy runs on real threads; each kernel finds it
     if (sd) wo.sd = SdReplay{.gamma = 3, .acceptance = 0.6};
     const Workload w = build_workload(routing, {4, 8, 2}, wo);
     const std::uint32_t slots = w.max_layer_union() + 5;
-    const auto table = perfect(w);
+    const auto table = test::perfect_predictions(w);
     std::vector<runtime::RunMetrics> runs;
     policy::OnDemand a;
     runs.push_back(run_host(w, a, slots));

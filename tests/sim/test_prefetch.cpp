@@ -1,6 +1,7 @@
 // Predictive prefetching: prediction tables, the CPU worker resource, and policy::Prefetch on
 // hand-computed scenarios and random ones (invariants, the lower bound, determinism).
 #include "support/catch.hpp"
+#include "support/predictions.hpp"
 #include "support/routing.hpp"
 
 #include <moesched/policy/baseline.hpp>
@@ -52,22 +53,6 @@ runtime::RunMetrics run(const Workload& w, const CostModel& c, P& p, Bytes budge
   return sim::replay(w, c, p, o);
 }
 
-/// Predictions that are always right: each layer l >= 1 of every pass predicted after layer l-1
-/// (and layer 0 at the pass start), candidates = the experts the layer really uses.
-policy::PredictionTable perfect(const Workload& w, std::uint32_t distance = 1) {
-  policy::PredictionTable t("perfect");
-  std::vector<std::uint16_t> c;
-  for (std::uint64_t p = 0; p < w.pass_count(); ++p) {
-    t.begin_pass();
-    for (std::uint32_t l = 0; l < w.layers(); ++l) {
-      c.clear();
-      for (const auto& u : w.uses(p, l)) c.push_back(u.expert);
-      const auto after = static_cast<std::int16_t>(static_cast<std::int64_t>(l) - distance);
-      t.add({static_cast<std::uint16_t>(l), after < -1 ? std::int16_t{-1} : after, 0, 0, 0}, c);
-    }
-  }
-  return t;
-}
 
 /// Predictions that are right with probability `accuracy` per candidate (else a random expert).
 policy::PredictionTable noisy(const Workload& w, double accuracy, std::uint64_t seed) {
@@ -309,7 +294,7 @@ TEST_CASE("prefetch: never beats the lower bound; invariants hold; perfect predi
     const auto lb = sim::tpot_lower_bound(w, c, slots);
     policy::LayerLru lru;
     const auto base = run(w, c, lru, budget);
-    const auto good = perfect(w);
+    const auto good = test::perfect_predictions(w);
     const auto bad = noisy(w, 0.5, 7 + i);
     for (const auto* table : {&good, &bad}) {
       for (std::uint32_t workers : {1U, 2U}) {
