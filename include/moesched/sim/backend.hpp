@@ -156,8 +156,6 @@ class SimBackend {
     return runtime::Status::success();
   }
 
-  // ---- for tests ----
-  [[nodiscard]] bool link_idle() const noexcept { return current_ == kNone; }
 
  private:
   enum class EventKind : std::uint8_t { stream_done, chunk_done, cpu_done };
