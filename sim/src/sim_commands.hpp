@@ -167,6 +167,27 @@ inline void check_positive(const char* field, double v) {
   if (!(v > 0.0) || !std::isfinite(v)) throw ConfigError("", field, to_text(v), "must be positive and finite");
 }
 
+/// A size option in GB as bytes, range-checked before the conversion (1e30 GB must not wrap).
+inline Bytes gb_option(const char* field, double gb, bool allow_zero) {
+  constexpr double kMaxGb = 1e6;  // 1 PB: far above any GPU or host, far below 2^64 bytes
+  if (!std::isfinite(gb) || gb < 0.0 || (!allow_zero && gb == 0.0) || gb > kMaxGb) {
+    throw ConfigError("", field, to_text(gb),
+                      fmt::format("must be {} and at most {:.0f} GB", allow_zero ? "zero or positive" : "positive", kMaxGb));
+  }
+  return Bytes{static_cast<std::uint64_t>(gb * 1e9)};
+}
+
+/// A time option (`value` in units of `ns_per_unit` ns) as nanoseconds, range-checked first.
+inline Nanoseconds time_option(const char* field, double value, double ns_per_unit, bool allow_zero) {
+  constexpr double kMaxNs = 1e15;  // about 11.6 days
+  if (!std::isfinite(value) || value < 0.0 || (!allow_zero && value == 0.0) || value * ns_per_unit > kMaxNs) {
+    throw ConfigError("", field, to_text(value),
+                      fmt::format("must be {} and at most {:g}", allow_zero ? "zero or positive" : "positive",
+                                  kMaxNs / ns_per_unit));
+  }
+  return ceil_ns(value * ns_per_unit);
+}
+
 /// The shared, read-only parts: trace, presets and the workload for (gamma, acceptance, batch).
 struct ScenarioBase {
   std::shared_ptr<io::Trace> trace;
@@ -214,12 +235,13 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
   }
   if (o.bandwidth_gbps) {
     check_positive("bandwidth_gbps", *o.bandwidth_gbps);
+    if (*o.bandwidth_gbps > 1e5) {
+      throw ConfigError("", "bandwidth_gbps", to_text(*o.bandwidth_gbps), "must be at most 100000 GB/s");
+    }
     s.gpu.h2d = TransferCurve::affine(gb_per_s(*o.bandwidth_gbps), b.gpu.h2d.time(Bytes{0}));
   }
-  check_positive("workspace_gb", o.workspace_gb);
-  if (o.predictor_us && (!(*o.predictor_us >= 0.0) || !std::isfinite(*o.predictor_us))) {
-    throw ConfigError("", "predictor_us", to_text(*o.predictor_us), "must be zero or positive");
-  }
+  (void)gb_option("workspace_gb", o.workspace_gb, false);  // range-checked here, converted below
+  if (o.predictor_us) (void)time_option("predictor_us", *o.predictor_us, 1e3, true);
   if (o.prefetch_depth < 1 || o.prefetch_depth > 4096) {
     throw ConfigError("", "prefetch_depth", std::to_string(o.prefetch_depth), "must be between 1 and 4096");
   }
@@ -241,21 +263,13 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
   sim::CostOptions co;
   co.chunks = o.chunks;
   co.d2h_share = o.d2h_share;
-  if (o.draft_ms) {
-    check_positive("draft_ms", *o.draft_ms);
-    co.draft_token_time = ceil_ns(*o.draft_ms * 1e6);
-  }
-  if (o.draft_gb) {
-    if (!(*o.draft_gb >= 0.0) || !std::isfinite(*o.draft_gb)) {
-      throw ConfigError("", "draft_gb", to_text(*o.draft_gb), "must be zero or positive");
-    }
-    co.draft_bytes = Bytes{static_cast<std::uint64_t>(*o.draft_gb * 1e9)};
-  }
+  if (o.draft_ms) co.draft_token_time = time_option("draft_ms", *o.draft_ms, 1e6, false);
+  if (o.draft_gb) co.draft_bytes = gb_option("draft_gb", *o.draft_gb, true);
   s.cost = std::make_shared<const sim::CostModel>(s.model, s.gpu, co);
   MemoryPlanOptions mo;
   mo.context_tokens = o.context;
   mo.batch = o.batch;
-  mo.workspace = Bytes{static_cast<std::uint64_t>(o.workspace_gb * 1e9)};
+  mo.workspace = gb_option("workspace_gb", o.workspace_gb, false);
   if (s.has_draft) mo.extra_resident = s.cost->draft_bytes();
   s.plan = plan_memory(s.model, s.gpu, mo);
   if (!s.plan.fits_without_experts) {
@@ -265,8 +279,7 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
   const Bytes e = s.model.expert_bytes();
   const Bytes need = e * s.workload->max_layer_union();
   if (o.cache_gb) {
-    check_positive("cache_gb", *o.cache_gb);
-    s.budget = Bytes{static_cast<std::uint64_t>(*o.cache_gb * 1e9)};
+    s.budget = gb_option("cache_gb", *o.cache_gb, false);
     if (s.budget > s.plan.expert_cache) {
       throw ConfigError("", "cache_gb", to_text(*o.cache_gb),
                         fmt::format("is more than {} has left for experts ({}); use a larger GPU preset or a "
@@ -302,7 +315,7 @@ inline runtime::JobResource predictor_where(const ScenarioOptions& o, std::strin
 
 /// Time of one call of the predictor behind `channel` (see --predictor-us).
 inline Nanoseconds predictor_latency(const ScenarioOptions& o, const sim::CostModel& cost, std::string_view channel) {
-  if (o.predictor_us) return ceil_ns(*o.predictor_us * 1e3);
+  if (o.predictor_us) return time_option("predictor_us", *o.predictor_us, 1e3, true);
   return mlp_channel(channel) ? Nanoseconds{200'000} : cost.router_time(1);
 }
 

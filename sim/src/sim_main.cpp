@@ -102,6 +102,7 @@ Prepared prepare_single(const ScenarioOptions& o, const std::vector<std::string>
 
 int cmd_compare(const ScenarioOptions& o, const std::vector<std::string>& policy_args, const std::string& json,
                 unsigned jobs, bool progress) {
+  if (!json.empty()) check_output_path(json, "--json");
   const auto [s, policies] = prepare_single(o, policy_args);
   const auto r = simulate(s, policies, jobs, progress, nullptr, 0);
   if (json != "-") std::fputs(compare_table(s, r.runs, r.bound).c_str(), stdout);
@@ -111,6 +112,8 @@ int cmd_compare(const ScenarioOptions& o, const std::vector<std::string>& policy
 
 int cmd_run(const ScenarioOptions& o, const std::string& policy, const std::string& json, const std::string& timeline,
             std::uint64_t timeline_passes, bool layers) {
+  if (!json.empty()) check_output_path(json, "--json");
+  if (!timeline.empty()) check_output_path(timeline, "--timeline");
   const auto [s, policies] = prepare_single(o, {policy});
   runtime::Timeline tl;
   const auto r = simulate(s, policies, 2, false, timeline.empty() ? nullptr : &tl, timeline_passes);
@@ -164,11 +167,58 @@ std::string shell_quote(const std::string& s) {
   return o + "'";
 }
 
+/// Exit code when --plot is asked for and no Python can import matplotlib (the test skips on it).
+constexpr int kExitNoPlotter = 5;
+
+struct NoPlotter : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// The Python that plots: the first of `python3` on PATH, then /usr/bin/python3, that imports
+/// matplotlib. Throws NoPlotter listing what was tried.
+std::string find_plot_python() {
+  std::vector<std::string> candidates;
+  if (const char* path = std::getenv("PATH")) {
+    std::stringstream ss(path);
+    std::string dir;
+    while (std::getline(ss, dir, ':')) {
+      if (dir.empty()) continue;
+      std::error_code ec;
+      const auto py = std::filesystem::path(dir) / "python3";
+      if (std::filesystem::exists(py, ec)) {
+        candidates.push_back(py.string());
+        break;
+      }
+    }
+  }
+  if (std::find(candidates.begin(), candidates.end(), "/usr/bin/python3") == candidates.end()) {
+    candidates.emplace_back("/usr/bin/python3");
+  }
+  std::string tried;
+  for (const auto& py : candidates) {
+    std::error_code ec;
+    if (!std::filesystem::exists(py, ec)) continue;
+    const std::string probe = shell_quote(py) + " -c 'import matplotlib' >/dev/null 2>&1";
+    if (std::system(probe.c_str()) == 0) return py;
+    tried += (tried.empty() ? "" : ", ") + py;
+  }
+  throw NoPlotter("--plot needs a Python with matplotlib; none of [" + (tried.empty() ? std::string("no python3 found") : tried) +
+                  "] imports it (Debian: apt-get install python3-matplotlib); nothing was simulated");
+}
+
 int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std::vector<std::string>& policy_args,
               const std::string& csv, const std::string& json, const std::string& plot, unsigned jobs, bool progress) {
   const auto policies = split_policies(policy_args);
   if (csv.empty() && json.empty() && plot.empty()) {
     throw ConfigError("", "output", "none", "give --csv, --json and/or --plot");
+  }
+  if (!csv.empty()) check_output_path(csv, "--csv");
+  if (!json.empty()) check_output_path(json, "--json");
+  std::string python, plot_script;
+  if (!plot.empty()) {
+    check_output_path(plot, "--plot");
+    plot_script = find_plot_script();
+    python = find_plot_python();
   }
   const ScenarioBase b = open_base(base_opt);
   // 1. Every point, validated before any simulation starts.
@@ -274,8 +324,8 @@ int cmd_sweep(const ScenarioOptions& base_opt, const SweepGrid& grid, const std:
       csv_path = plot + ".csv";
       write_text_file(csv_path, out_csv);
     }
-    const std::string python = std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
-    const std::string cmd = python + " " + shell_quote(find_plot_script()) + " " + shell_quote(csv_path) + " -o " +
+    std::fprintf(stderr, "moesched-sim: plotting with %s (the first Python that imports matplotlib)\n", python.c_str());
+    const std::string cmd = shell_quote(python) + " " + shell_quote(plot_script) + " " + shell_quote(csv_path) + " -o " +
                             shell_quote(plot) + " --title " +
                             shell_quote(fmt::format("{} on {}: TPOT against expert cache", b.model.name, b.gpu.name));
     const int rc = std::system(cmd.c_str());
@@ -299,6 +349,9 @@ int main(int argc, char** argv) {
                "expert-offloading policies against a provable lower bound. Run a subcommand with --help."};
   app.require_subcommand(1);
   app.get_formatter()->column_width(40);
+  app.footer("Exit codes: 0 done; 1 plotting failed (CSV/JSON written); 2 bad input (names the file, field and value); "
+             "3 a policy broke the executor's rules; 4 out of memory; 5 --plot without a Python that has matplotlib "
+             "(checked before any work); 70 a bug in moesched.");
   unsigned jobs = default_jobs();
   bool progress = false;
 
@@ -352,6 +405,9 @@ int main(int argc, char** argv) {
     } catch (const runtime::PolicyError& e) {
       std::fprintf(stderr, "moesched-sim: policy error: %s\n", e.what());
       return 3;
+    } catch (const NoPlotter& e) {
+      std::fprintf(stderr, "moesched-sim: %s\n", e.what());
+      return kExitNoPlotter;
     }
     return 0;
   });

@@ -137,3 +137,19 @@ TEST_CASE("files: missing, not regular, written atomically", "[io][safetensors]"
   CHECK(contains(thrown_message<ConfigError>([&] { w.write(bad); }), "cannot open for writing"));
   CHECK_FALSE(std::filesystem::exists(bad.string() + ".tmp"));
 }
+
+TEST_CASE("output paths are checked before any work", "[io][atomic_file]") {
+  TempDir dir;
+  // a file in an existing folder, or in the current folder, is fine (and nothing is created)
+  io::check_writable_path(dir.path() / "out.json", "--json");
+  io::check_writable_path("relative-out.json", "--json");
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "out.json"));
+  const auto missing = dir.path() / "no-such-dir" / "out.json";
+  CHECK(thrown_message<ConfigError>([&] { io::check_writable_path(missing, "--json"); }) ==
+        "field '--json' = " + missing.string() + ": the folder " + (dir.path() / "no-such-dir").string() +
+            " does not exist");
+  CHECK(contains(thrown_message<ConfigError>([&] { io::check_writable_path(dir.path(), "--csv"); }), "is a folder, not a file"));
+  const auto file = dir.write("plain", "x");
+  CHECK(contains(thrown_message<ConfigError>([&] { io::check_writable_path(file / "out.json", "--plot"); }), "is not a folder"));
+  CHECK(contains(thrown_message<ConfigError>([&] { io::check_writable_path("", "--json"); }), "empty output path"));
+}

@@ -16,4 +16,10 @@ inline void write_text_file(const std::string& path, const std::string& text) {
   io::write_file_atomically(path, text.data(), text.size());
 }
 
+/// Refuse an unwritable output path ("-" = stdout is always fine) before the work starts.
+inline void check_output_path(const std::string& path, const std::string& option) {
+  if (path == "-") return;
+  io::check_writable_path(path, option);
+}
+
 }  // namespace moesched::tools

@@ -84,6 +84,7 @@ runtime::Status with_policy(const std::string& name, const Scenario& s, Run&& ru
 }
 
 int replay(const ScenarioOptions& o, const ReplayOptions& r) {
+  if (!r.json.empty()) check_output_path(r.json, "--json");
   check_policy_name(r.policy);
   if (!replayable(r.policy)) {
     throw ConfigError("", "policy", r.policy, "runs in moesched-sim only; moesched-replay runs on-demand, lru, lfu, static, oracle, prefetch:CHANNEL");

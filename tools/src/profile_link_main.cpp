@@ -89,6 +89,8 @@ int main(int argc, char** argv) {
 
   return tools::guarded_main("moesched-profile-link", [&] {
   try {
+    if (!out_path.empty()) tools::check_output_path(out_path, "--output");
+    if (!json_out.empty()) tools::check_output_path(json_out, "--json");
     std::optional<HardwareDesc> base;
     if (!out_path.empty()) {
       if (like.empty()) {

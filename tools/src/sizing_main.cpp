@@ -148,6 +148,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   return tools::guarded_main("moesched-sizing", [&] {
+    if (!json_out.empty()) tools::check_output_path(json_out, "--json");
+    if (!csv_out.empty()) tools::check_output_path(csv_out, "--csv");
     std::vector<std::filesystem::path> dirs(preset_dirs.begin(), preset_dirs.end());
     const auto catalog = tools::preset_catalog(dirs);
     if (list) {

@@ -50,10 +50,10 @@
 /// Every CUDA and cuBLAS call is checked; failures are runtime::Status naming the call with the
 /// runtime's static error text. A failure on a worker thread is kept (error()) and ends wait().
 /// Times are host steady_clock nanoseconds since construction; event times are mapped onto that
-/// clock through an anchor event (float milliseconds: about 1 us resolution over tens of seconds),
-/// and clamped to now() when taken. Known limit: the anchor is taken once, so over a long run the
-/// GPU and host clocks drift apart and mapped times run ahead of now(); the clamp then shortens
-/// short chunks (link_busy under-reads for experts of a few MB). Re-anchoring is still to do.
+/// clock through an anchor event and clamped to now() when taken. A span's length (a kernel's, a
+/// chunk's) is measured between its own two events, so it is exact to the events' resolution
+/// however far the anchor drifts over a long run; only where the span sits on the host clock
+/// carries the anchor's error (float milliseconds: about 1 us over tens of seconds, plus drift).
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
@@ -781,6 +781,17 @@ class CudaBackend {
     t = anchor_host_ + Nanoseconds{static_cast<std::int64_t>(static_cast<double>(ms) * 1e6)};
     return runtime::Status::success();
   }
+  /// Host-clock span of two completed events: the end mapped through the anchor and clamped to
+  /// now(), the length measured between the two events themselves (exact however the anchor drifts).
+  runtime::Status event_span(cudaEvent_t first, cudaEvent_t last, Nanoseconds& start, Nanoseconds& end) const {
+    float ms = 0.0f;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventElapsedTime(&ms, first, last), "cudaEventElapsedTime"));
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(event_time(last, end));
+    end = std::min(end, now());
+    const Nanoseconds length{static_cast<std::int64_t>(std::max(0.0, static_cast<double>(ms)) * 1e6)};
+    start = std::max(Nanoseconds{0}, end - length);
+    return runtime::Status::success();
+  }
 
   // ---- threads ----
   void copy_loop() {
@@ -906,9 +917,7 @@ class CudaBackend {
       done.end = now();
     } else {
       done.kind = runtime::CompletionKind::compute;
-      MOESCHED_CUDA_BACKEND_RETURN_IF_(event_time(k.end, done.end));
-      done.end = std::min(done.end, now());
-      done.start = std::min(done.start, done.end);
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(event_span(k.start, k.end, done.start, done.end));
     }
     if (!draining_now()) done_.push(done);
     return runtime::Status::success();
@@ -921,10 +930,7 @@ class CudaBackend {
     done.chunks = cfg_.chunks;
     done.bytes = Bytes{c.bytes};
     done.high = c.high;
-    runtime::Status s = event_time(c.start, done.start);
-    if (s) s = event_time(c.end, done.end);
-    done.end = std::min(done.end, now());
-    done.start = std::min(done.start, done.end);
+    const runtime::Status s = event_span(c.start, c.end, done.start, done.end);
     std::lock_guard<std::mutex> lock(m_);
     chunks_.pop_front();
     free_events_.push_back(c.start);
