@@ -53,6 +53,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -87,6 +88,41 @@ struct DriverOptions {
   std::uint32_t compute_ahead = 1;     ///< kernels submitted and not finished, 1..64
 };
 
+namespace driver_detail {
+/// A list of at most `capacity` trivially copyable items, stored once: appending, erasing and
+/// clearing never allocate and stay inline on the hot path (the per-layer lists of the driver).
+template <class T>
+class BoundedList {
+ public:
+  void set_capacity(std::size_t capacity) {
+    buf_.reset(new T[capacity]{});
+    cap_ = capacity;
+    n_ = 0;
+  }
+  MOESCHED_HOT void clear() noexcept { n_ = 0; }
+  MOESCHED_HOT void push_back(T v) noexcept {  // callers keep within capacity (checked once per layer)
+    buf_[n_++] = v;
+  }
+  MOESCHED_HOT void erase_at(std::size_t i) noexcept {
+    for (std::size_t j = i + 1; j < n_; ++j) buf_[j - 1] = buf_[j];
+    --n_;
+  }
+  [[nodiscard]] MOESCHED_HOT std::size_t size() const noexcept { return n_; }
+  [[nodiscard]] MOESCHED_HOT bool empty() const noexcept { return n_ == 0; }
+  [[nodiscard]] MOESCHED_HOT std::size_t capacity() const noexcept { return cap_; }
+  [[nodiscard]] MOESCHED_HOT T operator[](std::size_t i) const noexcept { return buf_[i]; }
+  [[nodiscard]] const T& front() const noexcept { return buf_[0]; }
+  [[nodiscard]] const T* begin() const noexcept { return buf_.get(); }
+  [[nodiscard]] const T* end() const noexcept { return buf_.get() + n_; }
+  [[nodiscard]] std::span<const T> span() const noexcept { return {buf_.get(), n_}; }
+
+ private:
+  std::unique_ptr<T[]> buf_;
+  std::size_t cap_ = 0;
+  std::size_t n_ = 0;
+};
+}  // namespace driver_detail
+
 template <Backend B>
 class LayerDriver {
  public:
@@ -110,6 +146,11 @@ class LayerDriver {
       throw ConfigError("", "compute_ahead", std::to_string(opt.compute_ahead), "must be between 1 and 64");
     }
     partial_.assign(std::size_t{w.layers()} * w.shape().experts, Bytes{0});
+    // A layer's uses name distinct experts: the per-layer lists never outgrow `per_`, so the
+    // hot path only appends within capacity (no allocation, no out-of-line resize).
+    needed_.set_capacity(per_);
+    unmet_.set_capacity(per_);
+    remaining_.set_capacity(per_);
   }
   LayerDriver(Workload&&, B&, const DriverOptions& = {}) = delete;  // keeps pointers: no temporaries
   LayerDriver(const Workload&, B&&, const DriverOptions& = {}) = delete;
@@ -202,7 +243,7 @@ class LayerDriver {
           if (pick < remaining_.size()) {
             end_stall();
             const std::uint32_t use = remaining_[pick];
-            remaining_.erase(remaining_.begin() + static_cast<std::ptrdiff_t>(pick));
+            remaining_.erase_at(pick);
             const ExpertId id{static_cast<std::uint16_t>(layer_), uses_[use].expert};
             const std::uint32_t f = flat(id.expert);
             if (!submit({ComputeKind::expert, layer_, id, m_.state(f).slot, uses_[use].tokens, 0, pass_},
@@ -251,8 +292,10 @@ class LayerDriver {
     return true;
   }
 
-  void end_stall() {
-    if (!stalled_) return;
+  MOESCHED_HOT void end_stall() {
+    if (stalled_) [[unlikely]] close_stall();
+  }
+  void close_stall() {
     stalled_ = false;
     const Nanoseconds now = b_->now();
     const Nanoseconds d = now > stall_since_ ? now - stall_since_ : Nanoseconds{0};
@@ -355,13 +398,14 @@ class LayerDriver {
   void gate(P& pol, std::uint32_t layer) {
     uses_ = w_->uses(p_, layer);
     const auto n = static_cast<std::uint32_t>(uses_.size());
-    needed_.resize(n);
-    remaining_.resize(n);
+    if (n > per_) [[unlikely]] throw InvariantError("a layer of the workload uses more experts than the layer has");
+    needed_.clear();
+    remaining_.clear();
     LayerMetrics& lm = r_.layers[layer];
     for (std::uint32_t i = 0; i < n; ++i) {
       const ExpertId id{static_cast<std::uint16_t>(layer), uses_[i].expert};
-      needed_[i] = id;
-      remaining_[i] = i;
+      needed_.push_back(id);
+      remaining_.push_back(i);
       auto& s = m_.state(flat(id.expert));
       ++lm.uses;
       switch (s.state) {
@@ -380,7 +424,7 @@ class LayerDriver {
     }
     experts_left_ = static_cast<std::uint32_t>(uses_.size());
     cursor_ = Cursor::experts;
-    pol.on_gate(m_, layer, std::span<const ExpertId>(needed_));
+    pol.on_gate(m_, layer, needed_.span());
     if (opt_.check_invariants) check();
     if (experts_left_ == 0) layer_done(pol, layer);
   }
@@ -395,7 +439,7 @@ class LayerDriver {
         unmet_.push_back({static_cast<std::uint16_t>(layer_), uses_[i].expert});
       }
     }
-    if (!unmet_.empty()) pol.on_gate(m_, layer_, std::span<const ExpertId>(unmet_));
+    if (!unmet_.empty()) pol.on_gate(m_, layer_, unmet_.span());
   }
 
   template <class P>
@@ -544,9 +588,9 @@ class LayerDriver {
   std::uint32_t layer_ = 0;       // layer being gated or submitted
   std::uint32_t draft_next_ = 1;
   std::span<const ExpertUse> uses_;
-  std::vector<ExpertId> needed_;
-  std::vector<ExpertId> unmet_;
-  std::vector<std::uint32_t> remaining_;  // use indices of the gated layer not yet submitted
+  driver_detail::BoundedList<ExpertId> needed_;
+  driver_detail::BoundedList<ExpertId> unmet_;
+  driver_detail::BoundedList<std::uint32_t> remaining_;  // use indices of the gated layer not yet submitted
   std::uint32_t experts_left_ = 0;        // experts of the gated layer not yet finished
   InFlight ring_[kMaxAhead]{};
   std::uint32_t ring_head_ = 0;

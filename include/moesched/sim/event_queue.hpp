@@ -12,6 +12,7 @@
 /// A binary heap over a vector the caller may reserve(); no allocation once it has grown, no
 /// global state. Time never goes back: push() rejects an event earlier than the last one popped.
 
+#include "moesched/core/config.hpp"
 #include "moesched/core/units.hpp"
 
 #include <cstdint>
@@ -45,7 +46,7 @@ class EventQueue {
     sift_up(heap_.size() - 1);
   }
   /// Removes and returns the earliest event; the queue must not be empty.
-  Event<Payload> pop() {
+  MOESCHED_HOT Event<Payload> pop() {
     Event<Payload> top = std::move(heap_.front());
     heap_.front() = std::move(heap_.back());
     heap_.pop_back();
@@ -72,7 +73,7 @@ class EventQueue {
       i = parent;
     }
   }
-  void sift_down(std::size_t i) noexcept {
+  MOESCHED_HOT void sift_down(std::size_t i) noexcept {
     const std::size_t n = heap_.size();
     for (;;) {
       const std::size_t l = 2 * i + 1;
