@@ -111,11 +111,14 @@ TEST_CASE("host backend: every policy runs on real threads; each kernel finds it
       CHECK(m.tpot_ms.mean > 0.0);
       CHECK(m.bytes_copied >= Bytes{4096} * m.experts_copied);  // a copy still moving at the end adds a chunk
     }
-    // One job per predicted set; the last pass's may end after its head (then it is not counted).
+    // One job per predicted set, at most. On real threads a job still queued when the last head
+    // ends is discarded by the final drain, and on a loaded machine (ctest -j, sanitizers) the
+    // workers can lag by more than the last pass: only "most of them ran" is timing-free enough.
+    // The exact count is checked in the simulator (tests/sim), where time is virtual.
     CHECK(runs[5].cpu_jobs <= table.set_count());
-    CHECK(runs[5].cpu_jobs + w.layers() >= table.set_count());
+    CHECK(2 * runs[5].cpu_jobs >= table.set_count());
     CHECK(runs[6].gpu_jobs <= table.set_count());
-    CHECK(runs[6].gpu_jobs + w.layers() >= table.set_count());
+    CHECK(2 * runs[6].gpu_jobs >= table.set_count());
     CHECK(runs[6].cpu_jobs == 0);
   }
 }
