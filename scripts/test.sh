@@ -23,7 +23,7 @@ ctest --test-dir build/test -LE "$exclude" --output-on-failure -j "$jobs"
 echo "== a plain user build: Release, default options, default generator (warnings are not errors here)"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/release -j "$jobs"
-build/release/sim/moesched-sim --version >/dev/null
+build/release/sim/moesched-sim compare --trace traces/real/mix-prose-sd4.trace.safetensors --policies lru,oracle >/dev/null
 
 echo "== build under AddressSanitizer + UndefinedBehaviorSanitizer (tests run last)"
 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOESCHED_ENABLE_CUDA=OFF \
