@@ -18,5 +18,5 @@ if(COMMAND moesched_tool_test AND TARGET moesched-sim)
          --policies predict:transition,moe-infinity --horizon 1 --train-trace ${_policy_traces}/mix-prose-plain.trace.safetensors
     STDOUT "\npredict:transition +[0-9.]+[^\n]*\nmoe-infinity +[0-9.]+[^\n]*\nlower-bound")
   moesched_tool_test(sim_predictive_help RC 0 TOOL moesched-sim ARGS compare --help
-    STDOUT "--horizon UINT=2.*--train-trace.*Routing-only predictors [(]any trace[)]: predict:popularity, predict:transition, moe-infinity")
+    STDOUT "--horizon UINT[= []+2.*--train-trace.*Routing-only predictors [(]any trace[)]: predict:popularity, predict:transition, moe-infinity")
 endif()
