@@ -138,6 +138,8 @@ struct Scenario {
   std::shared_ptr<const Workload> training;
   /// Prediction tables of the prefetch:CHANNEL policies to run, by channel.
   std::map<std::string, std::shared_ptr<const policy::PredictionTable>, std::less<>> predictions;
+  /// The trace's prediction channels whose recorded predictions replay (none when --gamma re-cuts).
+  std::vector<std::string> channels;
 };
 
 /// Memory left for experts and what took the rest, for error messages.
@@ -325,28 +327,33 @@ using PredictionCache = std::map<std::pair<const Workload*, std::string>, std::s
 /// Builds (or takes from `cache`) the table of every prefetch:CHANNEL policy in `policies`.
 inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::vector<std::string>& policies,
                                PredictionCache* cache = nullptr) {
+  s.channels.clear();
+  if (s.opt.gamma == 0) {
+    for (const auto& c : b.trace->meta().channels) s.channels.push_back(c.name);
+  }
   for (const auto& p : policies) {
-    const std::string channel(prefetch_channel(p));
-    if (channel.empty() || s.predictions.contains(channel)) continue;
-    std::shared_ptr<const policy::PredictionTable> t;
-    const auto key = std::make_pair(s.workload.get(), channel);
-    if (cache != nullptr && cache->contains(key)) {
-      t = cache->at(key);
-    } else {
-      std::uint32_t c = 0;
-      try {
-        c = b.trace->channel_index(channel);
-      } catch (const ConfigError& e) {
-        throw ConfigError(s.opt.trace, "policies", p, e.reason());
+    for (const std::string& channel : policy_channels(p, s.channels)) {
+      if (s.predictions.contains(channel)) continue;
+      std::shared_ptr<const policy::PredictionTable> t;
+      const auto key = std::make_pair(s.workload.get(), channel);
+      if (cache != nullptr && cache->contains(key)) {
+        t = cache->at(key);
+      } else {
+        std::uint32_t c = 0;
+        try {
+          c = b.trace->channel_index(channel);
+        } catch (const ConfigError& e) {
+          throw ConfigError(s.opt.trace, "policies", p, e.reason());
+        }
+        policy::PredictionOptions po;
+        po.name = channel;
+        po.max_candidates = b.trace->meta().channels[c].max_candidates;
+        po.top = s.opt.predict_top == 0 ? s.model.shape.top_k : s.opt.predict_top;
+        t = std::make_shared<const policy::PredictionTable>(policy::build_predictions(*b.trace, c, *s.workload, po));
+        if (cache != nullptr) (*cache)[key] = t;
       }
-      policy::PredictionOptions po;
-      po.name = channel;
-      po.max_candidates = b.trace->meta().channels[c].max_candidates;
-      po.top = s.opt.predict_top == 0 ? s.model.shape.top_k : s.opt.predict_top;
-      t = std::make_shared<const policy::PredictionTable>(policy::build_predictions(*b.trace, c, *s.workload, po));
-      if (cache != nullptr) (*cache)[key] = t;
+      s.predictions[channel] = std::move(t);
     }
-    s.predictions[channel] = std::move(t);
   }
 }
 
@@ -380,6 +387,14 @@ inline runtime::RunMetrics run_scenario_policy(const Scenario& s, const std::str
     in.predictor_where = predictor_where(s.opt, channel);
     in.prefetch_depth = s.opt.prefetch_depth;
     in.lookahead = s.opt.lookahead;
+  }
+  if (parse_composed(name)) {
+    for (const std::string& c : policy_channels(name, s.channels)) {
+      const auto it = s.predictions.find(c);
+      if (it == s.predictions.end()) continue;
+      in.tables.push_back({it->second.get(), predictor_latency(s.opt, *s.cost, c), predictor_where(s.opt, c)});
+    }
+    in.training = s.training.get();
   }
   if (name.starts_with("predict:") || name == "moe-infinity") {
     in.prefetch_depth = s.opt.prefetch_depth;

@@ -125,6 +125,10 @@ class LayerLru {
   void touch(ExpertId id, std::uint32_t experts_per_layer) { lists_[id.layer].touch(id.flat(experts_per_layer)); }
   /// Drops `id` from the order (it was evicted or its copy cancelled).
   void forget(ExpertId id, std::uint32_t experts_per_layer) { lists_[id.layer].remove(id.flat(experts_per_layer)); }
+  /// The experts `layer` holds, least recently used first (flat ids).
+  [[nodiscard]] const RecencyList& order(std::uint32_t layer) const noexcept { return lists_[layer]; }
+  /// Slots `layer` may hold before it borrows (its equal share of the budget).
+  [[nodiscard]] std::uint32_t share(std::uint32_t layer) const noexcept { return share_[layer]; }
   /// Least recently used evictable expert of `layer` that `skip` does not exclude, or kNone.
   template <Executor E, class Skip = baseline_detail::KeepAll>
   std::uint32_t oldest_of_layer(const E& e, std::uint32_t layer, const Skip& skip = {}) const {

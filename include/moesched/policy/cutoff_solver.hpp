@@ -20,6 +20,9 @@
 /// with t_l = model.layer_time(tokens, ceil(k)) and p_l the confidence of layer l's predictions
 /// (1 when none are given). One pass over the layers with prefix sums: O(L). Ties go to the
 /// shallower cutoff (less memory, less link).
+///
+/// choose_cutoff(rule, ...) is what a policy calls per SD pass: the solver, the closed form, a
+/// fixed depth, or every layer (no cutoff), each switchable for ablations.
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/units.hpp"
@@ -113,5 +116,25 @@ struct CutoffSolver {
     return best;
   }
 };
+
+/// How a policy picks its cutoff layer (SP-MoE's ablation axis).
+enum class CutoffRule : std::uint8_t {
+  solver,       ///< CutoffSolver: the modelled verification time's minimum
+  closed_form,  ///< closed_form_cutoff (the guide's formula)
+  fixed,        ///< a given depth, capped at L
+  all,          ///< every layer (no cutoff)
+};
+
+/// The cutoff of one SD pass under `rule` (`fixed` is the depth for CutoffRule::fixed).
+template <LatencyModel M>
+[[nodiscard]] std::uint32_t choose_cutoff(CutoffRule rule, std::uint32_t fixed, const M& model, const CutoffInputs& in) noexcept {
+  switch (rule) {
+    case CutoffRule::solver: return CutoffSolver{}.solve(model, in).cutoff;
+    case CutoffRule::closed_form: return closed_form_cutoff(model, in);
+    case CutoffRule::fixed: return std::min(fixed, in.layers);
+    case CutoffRule::all: break;
+  }
+  return in.layers;
+}
 
 }  // namespace moesched::policy

@@ -8,6 +8,7 @@
 ///   moesched::policy::Predictive<moesched::policy::ActivationMatrixPredictor> moe_infinity(
 ///       moesched::policy::ActivationMatrixPredictor{64}, {.horizon = 0});   // every later layer
 ///
+/// The predictor is driven by the RankAhead component (moesched/policy/rank_ahead.hpp).
 /// Per pass: at its start the predictor ranks the first `horizon` layers (from what earlier passes
 /// showed); at each layer's gate (its first call) the predictor observes the gate's set, then ranks
 /// the next `horizon` layers of the pass (0 = every later layer), and each ranking replaces that
@@ -27,6 +28,7 @@
 #include "moesched/policy/expert_predictor.hpp"
 #include "moesched/policy/popularity_predictor.hpp"
 #include "moesched/policy/prefetch_queue.hpp"
+#include "moesched/policy/rank_ahead.hpp"
 #include "moesched/policy/transition_predictor.hpp"
 #include "moesched/runtime/archetype.hpp"
 #include "moesched/runtime/executor.hpp"
@@ -55,22 +57,18 @@ class Predictive {
   [[nodiscard]] static constexpr std::string_view name() noexcept { return "predict"; }
 
   explicit Predictive(P predictor = P{}, PredictiveOptions opt = {})
-      : predictor_(std::move(predictor)), opt_(opt), queue_(opt.depth, opt.lookahead) {}
+      : feed_(std::move(predictor), opt.top), opt_(opt), queue_(opt.depth, opt.lookahead) {}
 
-  [[nodiscard]] const P& predictor() const noexcept { return predictor_; }
-  [[nodiscard]] P& predictor() noexcept { return predictor_; }
+  [[nodiscard]] const P& predictor() const noexcept { return feed_.predictor(); }
+  [[nodiscard]] P& predictor() noexcept { return feed_.predictor(); }
   [[nodiscard]] const PredictiveOptions& options() const noexcept { return opt_; }
   /// Rankings the predictor made.
-  [[nodiscard]] std::uint64_t rankings() const noexcept { return rankings_; }
+  [[nodiscard]] std::uint64_t rankings() const noexcept { return feed_.rankings(); }
 
   template <Executor E>
   void on_pass_begin(E& e, const PassInfo& pass) {
-    if (last_need_.empty()) {
-      predictor_.resize(e.layers(), e.experts_per_layer());
-      last_need_.assign(e.layers(), 0);
-      out_.assign(e.experts_per_layer(), {});
-    }
-    predictor_.begin_pass(pass);
+    feed_.resize(e.layers(), e.experts_per_layer());
+    feed_.begin_pass(pass);
     queue_.begin_pass(e, pass);
     gated_ = -1;
     rank_ahead(e, 0);
@@ -81,8 +79,7 @@ class Predictive {
     queue_.gate(e, layer, needed);
     if (gated_ == static_cast<std::int64_t>(layer)) return;  // a later call: demand only
     gated_ = layer;
-    predictor_.observe(layer, needed);
-    last_need_[layer] = static_cast<std::uint32_t>(needed.size());
+    feed_.observe(layer, needed);
     rank_ahead(e, layer + 1);
   }
   template <Executor E>
@@ -102,25 +99,15 @@ class Predictive {
   /// Ranks layers first .. first + horizon - 1 of the pass and hands them to the queue.
   template <Executor E>
   void rank_ahead(E& e, std::uint32_t first) {
-    const std::uint32_t L = e.layers();
-    const std::uint32_t end = opt_.horizon == 0 ? L : std::min<std::uint32_t>(L, first + opt_.horizon);
-    const auto per = static_cast<std::uint32_t>(out_.size());
-    for (std::uint32_t t = first; t < end; ++t) {
-      std::uint32_t want = opt_.top != 0 ? opt_.top : last_need_[t];
-      want = std::min(std::max<std::uint32_t>(want, 1), per);
-      const std::uint32_t n = predictor_.predict(t, std::span<runtime::ScoredExpert>(out_.data(), want));
-      ++rankings_;
-      (void)queue_.replace(e, t, std::span<const runtime::ScoredExpert>(out_.data(), n));
-    }
+    feed_.rank(first, opt_.horizon, [&](std::uint32_t t, std::span<const runtime::ScoredExpert> ranked) {
+      (void)queue_.replace(e, t, ranked);
+    });
   }
 
-  P predictor_;
+  RankAhead<P> feed_;
   PredictiveOptions opt_;
   PrefetchQueue queue_;
-  std::vector<std::uint32_t> last_need_;      // per layer: experts its last gate asked for
-  std::vector<runtime::ScoredExpert> out_;    // one ranking (experts_per_layer long)
   std::int64_t gated_ = -1;
-  std::uint64_t rankings_ = 0;
 };
 
 static_assert(Policy<Predictive<PopularityPredictor>, runtime::ArchetypeExecutor>);

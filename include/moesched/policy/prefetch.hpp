@@ -5,7 +5,8 @@
 ///   auto m = moesched::sim::replay(workload, cost, pol, {.budget = moesched::Bytes::gib(8)});
 ///
 /// The mechanism is ProMoE's (arXiv 2410.22134), with the predictor abstracted to a table:
-/// - Every predicted set of the pass becomes one predictor job (moesched/runtime/jobs.hpp) whose
+/// - Every predicted set of the pass becomes one predictor job (moesched/runtime/jobs.hpp; the
+///   TableJobs component, moesched/policy/table_jobs.hpp) whose
 ///   ready point is where the set's input exists: after MoE layer `after` of the pass, after
 ///   draft step `draft_tokens` of an SD pass, or the pass start. The job runs where the predictor
 ///   runs (`where`: CPU workers for an MLP, the compute stream for a router GEMV) and costs
@@ -25,13 +26,13 @@
 #include "moesched/core/units.hpp"
 #include "moesched/policy/prediction_table.hpp"
 #include "moesched/policy/prefetch_queue.hpp"
+#include "moesched/policy/table_jobs.hpp"
 #include "moesched/runtime/archetype.hpp"
 #include "moesched/runtime/executor.hpp"
 #include "moesched/runtime/jobs.hpp"
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -50,47 +51,17 @@ class Prefetch {
   /// `where`: where the predictor runs (its `latency` is charged there).
   Prefetch(const PredictionTable& table, Nanoseconds latency, std::uint32_t depth = 2, std::uint32_t lookahead = 0,
            runtime::JobResource where = runtime::JobResource::cpu_worker)
-      : table_(&table), latency_(latency), where_(where), queue_(depth, lookahead) {
-    for (std::uint64_t i = 0; i < table.set_count(); ++i) block_size_ = std::max(block_size_, table.set(i).count);
-    block_size_ = std::max<std::uint32_t>(block_size_, 1);
-  }
+      : jobs_(table, latency, where), queue_(depth, lookahead) {}
   Prefetch(PredictionTable&&, Nanoseconds, std::uint32_t = 2, std::uint32_t = 0,
            runtime::JobResource = runtime::JobResource::cpu_worker) = delete;  // keeps a pointer
 
   /// Predictor jobs that ended after the gate of the layer they predicted (or after their pass).
-  [[nodiscard]] std::uint64_t too_late() const noexcept { return too_late_; }
+  [[nodiscard]] std::uint64_t too_late() const noexcept { return too_late_ + jobs_.stale(); }
 
   template <JobExecutor E>
   void on_pass_begin(E& e, const PassInfo& pass) {
     queue_.begin_pass(e, pass);
-    pass_ = pass.index;
-    if (pass_ >= table_->pass_count()) return;
-    // One job per predicted set, ready where its input exists.
-    for (std::uint64_t i = table_->pass_begin(pass_); i < table_->pass_end(pass_); ++i) {
-      const PredictedSet& s = table_->set(i);
-      runtime::PredictorJob job;
-      job.where = where_;
-      job.cost = latency_;
-      job.predict = &PredictionTable::predict;
-      job.predictor = table_;
-      job.input.pass = pass_;
-      job.input.layer = s.layer;
-      job.input.key = i;
-      if (s.after >= 0) {
-        job.ready = runtime::ReadyPoint::after_layer(static_cast<std::uint32_t>(s.after));
-        job.input.source = runtime::InputSource::layer_boundary;
-      } else if (pass.draft_len > 0 && s.draft_tokens > 0) {
-        job.ready = runtime::ReadyPoint::after_draft(std::min<std::uint32_t>(s.draft_tokens, pass.draft_len));
-        job.input.source = runtime::InputSource::draft_state;
-      } else {
-        job.ready = runtime::ReadyPoint::pass_start();
-        job.input.source = runtime::InputSource::layer_boundary;
-      }
-      const std::uint32_t b = take_block(i);
-      job.tag = b;
-      job.out = {blocks_[b].get(), block_size_};
-      if (!e.submit_job(job)) free_blocks_.push_back(b);
-    }
+    jobs_.submit(e, pass);  // one job per predicted set, ready where its input exists
   }
 
   template <JobExecutor E>
@@ -113,40 +84,14 @@ class Prefetch {
   /// A predictor job ended: its candidates join the prefetch queue (unless too late).
   template <JobExecutor E>
   void on_job_done(E& e, std::uint32_t tag, std::uint32_t count) {
-    const std::uint64_t set = block_set_[tag];
-    const runtime::ScoredExpert* out = blocks_[tag].get();
-    free_blocks_.push_back(tag);
-    if (pass_ >= table_->pass_count() || set < table_->pass_begin(pass_) || set >= table_->pass_end(pass_)) {
-      ++too_late_;  // the pass it was for is over
-      return;
-    }
-    const PredictedSet& s = table_->set(set);
-    if (!queue_.push(e, s.layer, std::span<const runtime::ScoredExpert>(out, std::min(count, block_size_)))) ++too_late_;
+    const TableJobs::Result r = jobs_.take(tag, count);
+    if (r.set == nullptr) return;  // the pass it was for is over (counted by the jobs)
+    if (!queue_.push(e, r.set->layer, r.ranked)) ++too_late_;
   }
 
  private:
-  /// A result block for a job of set `set` (reused once its job ended).
-  std::uint32_t take_block(std::uint64_t set) {
-    if (free_blocks_.empty()) {
-      free_blocks_.push_back(static_cast<std::uint32_t>(blocks_.size()));
-      blocks_.push_back(std::make_unique<runtime::ScoredExpert[]>(block_size_));
-      block_set_.push_back(0);
-    }
-    const std::uint32_t b = free_blocks_.back();
-    free_blocks_.pop_back();
-    block_set_[b] = set;
-    return b;
-  }
-
-  const PredictionTable* table_;
-  Nanoseconds latency_;
-  runtime::JobResource where_;
-  std::uint32_t block_size_ = 1;                // candidates of the largest set
-  std::vector<std::unique_ptr<runtime::ScoredExpert[]>> blocks_;  // job results, one block per job in flight
-  std::vector<std::uint64_t> block_set_;        // the set each block's job predicts
-  std::vector<std::uint32_t> free_blocks_;
+  TableJobs jobs_;
   PrefetchQueue queue_;
-  std::uint64_t pass_ = 0;
   std::uint64_t too_late_ = 0;
 };
 

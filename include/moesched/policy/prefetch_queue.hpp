@@ -24,34 +24,104 @@
 /// - Early preemption at the gate: the layer's queued low copies that the gate did not ask for
 ///   are cancelled, the asked ones still queued or moving are promoted to high, and the absent ones
 ///   are copied at high priority (demand).
+/// Every mechanism can be switched on its own (PrefetchQueueOptions), for the published policies
+/// and their ablations:
+/// - `victim`: layer_clock (above), layer_lru (ProMoE's and Mixtral-offloading's cache: a prefetch
+///   evicts like a demand copy of its layer, LayerLru::victim), or utility (the ReuseModel: demand
+///   and prefetch evict the held expert expected to be needed last, and a prefetch is issued only
+///   when its candidate is expected to be needed before that victim; set_utility() gives the model).
+/// - `preempt`: early preemption at the gate (off: the layer's speculative copies run on, at low
+///   priority, whether asked or not).
+/// - `touch`: a candidate already resident or in flight is touched in the per-layer LRU (ProMoE's
+///   "a prefetch touches the entry"); off: its place in the LRU order is left alone.
+/// - set_cutoff(c, beyond) (per pass, SP-MoE): layers below c may be prefetched at any distance,
+///   layers from c on only within `beyond` layers of the running one (0: never).
+/// - set_depth(d) (per pass or phase): batched submission, e.g. every drafting-time copy at once.
 /// State is sized at the first begin_pass (layers x experts); afterwards nothing allocates except
 /// a per-layer candidate list growing past its high-water mark (push() appends; replace() keeps at
 /// most the candidates of one prediction).
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
+#include "moesched/core/routing.hpp"
 #include "moesched/policy/baseline.hpp"
+#include "moesched/policy/prediction_ledger.hpp"
 #include "moesched/policy/recency_list.hpp"
+#include "moesched/policy/reuse_model.hpp"
 #include "moesched/runtime/executor.hpp"
 #include "moesched/runtime/jobs.hpp"
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace moesched::policy {
 
+/// How a prefetch (and, for `utility`, a demand copy) chooses what to evict.
+enum class PrefetchVictim : std::uint8_t {
+  layer_clock,  ///< Belady with layers as the clock, LRU within a layer (demand: per-layer LRU)
+  layer_lru,    ///< the predicted layer's own LRU share, borrowing (ProMoE, Mixtral-offloading)
+  utility,      ///< the ReuseModel's expected next use, for prefetch and demand alike (moesched)
+};
+
+/// The queue's switches (see the header comment); the defaults are the original mechanism.
+struct PrefetchQueueOptions {
+  std::uint32_t depth = 2;      ///< copies outstanding (demand of the running layer included), at least 1
+  std::uint32_t lookahead = 0;  ///< issue only for the next N layers after the running one (0 = any)
+  PrefetchVictim victim = PrefetchVictim::layer_clock;
+  bool preempt = true;          ///< early preemption at the gate
+  bool touch = true;            ///< a resident or in-flight candidate is touched in the LRU
+};
+
 class PrefetchQueue {
  public:
+  /// No cutoff (set_cutoff): every layer may be prefetched at any distance.
+  static constexpr std::uint32_t kNoCutoff = ~std::uint32_t{0};
+
   /// `depth`: copies (demand copies of the running layer included) kept outstanding before another
   /// prefetch is issued (at least 1). `lookahead`: prefetch only for the next `lookahead` layers
   /// after the running one (ProMoE's bounded lookahead; 0 = any later layer of the pass).
   explicit PrefetchQueue(std::uint32_t depth = 2, std::uint32_t lookahead = 0)
-      : depth_(depth < 1 ? 1 : depth), lookahead_(lookahead) {}
+      : PrefetchQueue(PrefetchQueueOptions{.depth = depth, .lookahead = lookahead}) {}
+  explicit PrefetchQueue(const PrefetchQueueOptions& opt)
+      : opt_(opt), depth_(opt.depth < 1 ? 1 : opt.depth), lookahead_(opt.lookahead) {
+    opt_.depth = depth_;
+  }
 
   [[nodiscard]] std::uint32_t depth() const noexcept { return depth_; }
   [[nodiscard]] std::uint32_t lookahead() const noexcept { return lookahead_; }
+  [[nodiscard]] const PrefetchQueueOptions& options() const noexcept { return opt_; }
+  /// Copies kept outstanding from now on (batched submission; at least 1). begin_pass() restores
+  /// the configured depth.
+  void set_depth(std::uint32_t depth) noexcept { depth_ = depth < 1 ? 1 : depth; }
+  /// For the running pass: layers below `cutoff` may be prefetched at any distance, later layers
+  /// only within `beyond` layers of the running one (0: never). begin_pass() lifts it.
+  void set_cutoff(std::uint32_t cutoff, std::uint32_t beyond) noexcept {
+    cutoff_ = cutoff;
+    beyond_ = beyond;
+  }
+  [[nodiscard]] std::uint32_t cutoff() const noexcept { return cutoff_; }
+  /// The model the `utility` victim rule reads, and the phase of the running pass (call at every
+  /// pass start; the pointers must stay valid while the queue runs).
+  void set_utility(const ReuseModel* model, const PredictionLedger* ledger, StepPhase phase) noexcept {
+    reuse_ = model;
+    ledger_ = ledger;
+    phase_ = phase;
+  }
+  /// For the `utility` rule: the share of time the link is busy (0..1). A candidate is issued only
+  /// when its probability of being used exceeds it: a wrong copy costs its link time when the link
+  /// is the bottleneck (about `load` of the time), a right one hides a demand copy's wait when it
+  /// is not (about 1 - `load`), so a copy used with probability q gains q (1 - load) - (1 - q) load
+  /// copy times, positive iff q > load. 0 (the default): link cost ignored.
+  void set_link_load(double load) noexcept { load_ = load < 0.0 ? 0.0 : (load > 1.0 ? 1.0 : load); }
+  [[nodiscard]] double link_load() const noexcept { return load_; }
+  /// Prefetch candidates dropped because they were not expected to be needed before their victim
+  /// (or, with a link load, not likely enough to be used).
+  [[nodiscard]] std::uint64_t declined() const noexcept { return declined_; }
+  /// Copies the queue submitted: prefetches and the gates' demand copies.
+  [[nodiscard]] std::uint64_t copies() const noexcept { return copies_; }
   /// The last gated layer of the running pass, -1 before its first gate.
   [[nodiscard]] std::int64_t gated_layer() const noexcept { return layer_; }
   /// The cache (per-layer LRU order) the queue keeps.
@@ -75,6 +145,9 @@ class PrefetchQueue {
     }
     pass_ = pass.index;
     layer_ = -1;
+    depth_ = opt_.depth;
+    cutoff_ = kNoCutoff;
+    beyond_ = 0;
     for (auto& q : pending_) q.clear();
     first_pending_ = e.layers();
     needed_.clear();
@@ -114,20 +187,52 @@ class PrefetchQueue {
         bool asked = false;
         for (ExpertId n : needed) asked = asked || n == id;
         if (asked) {
-          e.promote(id);
-          land(f);
-        } else if (e.cancel(id)) {
+          if (opt_.preempt) e.promote(id);
+          land(f);  // counted with the layer's demand from now on
+        } else if (opt_.preempt && e.cancel(id)) {
           land(f);
           forget(e, f);
         }
       }
       low_[layer].clear();
     }
+    std::uint32_t absent_before = 0;
+    for (ExpertId id : needed) absent_before += e.residency(id) == Residency::absent ? 1U : 0U;
+    demand(e, layer, needed);
+    for (ExpertId id : needed) absent_before -= e.residency(id) == Residency::absent ? 1U : 0U;
+    copies_ += absent_before;
+  }
+
+ private:
+  /// The gate's demand copies under the configured victim rule.
+  template <Executor E>
+  void demand(E& e, std::uint32_t layer, std::span<const ExpertId> needed) {
+    const std::uint32_t per = e.experts_per_layer();
+    if (opt_.victim == PrefetchVictim::utility && reuse_ != nullptr) {
+      for (ExpertId id : needed) {
+        if (e.residency(id) != Residency::absent) cache_.touch(id, per);
+      }
+      baseline_detail::demand(
+          e, needed,
+          [&] {
+            const std::uint32_t v = utility_victim(e, true).first;
+            return v != RecencyList::kNone ? v : utility_victim(e, false).first;
+          },
+          [&](ExpertId id, bool in) {
+            if (in) {
+              cache_.touch(id, per);
+            } else {
+              forget(e, id.flat(per));
+            }
+          });
+      return;
+    }
     cache_.demand(
         e, layer, needed, [&](std::uint32_t held) { return unused_prefetch(held, per); },
         [&](std::uint32_t evicted) { marks_[evicted] = 0; });
   }
 
+ public:
   template <Executor E>
   void expert_done(E& e, ExpertId id) {
     marks_[id.flat(e.experts_per_layer())] = 0;
@@ -152,7 +257,11 @@ class PrefetchQueue {
     const auto L = static_cast<std::uint32_t>(pending_.size());
     const auto next_layer = static_cast<std::uint32_t>(layer_ + 1);  // layer_ >= -1
     first_pending_ = std::min(L, std::max(first_pending_, next_layer));
-    const std::uint32_t last = lookahead_ == 0 ? L : std::min(L, next_layer + lookahead_);
+    std::uint32_t last = lookahead_ == 0 ? L : std::min(L, next_layer + lookahead_);
+    if (cutoff_ != kNoCutoff) {
+      const std::uint32_t reach = beyond_ == 0 ? 0 : next_layer + beyond_;
+      last = std::min(last, std::max(cutoff_, reach));
+    }
     for (std::uint32_t l = first_pending_; l < last; ++l) {
       auto& q = pending_[l];
       std::size_t i = 0;
@@ -163,16 +272,33 @@ class PrefetchQueue {
         const ExpertId id{static_cast<std::uint16_t>(l), q[i]};
         const std::uint32_t f = id.flat(per);
         if (e.residency(id) != Residency::absent) {
-          cache_.touch(id, per);
+          if (opt_.touch) cache_.touch(id, per);
+          continue;
+        }
+        if (opt_.victim == PrefetchVictim::utility && reuse_ != nullptr && load_ > 0.0 &&
+            !(reuse_->probability(id, layer_, phase_, *ledger_) > load_)) {
+          ++declined_;  // a likely waste of link time
           continue;
         }
         if (e.free_slots() == 0) {
-          const std::uint32_t v = victim(e, l);
+          std::uint32_t v = RecencyList::kNone;
+          if (opt_.victim == PrefetchVictim::utility && reuse_ != nullptr) {
+            const auto [u, worst] = utility_victim(e, true);
+            if (u == RecencyList::kNone) break;  // retried when a copy lands or a layer ends
+            if (!(reuse_->next_use(id, layer_, phase_, *ledger_) < worst)) {
+              ++declined_;  // not expected to be needed before what it would evict
+              continue;
+            }
+            v = u;
+          } else {
+            v = victim(e, l);
+          }
           if (v == RecencyList::kNone) break;  // retried when a copy lands or a layer ends
           if (!e.evict(ExpertId::from_flat(v, per))) break;
           forget(e, v);
         }
         if (!e.copy(id, CopyPriority::low)) break;
+        ++copies_;
         cache_.touch(id, per);
         marks_[f] = mark;
         low_flight_[f] = 1;
@@ -191,12 +317,15 @@ class PrefetchQueue {
   /// within it, and only from layers whose turn comes after `layer`'s (else the copy would evict
   /// something needed sooner than what it brings). Experts prefetched for this pass and not yet
   /// used are kept. RecencyList::kNone when there is no such expert.
+  /// With `victim = layer_lru`: the predicted layer's LRU victim (LayerLru::victim), sparing this
+  /// pass's unused prefetches.
   template <Executor E>
   [[nodiscard]] std::uint32_t victim(const E& e, std::uint32_t layer) const {
     const std::uint32_t per = e.experts_per_layer();
     const std::int64_t L = e.layers();
     const std::int64_t cur = layer_;  // -1 before the first gate
     auto skip = [&](std::uint32_t held) { return unused_prefetch(held, per); };
+    if (opt_.victim == PrefetchVictim::layer_lru) return cache_.victim(e, layer, skip);
     const std::int64_t need = static_cast<std::int64_t>(layer) - cur;  // turns until `layer` runs
     for (std::int64_t d = L; d > need; --d) {  // turn distance d: layer (cur + d) mod L
       const auto x = static_cast<std::uint32_t>(((cur + d) % L + L) % L);
@@ -207,6 +336,27 @@ class PrefetchQueue {
   }
 
  private:
+  /// The evictable held expert expected to be needed last (ties: the least recently used of the
+  /// lowest layer), sparing this pass's unused prefetches when `spare`; with its expected next use.
+  template <Executor E>
+  [[nodiscard]] std::pair<std::uint32_t, double> utility_victim(const E& e, bool spare) const {
+    const std::uint32_t per = e.experts_per_layer();
+    std::uint32_t best = RecencyList::kNone;
+    double worst = -1.0;
+    for (std::uint32_t l = 0; l < e.layers(); ++l) {
+      const RecencyList& list = cache_.order(l);
+      for (std::uint32_t v = list.oldest(); v != RecencyList::kNone; v = list.newer(v)) {
+        const ExpertId id = ExpertId::from_flat(v, per);
+        if ((spare && unused_prefetch(v, per)) || !e.evictable(id)) continue;
+        const double t = reuse_->next_use(id, layer_, phase_, *ledger_);
+        if (t > worst) {
+          worst = t;
+          best = v;
+        }
+      }
+    }
+    return {best, worst};
+  }
   /// Flat id `held` was prefetched for a layer of this pass still to run.
   [[nodiscard]] bool unused_prefetch(std::uint32_t held, std::uint32_t per) const noexcept {
     return marks_[held] == pass_ + 1 && static_cast<std::int64_t>(held / per) > layer_;
@@ -223,8 +373,17 @@ class PrefetchQueue {
     marks_[f] = 0;
   }
 
+  PrefetchQueueOptions opt_;
   std::uint32_t depth_;
   std::uint32_t lookahead_;
+  std::uint32_t cutoff_ = kNoCutoff;
+  std::uint32_t beyond_ = 0;
+  const ReuseModel* reuse_ = nullptr;
+  const PredictionLedger* ledger_ = nullptr;
+  StepPhase phase_ = StepPhase::decode;
+  std::uint64_t declined_ = 0;
+  std::uint64_t copies_ = 0;
+  double load_ = 0.0;
   LayerLru cache_;
   std::vector<std::uint64_t> marks_;                 // pass + 1 while prefetched and not yet used
   std::vector<std::uint8_t> low_flight_;             // a low copy is queued or moving

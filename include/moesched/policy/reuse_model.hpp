@@ -1,0 +1,144 @@
+#pragma once
+/// ReuseModel: the probability that an expert is needed at its layer's next turn, learned online
+/// from the gates, and from it the expected number of MoE layers until its next use: one utility
+/// for both eviction (evict what is expected to be needed last, Belady's rule with expectations)
+/// and prefetch admission (bring a candidate only if it is expected to be needed before what it
+/// evicts). The unified score of `moesched` (MoE-SpAc's idea of one score for both decisions).
+///
+///   moesched::policy::PredictionLedger ledger;   ledger.resize(8, 8);
+///   moesched::policy::ReuseModel reuse;          reuse.resize(8, 8);
+///   reuse.observe(/*layer=*/3, needed, StepPhase::decode, ledger);   // every layer's first gate
+///   reuse.probability({3, 5}, /*running layer=*/1, StepPhase::decode, ledger);
+///   reuse.next_use({3, 5}, 1, StepPhase::decode, ledger);            // layers until L3/E5 is used
+///
+/// The model, per MoE layer and pass phase (prefill, decode, verify): an expert's state is whether
+/// its layer's gate asked for it at each of the layer's last two turns (4 histories) and, when the
+/// running pass has a prediction for the layer, the expert's rank in it (0, 1, 2, 3 or more, or not
+/// predicted). P(needed | state) is counted at every gate with a uniform prior (one use, one
+/// non-use): nothing is fitted offline, and no weight or decay is chosen by hand. A layer whose
+/// prediction for this pass has not arrived yet is read with the history alone (its own counts).
+/// next_use = d + L x (1 / p - 1): d = layers until the expert's layer runs again (1..L), then a
+/// geometric number of further turns with probability p each.
+/// Cost: observe() O(experts of the layer); probability() and next_use() O(1); nothing allocates
+/// after resize().
+
+#include "moesched/core/config.hpp"
+#include "moesched/core/expert_id.hpp"
+#include "moesched/core/routing.hpp"
+#include "moesched/policy/prediction_ledger.hpp"
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace moesched::policy {
+
+class ReuseModel {
+ public:
+  static constexpr std::uint32_t kHistoryBits = 4;  ///< turns of the layer remembered per expert
+  static constexpr std::uint32_t kHistories = 1U << kHistoryBits;
+  static constexpr std::uint32_t kBuckets = 5;    ///< rank 0, 1, 2, 3+, not predicted
+  static constexpr std::uint32_t kPhases = 3;     ///< prefill, decode, verify
+
+  void resize(std::uint32_t layers, std::uint32_t experts) {
+    if (layers == layers_ && experts == experts_) return;
+    layers_ = layers;
+    experts_ = experts;
+    history_.assign(std::size_t{layers} * experts, 0);
+    mark_.assign(experts, 0);
+    marginal_.assign(std::size_t{layers} * kPhases * kHistories, Count{});
+    joint_.assign(std::size_t{layers} * kPhases * kHistories * kBuckets, Count{});
+    stamp_ = 0;
+  }
+  [[nodiscard]] std::uint32_t layers() const noexcept { return layers_; }
+
+  /// `layer`'s gate asked for `needed` in a pass of `phase` (call once per layer and pass, before
+  /// anything of the layer's next turn is predicted): counts every expert of the layer in its state,
+  /// then moves the histories on.
+  void observe(std::uint32_t layer, std::span<const ExpertId> needed, StepPhase phase, const PredictionLedger& ledger) noexcept {
+    if (layer >= layers_) return;
+    ++stamp_;
+    for (ExpertId id : needed) {
+      if (id.expert < experts_) mark_[id.expert] = stamp_;
+    }
+    const bool predicted = ledger.has_prediction(layer);
+    const std::uint32_t ph = phase_index(phase);
+    std::uint8_t* h = history_.data() + std::size_t{layer} * experts_;
+    for (std::uint32_t e = 0; e < experts_; ++e) {
+      const bool used = mark_[e] == stamp_;
+      const std::uint32_t hist = h[e];
+      Count& m = marginal_[marginal_index(layer, ph, hist)];
+      m.total += 1;
+      m.used += used ? 1U : 0U;
+      if (predicted) {
+        const ExpertId id{static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(e)};
+        Count& j = joint_[joint_index(layer, ph, hist, bucket(ledger.rank(id)))];
+        j.total += 1;
+        j.used += used ? 1U : 0U;
+      }
+      h[e] = static_cast<std::uint8_t>(((hist << 1U) | (used ? 1U : 0U)) & (kHistories - 1U));
+    }
+  }
+
+  /// P(`id` is needed at its layer's next turn), the running pass having gated up to layer
+  /// `current` (-1 before its first gate); `phase` is taken for that turn.
+  [[nodiscard]] double probability(ExpertId id, std::int64_t current, StepPhase phase,
+                                   const PredictionLedger& ledger) const noexcept {
+    const std::uint32_t layer = id.layer;
+    const std::uint32_t hist = history_[id.flat(experts_)];
+    const std::uint32_t ph = phase_index(phase);
+    const bool this_pass = static_cast<std::int64_t>(layer) > current;
+    if (this_pass && ledger.has_prediction(layer)) {
+      const Count& j = joint_[joint_index(layer, ph, hist, bucket(ledger.rank(id)))];
+      return j.probability();
+    }
+    return marginal_[marginal_index(layer, ph, hist)].probability();
+  }
+
+  /// Expected MoE layers until `id` is next needed (see the header comment).
+  [[nodiscard]] double next_use(ExpertId id, std::int64_t current, StepPhase phase, const PredictionLedger& ledger) const noexcept {
+    const auto L = static_cast<std::int64_t>(layers_);
+    const std::int64_t layer = id.layer;
+    const std::int64_t d = layer > current ? layer - current : layer - current + L;
+    const double p = probability(id, current, phase, ledger);
+    return static_cast<double>(d) + static_cast<double>(L) * (1.0 / p - 1.0);
+  }
+
+  /// The history bits of `id` (bit 0: asked at its layer's last turn; bit 1: at the one before).
+  [[nodiscard]] std::uint32_t history(ExpertId id) const noexcept { return history_[id.flat(experts_)]; }
+
+ private:
+  struct Count {
+    std::uint64_t used = 0;
+    std::uint64_t total = 0;
+    [[nodiscard]] double probability() const noexcept {
+      return (static_cast<double>(used) + 1.0) / (static_cast<double>(total) + 2.0);
+    }
+  };
+  static std::uint32_t phase_index(StepPhase p) noexcept {
+    switch (p) {
+      case StepPhase::prefill: return 0;
+      case StepPhase::decode: return 1;
+      default: return 2;
+    }
+  }
+  static std::uint32_t bucket(std::uint32_t rank) noexcept {
+    return rank == PredictionLedger::kNotPredicted ? kBuckets - 1 : (rank < kBuckets - 2 ? rank : kBuckets - 2);
+  }
+  [[nodiscard]] std::size_t marginal_index(std::uint32_t layer, std::uint32_t ph, std::uint32_t hist) const noexcept {
+    return (std::size_t{layer} * kPhases + ph) * kHistories + hist;
+  }
+  [[nodiscard]] std::size_t joint_index(std::uint32_t layer, std::uint32_t ph, std::uint32_t hist, std::uint32_t b) const noexcept {
+    return marginal_index(layer, ph, hist) * kBuckets + b;
+  }
+
+  std::uint32_t layers_ = 0;
+  std::uint32_t experts_ = 0;
+  std::vector<std::uint8_t> history_;  // [layer * experts + expert]
+  std::vector<std::uint64_t> mark_;    // per expert of the observed layer: stamp when asked
+  std::uint64_t stamp_ = 0;
+  std::vector<Count> marginal_;        // [layer][phase][history]
+  std::vector<Count> joint_;           // [layer][phase][history][bucket]
+};
+
+}  // namespace moesched::policy

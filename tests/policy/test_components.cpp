@@ -1,0 +1,309 @@
+// The components the published policies are assembled from, driven by hand: the prediction
+// ledger, the reuse model, the prefetch queue's switches (preemption, touch, victim rules, cutoff,
+// batched depth, the utility victim and admission), table jobs' lead, the cutoff rules.
+#include "support/catch.hpp"
+
+#include <moesched/policy/cutoff_solver.hpp>
+#include <moesched/policy/latency_model.hpp>
+#include <moesched/policy/prediction_ledger.hpp>
+#include <moesched/policy/prefetch_queue.hpp>
+#include <moesched/policy/reuse_model.hpp>
+#include <moesched/policy/table_jobs.hpp>
+#include <moesched/runtime/archetype.hpp>
+
+#include <array>
+#include <initializer_list>
+#include <vector>
+
+using namespace moesched;
+using namespace std::chrono_literals;
+using runtime::ArchetypeExecutor;
+using Control = ArchetypeExecutor::Control;
+
+namespace {
+std::vector<runtime::ScoredExpert> ranked(std::initializer_list<std::uint16_t> experts) {
+  std::vector<runtime::ScoredExpert> v;
+  for (auto e : experts) v.push_back({e, 1.0f});
+  return v;
+}
+PassInfo decode(std::uint64_t i) { return PassInfo{i, StepPhase::decode, 1, 1, 0}; }
+
+/// Runs one whole layer through the queue: gate, every needed copy landing, FFNs, layer done.
+void run_layer(policy::PrefetchQueue& q, ArchetypeExecutor& e, std::uint32_t layer, std::span<const ExpertId> need) {
+  q.gate(e, layer, need);
+  for (ExpertId id : need) {
+    REQUIRE(e.residency(id) != Residency::absent);
+    if (e.residency(id) != Residency::resident) {
+      Control::land(e, id);
+      q.copy_done(e, id);
+    }
+  }
+  for (ExpertId id : need) q.expert_done(e, id);
+  q.layer_done(e, layer);
+}
+}  // namespace
+
+TEST_CASE("prediction ledger: best ranks, recall, precision per rank, predicted counts", "[policy][ledger]") {
+  policy::PredictionLedger l;
+  l.resize(2, 4);
+  l.begin_pass();
+  CHECK_FALSE(l.has_prediction(1));
+  l.record(1, ranked({2, 0}));
+  l.record(1, ranked({0, 3}));  // a second prediction of the layer: E0 keeps its best rank
+  CHECK(l.has_prediction(1));
+  CHECK(l.rank({1, 2}) == 0);
+  CHECK(l.rank({1, 0}) == 0);
+  CHECK(l.rank({1, 3}) == 1);
+  CHECK(l.rank({1, 1}) == policy::PredictionLedger::kNotPredicted);
+  CHECK(l.predicted_count(1) == 3);
+  const std::array<ExpertId, 2> need{ExpertId{1, 0}, ExpertId{1, 1}};
+  l.observe(1, need);
+  l.observe(1, need);  // a later call of the same gate adds nothing
+  CHECK(l.recall(1) == Approx(2.0 / 4.0));      // 1 of 2 needed predicted, prior 1/2
+  CHECK(l.precision(1) == Approx(2.0 / 5.0));   // 1 of 3 predicted needed
+  CHECK(l.precision_at(1, 0) == Approx(2.0 / 4.0));  // rank 0: E2, E0; E0 asked
+  CHECK(l.precision_at(1, 1) == Approx(1.0 / 3.0));  // rank 1: E3, not asked
+  CHECK(l.mean_predicted(1) == Approx(3.0));
+  CHECK(l.scored_passes(1) == 1);
+  // A layer without predictions is not scored; the next pass forgets the ranks.
+  l.observe(0, std::array<ExpertId, 1>{ExpertId{0, 1}});
+  CHECK(l.scored_passes(0) == 0);
+  CHECK(l.recall(0) == Approx(0.5));
+  l.begin_pass();
+  CHECK_FALSE(l.has_prediction(1));
+  CHECK(l.rank({1, 2}) == policy::PredictionLedger::kNotPredicted);
+  CHECK(l.predicted_count(1) == 0);
+}
+
+TEST_CASE("reuse model: probabilities counted per history, expected next use", "[policy][reuse]") {
+  policy::PredictionLedger ledger;
+  ledger.resize(2, 4);
+  policy::ReuseModel r;
+  r.resize(2, 4);
+  // Layer 0 asks for E0 six times. E0's history at its gates: 0, 1, 3, 7, 15, 15 (4 turns kept);
+  // the others' stays 0. Counts: history 0: 1 use of 4 + 3 x 5 = 19; histories 1, 3, 7: 1 of 1
+  // each; history 15: 2 of 2.
+  const std::array<ExpertId, 1> e0{ExpertId{0, 0}};
+  for (int i = 0; i < 6; ++i) {
+    ledger.begin_pass();
+    r.observe(0, e0, StepPhase::decode, ledger);
+  }
+  CHECK(r.history({0, 0}) == 15);
+  CHECK(r.history({0, 1}) == 0);
+  CHECK(r.probability({0, 0}, -1, StepPhase::decode, ledger) == Approx(3.0 / 4.0));
+  CHECK(r.probability({0, 1}, -1, StepPhase::decode, ledger) == Approx(2.0 / 21.0));
+  // Never seen in prefill, nor layer 1 at all: the prior.
+  CHECK(r.probability({0, 0}, -1, StepPhase::prefill, ledger) == Approx(0.5));
+  CHECK(r.probability({1, 0}, -1, StepPhase::decode, ledger) == Approx(0.5));
+  // next_use = d + L (1 / p - 1): before layer 0 runs d = 1; after it ran, d = L = 2.
+  CHECK(r.next_use({0, 0}, -1, StepPhase::decode, ledger) == Approx(1.0 + 2.0 / 3.0));
+  CHECK(r.next_use({0, 1}, -1, StepPhase::decode, ledger) == Approx(1.0 + 2.0 * 9.5));
+  CHECK(r.next_use({0, 0}, 0, StepPhase::decode, ledger) == Approx(2.0 + 2.0 / 3.0));
+  // With a prediction of the running pass, the rank's own counts answer (none yet: the prior).
+  ledger.begin_pass();
+  ledger.record(0, ranked({1}));
+  CHECK(r.probability({0, 1}, -1, StepPhase::decode, ledger) == Approx(0.5));
+  r.observe(0, std::array<ExpertId, 1>{ExpertId{0, 1}}, StepPhase::decode, ledger);  // rank 0 was right
+  ledger.begin_pass();
+  ledger.record(0, ranked({1}));
+  // E1 now has history 1 and rank 0: that cell saw no expert yet (E1 had history 0 then): prior.
+  // (E0, not predicted then, had history 15: a cell of its own.)
+  CHECK(r.probability({0, 1}, -1, StepPhase::decode, ledger) == Approx(0.5));
+  ledger.record(0, ranked({2}));  // E2: history 0, rank 0 (same pass, a second prediction)
+  CHECK(r.probability({0, 2}, -1, StepPhase::decode, ledger) == Approx(2.0 / 3.0));  // 1 use of 1
+  CHECK(r.probability({0, 3}, -1, StepPhase::decode, ledger) == Approx(1.0 / 4.0));  // history 0, not predicted: 0 of 2
+}
+
+TEST_CASE("prefetch queue: early preemption can be switched off", "[policy][prefetch_queue]") {
+  for (bool preempt : {true, false}) {
+    CAPTURE(preempt);
+    ArchetypeExecutor e(2, 4, 4);
+    policy::PrefetchQueue q({.depth = 4, .preempt = preempt});
+    q.begin_pass(e, decode(0));
+    CHECK(q.push(e, 1, ranked({0, 1})));
+    CHECK(e.residency({1, 1}) == Residency::queued);
+    const std::array<ExpertId, 1> g1{ExpertId{1, 0}};
+    q.gate(e, 1, g1);
+    // On: the unasked queued guess is cancelled (its slot freed); off: it stays.
+    CHECK(e.residency({1, 1}) == (preempt ? Residency::absent : Residency::queued));
+    CHECK(e.free_slots() == (preempt ? 3U : 2U));
+    CHECK(e.residency({1, 0}) == Residency::queued);  // asked: kept (promoted when on)
+  }
+}
+
+TEST_CASE("prefetch queue: a prefetch touches a resident candidate only with touch on", "[policy][prefetch_queue]") {
+  // 2 layers x 4 experts, 4 slots (2 per layer). Layer 0 holds E0 (older) and E1. A prediction
+  // for layer 0 names E0 (resident) then E2 (absent): with touch, E0 becomes the newest and E1 is
+  // the layer's LRU victim; without, E0 is.
+  for (bool touch : {true, false}) {
+    CAPTURE(touch);
+    ArchetypeExecutor e(2, 4, 4);
+    policy::PrefetchQueue q({.depth = 2, .victim = policy::PrefetchVictim::layer_lru, .touch = touch});
+    q.begin_pass(e, decode(0));
+    run_layer(q, e, 0, std::array<ExpertId, 2>{ExpertId{0, 0}, ExpertId{0, 1}});
+    run_layer(q, e, 1, std::array<ExpertId, 2>{ExpertId{1, 0}, ExpertId{1, 1}});
+    REQUIRE(e.free_slots() == 0);
+    q.begin_pass(e, decode(1));
+    CHECK(q.push(e, 0, ranked({0, 2})));
+    CHECK(e.residency({0, 2}) == Residency::queued);
+    CHECK(e.residency({0, 0}) == (touch ? Residency::resident : Residency::absent));
+    CHECK(e.residency({0, 1}) == (touch ? Residency::absent : Residency::resident));
+    CHECK(e.residency({1, 0}) == Residency::resident);  // layer 1 untouched: its own share
+  }
+}
+
+TEST_CASE("prefetch queue: layer-LRU victims stay in the predicted layer, layer-clock victims do not",
+          "[policy][prefetch_queue]") {
+  for (auto rule : {policy::PrefetchVictim::layer_lru, policy::PrefetchVictim::layer_clock}) {
+    ArchetypeExecutor e(2, 4, 4);
+    policy::PrefetchQueue q({.depth = 2, .victim = rule});
+    q.begin_pass(e, decode(0));
+    run_layer(q, e, 0, std::array<ExpertId, 2>{ExpertId{0, 0}, ExpertId{0, 1}});
+    run_layer(q, e, 1, std::array<ExpertId, 2>{ExpertId{1, 0}, ExpertId{1, 1}});
+    q.begin_pass(e, decode(1));
+    CHECK(q.push(e, 0, ranked({2})));
+    // Layer clock: layer 1's turn is furthest from the start of a pass: its LRU expert goes.
+    const bool lru = rule == policy::PrefetchVictim::layer_lru;
+    CHECK(e.residency({0, 0}) == (lru ? Residency::absent : Residency::resident));
+    CHECK(e.residency({1, 0}) == (lru ? Residency::resident : Residency::absent));
+  }
+}
+
+TEST_CASE("prefetch queue: the cutoff and batched depth", "[policy][prefetch_queue]") {
+  ArchetypeExecutor e(4, 4, 16);
+  policy::PrefetchQueue q({.depth = 1});
+  q.begin_pass(e, decode(0));
+  q.set_depth(8);      // batched: everything at once
+  q.set_cutoff(2, 1);  // layers 0-1 at any distance, later ones one layer ahead
+  CHECK(q.push(e, 1, ranked({0, 1})));
+  CHECK(q.push(e, 3, ranked({0})));
+  CHECK(q.push(e, 2, ranked({0})));
+  CHECK(e.residency({1, 0}) == Residency::queued);
+  CHECK(e.residency({1, 1}) == Residency::queued);  // depth 8, not 1
+  CHECK(e.residency({2, 0}) == Residency::absent);  // beyond the cutoff: not before layer 1 runs
+  CHECK(e.residency({3, 0}) == Residency::absent);
+  run_layer(q, e, 0, std::array<ExpertId, 1>{ExpertId{0, 3}});
+  CHECK(e.residency({2, 0}) == Residency::absent);
+  run_layer(q, e, 1, std::array<ExpertId, 1>{ExpertId{1, 0}});
+  CHECK(e.residency({2, 0}) == Residency::queued);  // running layer 1: layer 2 is one ahead
+  CHECK(e.residency({3, 0}) == Residency::absent);
+  run_layer(q, e, 2, std::array<ExpertId, 1>{ExpertId{2, 0}});
+  CHECK(e.residency({3, 0}) == Residency::queued);
+  // The next pass lifts the cutoff and restores the depth.
+  q.begin_pass(e, decode(1));
+  CHECK(q.cutoff() == policy::PrefetchQueue::kNoCutoff);
+  CHECK(q.depth() == 1);
+  // beyond = 0: later layers never.
+  q.set_cutoff(1, 0);
+  CHECK(q.push(e, 1, ranked({2})));
+  run_layer(q, e, 0, std::array<ExpertId, 1>{ExpertId{0, 3}});
+  CHECK(e.residency({1, 2}) == Residency::absent);
+}
+
+TEST_CASE("prefetch queue: utility victims and admission", "[policy][prefetch_queue][reuse]") {
+  // Layer 0 has asked for E0 six times, layer 1 for E2 six times: P(L0/E0) = P(L1/E2) = 3/4,
+  // every other expert 2/21 (see the reuse model's test). 2 slots.
+  policy::PredictionLedger ledger;
+  ledger.resize(2, 4);
+  policy::ReuseModel r;
+  r.resize(2, 4);
+  for (int i = 0; i < 6; ++i) {
+    r.observe(0, std::array<ExpertId, 1>{ExpertId{0, 0}}, StepPhase::decode, ledger);
+    r.observe(1, std::array<ExpertId, 1>{ExpertId{1, 2}}, StepPhase::decode, ledger);
+  }
+  ArchetypeExecutor e(2, 4, 2);
+  policy::PrefetchQueue q({.depth = 2, .victim = policy::PrefetchVictim::utility});
+  q.begin_pass(e, decode(0));
+  q.set_utility(&r, &ledger, StepPhase::decode);
+  run_layer(q, e, 0, std::array<ExpertId, 2>{ExpertId{0, 0}, ExpertId{0, 1}});
+  // Running layer 0 (gated): L0/E0's next use 2 + 2 x 1/3 = 2.67, L0/E1's 2 + 2 x 9.5 = 21. L1/E2:
+  // 1 + 2 x 1/3 = 1.67 < 21: admitted, evicting L0/E1 (not the older L0/E0).
+  CHECK(q.push(e, 1, ranked({2})));
+  CHECK(e.residency({1, 2}) == Residency::queued);
+  CHECK(e.residency({0, 1}) == Residency::absent);
+  CHECK(e.residency({0, 0}) == Residency::resident);
+  // L1/E3: 1 + 19 = 20, not below L0/E0's 2.67 (L1/E2, an unused prefetch, is spared): declined.
+  CHECK(q.push(e, 1, ranked({3})));
+  CHECK(e.residency({1, 3}) == Residency::absent);
+  CHECK(q.declined() == 1);
+  CHECK(q.pending(1).empty());
+  // A demand copy evicts by the same score. Layer 1's gate asks for E1 only: L1/E2's guess was
+  // wrong and its layer has run, so its next use is 2 + 2/3, L0/E0's 1 + 2/3 (its turn comes
+  // first): L1/E2 goes, although it landed last.
+  Control::land(e, {1, 2});
+  q.copy_done(e, {1, 2});
+  q.gate(e, 1, std::array<ExpertId, 1>{ExpertId{1, 1}});
+  CHECK(e.residency({1, 1}) == Residency::queued);
+  CHECK(e.residency({1, 2}) == Residency::absent);
+  CHECK(e.residency({0, 0}) == Residency::resident);
+}
+
+TEST_CASE("table jobs: ready points, lead, tags, stale results", "[policy][table_jobs]") {
+  policy::PredictionTable t("hand");
+  t.begin_pass();
+  t.add({3, 0, 0, 0, 0}, std::array<std::uint16_t, 2>{1, 2});   // layer 3 after layer 0
+  t.add({1, -1, 2, 0, 0}, std::array<std::uint16_t, 1>{0});     // layer 1 after draft token 2
+  t.add({0, -1, 0, 0, 0}, std::array<std::uint16_t, 1>{3});     // layer 0 at the pass start
+  t.begin_pass();
+  auto ready = [&](std::uint32_t lead, std::uint16_t draft_len) {
+    ArchetypeExecutor e(4, 4, 4);
+    policy::TableJobs jobs(t, 5us, runtime::JobResource::gpu_stream, 7U << 24U);
+    jobs.submit(e, PassInfo{0, StepPhase::verify, 3, 1, draft_len}, lead);
+    std::vector<runtime::ReadyPoint> out;
+    for (const auto& j : Control::jobs(e)) {
+      CHECK(jobs.owns(j.tag));
+      CHECK(j.cost == 5us);
+      CHECK(j.where == runtime::JobResource::gpu_stream);
+      out.push_back(j.ready);
+    }
+    return out;
+  };
+  using K = runtime::ReadyPoint::Kind;
+  // Sorted by (after, draft tokens, layer): layer 0 (start), layer 1 (draft 2), layer 3 (after 0).
+  auto as_recorded = ready(0, 2);
+  REQUIRE(as_recorded.size() == 3);
+  CHECK(as_recorded[0].kind == K::pass_start);
+  CHECK(as_recorded[1].kind == K::after_draft);
+  CHECK(as_recorded[1].index == 2);
+  CHECK(as_recorded[2].kind == K::after_layer);
+  CHECK(as_recorded[2].index == 0);
+  // lead 1: layer 3 no earlier than after layer 2; layer 1 after layer 0; layer 0 unchanged.
+  auto lead1 = ready(1, 2);
+  CHECK(lead1[0].kind == K::pass_start);
+  CHECK(lead1[1].kind == K::after_layer);
+  CHECK(lead1[1].index == 0);
+  CHECK(lead1[2].index == 2);
+  // lead 3 is at least what was recorded: no change.
+  auto lead3 = ready(3, 2);
+  CHECK(lead3[1].kind == K::after_draft);
+  CHECK(lead3[2].index == 0);
+  // A result is handed back with its set; after the pass, it is stale.
+  ArchetypeExecutor e(4, 4, 4);
+  policy::TableJobs jobs(t, 0ns, runtime::JobResource::cpu_worker);
+  jobs.submit(e, decode(0));
+  auto j = Control::jobs(e).back();
+  const std::uint32_t n = j.predict(j.predictor, j.input, j.out);
+  const auto r = jobs.take(j.tag, n);
+  REQUIRE(r.set != nullptr);
+  CHECK(r.set->layer == 3);
+  REQUIRE(r.ranked.size() == 2);
+  CHECK(r.ranked[0].expert == 1);
+  jobs.submit(e, decode(1));
+  const auto first = Control::jobs(e).front();
+  CHECK(jobs.take(first.tag, 1).set == nullptr);
+  CHECK(jobs.stale() == 1);
+  CHECK_FALSE(jobs.owns(1U << 24U));
+}
+
+TEST_CASE("cutoff rules: solver, closed form, fixed, all", "[policy][cutoff]") {
+  // The hand-computed case of test_cutoff.cpp: L = 4, k = 1, t_io = 400, t_l = 300, T_draft = 1000.
+  const policy::AnalyticalLatency m{.copy_fixed = 0ns, .link_bytes_per_ns = 1.0, .expert = Bytes{400}, .dense = 300ns,
+                                    .draft_step = 250ns};
+  const policy::CutoffInputs in{.layers = 4, .tokens = 5, .draft_window = m.draft_window_time(4),
+                                .experts_per_layer = 1.0, .free_memory = Bytes{4000}};
+  CHECK(policy::choose_cutoff(policy::CutoffRule::solver, 0, m, in) == 2);
+  CHECK(policy::choose_cutoff(policy::CutoffRule::closed_form, 0, m, in) == 2);
+  CHECK(policy::choose_cutoff(policy::CutoffRule::fixed, 3, m, in) == 3);
+  CHECK(policy::choose_cutoff(policy::CutoffRule::fixed, 9, m, in) == 4);
+  CHECK(policy::choose_cutoff(policy::CutoffRule::all, 0, m, in) == 4);
+}
