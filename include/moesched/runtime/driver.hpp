@@ -96,7 +96,6 @@ class BoundedList {
  public:
   void set_capacity(std::size_t capacity) {
     buf_.reset(new T[capacity]{});
-    cap_ = capacity;
     n_ = 0;
   }
   MOESCHED_HOT void clear() noexcept { n_ = 0; }
@@ -109,7 +108,6 @@ class BoundedList {
   }
   [[nodiscard]] MOESCHED_HOT std::size_t size() const noexcept { return n_; }
   [[nodiscard]] MOESCHED_HOT bool empty() const noexcept { return n_ == 0; }
-  [[nodiscard]] MOESCHED_HOT std::size_t capacity() const noexcept { return cap_; }
   [[nodiscard]] MOESCHED_HOT T operator[](std::size_t i) const noexcept { return buf_[i]; }
   [[nodiscard]] const T& front() const noexcept { return buf_[0]; }
   [[nodiscard]] const T* begin() const noexcept { return buf_.get(); }
@@ -118,7 +116,6 @@ class BoundedList {
 
  private:
   std::unique_ptr<T[]> buf_;
-  std::size_t cap_ = 0;
   std::size_t n_ = 0;
 };
 }  // namespace driver_detail
