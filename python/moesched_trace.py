@@ -6,6 +6,7 @@
     t.routing_experts.shape                       # (tokens, moe_layers, top_k)
     first = t.step_first_token()                  # where each step's tokens start
     mt.write("copy.trace.safetensors", t)         # atomic: temp file + rename
+    t2 = mt.from_routing(ids, steps=[(0, "prefill", 8), (0, "decode", 1)], model="m")   # ids: [9, layers, top_k]
 
 Channels are dicts with "name", "description", "max_candidates", "has_scores" and the arrays
 "step", "layer", "token", "available_after", "experts" (padded with 0xFF / 0xFFFF) and "scores".
@@ -218,3 +219,203 @@ def write(path, trace):
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "moesched_trace": json.dumps(meta, separators=(",", ":"))}
     write_safetensors(path, tensors, metadata)
+
+
+def _step_tuple(i, s):
+    """One `steps` entry as (request, phase code, tokens, draft_len, accepted)."""
+    if isinstance(s, dict):
+        unknown = set(s) - {"request", "phase", "tokens", "draft_len", "accepted"}
+        if unknown:
+            raise TraceError(f"steps[{i}]: unknown keys {sorted(unknown)}")
+        s = (s.get("request", 0), s.get("phase", "decode"), s.get("tokens", 1), s.get("draft_len", 0), s.get("accepted", 0))
+    s = tuple(s)
+    if len(s) not in (3, 5):
+        raise TraceError(f"steps[{i}] = {s!r}: expected (request, phase, tokens) or (request, phase, tokens, draft_len, accepted)")
+    request, phase, tokens = s[:3]
+    draft_len, accepted = s[3:] if len(s) == 5 else (0, 0)
+    codes = {v: k for k, v in PHASES.items()}
+    if isinstance(phase, str):
+        if phase not in codes:
+            raise TraceError(f"steps[{i}].phase = {phase!r}: expected one of {sorted(codes)} (or 0, 1, 2)")
+        phase = codes[phase]
+    for name, v in (("request", request), ("phase", phase), ("tokens", tokens), ("draft_len", draft_len), ("accepted", accepted)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TraceError(f"steps[{i}].{name} = {v!r}: expected an integer")
+    request, phase, tokens, draft_len, accepted = (int(v) for v in (request, phase, tokens, draft_len, accepted))
+    if phase not in PHASES:
+        raise TraceError(f"steps[{i}].phase = {phase}: expected 0 (prefill), 1 (decode) or 2 (verify)")
+    if not 0 <= request < 2**32:
+        raise TraceError(f"steps[{i}].request = {request}: must be between 0 and 2^32 - 1")
+    why = None
+    if tokens < 1:
+        why = "a step must run at least one token"
+    elif phase == 2:
+        if draft_len < 1:
+            why = "a verify step needs draft_len >= 1"
+        elif tokens != draft_len + 1:
+            why = "a verify step runs draft_len + 1 tokens"
+        elif not 0 <= accepted <= draft_len:
+            why = "accepted must be between 0 and draft_len"
+        elif draft_len > 65535:
+            why = "draft_len must be below 65536"
+    elif draft_len != 0 or accepted != 0:
+        why = "only verify steps have draft_len or accepted"
+    elif phase == 1 and tokens != 1:
+        why = "a decode step runs exactly one token"
+    if why:
+        raise TraceError(f"steps[{i}] = (request {request}, {PHASES[phase]}, tokens {tokens}, draft_len {draft_len}, accepted {accepted}): {why}")
+    return request, phase, tokens, draft_len, accepted
+
+
+def _per_token(name, values, tokens):
+    a = np.asarray(values)
+    if a.shape != (tokens,) or not np.issubdtype(a.dtype, np.integer):
+        raise TraceError(f"{name}: expected {tokens} integers (one per token), got shape {list(a.shape)} of {a.dtype}")
+    if tokens and (a.min() < 0 or a.max() >= 2**32):
+        raise TraceError(f"{name}: values must be between 0 and 2^32 - 1 (got {a.min()}..{a.max()})")
+    return a.astype(np.uint32)
+
+
+def from_routing(ids, weights=None, steps=None, model=None, *, experts_per_layer=None, prompt_tokens=0, requests=None,
+                 request_ids=None, token_ids=None, positions=None, source="moesched_trace.from_routing", dataset="", notes=""):
+    """Build a valid Trace from routing arrays (numpy, or anything np.asarray takes: torch tensors
+    on the CPU, lists), so any dump (pickle, parquet, torch.save) converts in a few lines.
+
+    ids: integer array [T, L, K]: for each of T tokens (in trace order), each of L MoE layers, the
+        K experts chosen. weights: optional float array of the same shape (their gate weights).
+    steps: how the tokens form forward steps, in token order. Either a list of
+        (request, phase, tokens) or (request, phase, tokens, draft_len, accepted) tuples (or dicts
+        with those keys), phase "prefill", "decode", "verify" (or 0, 1, 2), tokens adding up to T;
+        or None: the tokens of each request (see `requests`) are its first `prompt_tokens` as one
+        prefill step, then one decode step per token.
+    requests: with steps=None, one request label per token ([T]; each request's tokens together);
+        None: one request. The labels, in order of appearance, name the requests unless
+        `request_ids` does.
+    model: a dict {"name", "moe_layers", "experts_per_layer", "top_k"} (moe_layers and top_k must
+        be L and K), or a name; then experts_per_layer comes from the argument, else it is the
+        largest id + 1.
+    token_ids, positions: optional [T] integers (vocabulary ids, positions in the sequence).
+
+    Every value is checked as the C++ reader checks it (ids below experts_per_layer, no id twice
+    in one token's top-k, finite weights, consistent steps); a problem raises TraceError naming
+    the value. Write the result with write().
+
+    Example: 12 tokens of one request (an 8-token prompt, then 4 decode steps), 4 MoE layers,
+    top-2 of 8 experts.
+
+    >>> import numpy as np
+    >>> import moesched_trace as mt
+    >>> rng = np.random.default_rng(0)
+    >>> ids = np.argsort(rng.random((12, 4, 8)), axis=2)[:, :, :2]
+    >>> t = mt.from_routing(ids, steps=[(0, "prefill", 8)] + [(0, "decode", 1)] * 4, model="toy-moe", experts_per_layer=8)
+    >>> [mt.PHASES[int(p)] for p in t.step_phase]
+    ['prefill', 'decode', 'decode', 'decode', 'decode']
+    >>> mt.write("toy.trace.safetensors", t)        # then: moesched-trace validate toy.trace.safetensors
+    >>> t2 = mt.from_routing(ids, model="toy-moe", experts_per_layer=8, prompt_tokens=8, requests=[0] * 6 + [1] * 6)
+    >>> t2.meta["request_ids"], [int(n) for n in t2.step_tokens]
+    (['0', '1'], [6, 6])
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 3:
+        raise TraceError(f"ids: expected an array [tokens, moe_layers, top_k], got shape {list(ids.shape)}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TraceError(f"ids: expected integer expert ids, got {ids.dtype}")
+    T, L, K = (int(d) for d in ids.shape)
+    if T < 1 or not 1 <= L <= 4096 or K < 1:
+        raise TraceError(f"ids: shape {list(ids.shape)}: need at least one token, 1..4096 layers and top_k >= 1")
+    if isinstance(model, dict):
+        m = dict(model)
+        for key in ("moe_layers", "experts_per_layer", "top_k"):
+            if key not in m:
+                raise TraceError(f"model: {key} is missing")
+        if int(m["moe_layers"]) != L or int(m["top_k"]) != K:
+            raise TraceError(f"model: moe_layers {m['moe_layers']} and top_k {m['top_k']} do not match ids of shape {list(ids.shape)}")
+        if experts_per_layer is not None and int(experts_per_layer) != int(m["experts_per_layer"]):
+            raise TraceError(f"experts_per_layer = {experts_per_layer}: differs from model's {m['experts_per_layer']}")
+        E = int(m["experts_per_layer"])
+        name = str(m.get("name", ""))
+    else:
+        name = "" if model is None else str(model)
+        E = int(experts_per_layer) if experts_per_layer is not None else int(ids.max()) + 1
+    if not 1 <= E <= 32768 or K > E:
+        raise TraceError(f"experts_per_layer = {E}: must be between top_k ({K}) and 32768")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= E:
+        bad = np.argwhere((ids < 0) | (ids >= E))[0]
+        raise TraceError(f"ids[token {bad[0]}, layer {bad[1]}] = {int(ids[tuple(bad)])}: expert ids must be between 0 and experts_per_layer - 1 ({E - 1})")
+    srt = np.sort(ids, axis=2)
+    dup = np.argwhere((srt[:, :, 1:] == srt[:, :, :-1]).any(axis=2)) if K > 1 else np.zeros((0, 2), dtype=np.int64)
+    if len(dup):
+        t, layer = (int(x) for x in dup[0])
+        raise TraceError(f"ids[token {t}, layer {layer}] = {ids[t, layer].tolist()}: an expert chosen twice in one token's top-k")
+    w = None
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != ids.shape:
+            raise TraceError(f"weights: shape {list(w.shape)} differs from ids' {list(ids.shape)}")
+        bad = ~np.isfinite(w) | (np.abs(w) > 65504.0)
+        if bad.any():
+            t, layer, k = (int(x) for x in np.argwhere(bad)[0])
+            raise TraceError(f"weights[token {t}, layer {layer}, {k}] = {w[t, layer, k]}: gate weights must be finite and fit in float16 (|w| <= 65504)")
+        w = w.astype(np.float16)
+    labels = None
+    if steps is None:
+        if requests is None:
+            runs = [(None, T)]
+        else:
+            req = np.asarray(requests)
+            if req.shape != (T,):
+                raise TraceError(f"requests: expected one label per token ({T}), got shape {list(req.shape)}")
+            runs, seen = [], set()
+            for i in range(T):
+                label = req[i].item()
+                if i == 0 or label != runs[-1][0]:
+                    if label in seen:
+                        raise TraceError(f"requests[{i}] = {label!r}: the tokens of a request must be together (it appeared before)")
+                    seen.add(label)
+                    runs.append((label, 0))
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            labels = [str(label) for label, _ in runs]
+        if not isinstance(prompt_tokens, (int, np.integer)) or prompt_tokens < 0:
+            raise TraceError(f"prompt_tokens = {prompt_tokens!r}: expected a non-negative integer")
+        table = []
+        for r, (_, n) in enumerate(runs):
+            p = min(int(prompt_tokens), n)
+            if p > 0:
+                table.append((r, 0, p, 0, 0))
+            table.extend((r, 1, 1, 0, 0) for _ in range(n - p))
+    else:
+        if requests is not None:
+            raise TraceError("requests: give either steps (each naming its request) or requests, not both")
+        table = [_step_tuple(i, s) for i, s in enumerate(steps)]
+        total = sum(s[2] for s in table)
+        if total != T:
+            raise TraceError(f"steps: their tokens add up to {total}, ids has {T} tokens")
+    if not table:
+        raise TraceError("steps: no steps")
+    request_count = max(s[0] for s in table) + 1
+    names = list(request_ids) if request_ids is not None else labels
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) < request_count:
+            raise TraceError(f"request_ids: {len(names)} names for {request_count} requests")
+        request_count = len(names)
+    meta = {"format_version": FORMAT_VERSION,
+            "model": {"name": name, "moe_layers": L, "experts_per_layer": E, "top_k": K},
+            "source": str(source), "dataset": str(dataset), "notes": str(notes), "generated": False,
+            "request_count": request_count}
+    if names is not None:
+        meta["request_ids"] = names
+    meta.update({"channels": [], "hidden_states": [], "provenance": {"built_by": "moesched_trace.from_routing"}})
+    tr = Trace(meta)
+    cols = np.array(table, dtype=np.int64).reshape(-1, 5)
+    tr.step_request = cols[:, 0].astype(np.uint32)
+    tr.step_phase = cols[:, 1].astype(np.uint8)
+    tr.step_tokens = cols[:, 2].astype(np.uint32)
+    tr.step_draft_len = cols[:, 3].astype(np.uint16)
+    tr.step_accepted = cols[:, 4].astype(np.uint16)
+    tr.routing_experts = ids.astype(np.uint8 if E <= 255 else np.uint16)
+    tr.routing_weights = w
+    tr.token_ids = None if token_ids is None else _per_token("token_ids", token_ids, T)
+    tr.token_positions = None if positions is None else _per_token("positions", positions, T)
+    return tr

@@ -62,6 +62,12 @@ inline std::pair<std::uint64_t, std::uint64_t> parse_range(const std::string& te
   return {v.front(), std::uint64_t{v.back()} + 1U};
 }
 
+/// Refuse a trace output path that cannot be written, before any work ("-" is no file here).
+inline void check_trace_output(const std::string& path) {
+  if (path == "-") throw ConfigError("", "--output", "-", "a trace is written to a file, not to stdout");
+  check_output_path(path, "--output");
+}
+
 // ---------------------------------------------------------------------------------------------
 inline int run_info(const std::string& file) {
   const auto t = io::Trace::open(file);
@@ -167,6 +173,7 @@ inline void print_stats(const trace::TraceStats& s, bool layers) {
 }
 
 inline int run_stats(const std::string& file, const std::string& json_out, bool layers) {
+  if (!json_out.empty()) check_output_path(json_out, "--json");
   const auto t = io::Trace::open(file);
   const auto s = trace::compute_stats(t);
   if (json_out != "-") print_stats(s, layers);
@@ -207,6 +214,7 @@ inline void add_synth_options(CLI::App& app, SynthOptions& o) {
 
 
 inline int run_synth(SynthOptions& o, const CLI::App& app) {
+  check_trace_output(o.output);
   auto& p = o.p;
   auto given = [&](const char* name) { return app.count(name) > 0; };
   if (!o.model.empty()) {
@@ -264,13 +272,13 @@ inline int run_synth(SynthOptions& o, const CLI::App& app) {
 
 // ---------------------------------------------------------------------------------------------
 struct ImportOptions {
-  std::string input, output, model, name, source, dataset;
+  std::string input, output, model, name, source, dataset, incomplete = "drop", records, format = "auto", json;
   std::vector<std::string> fields, preset_dirs;
   std::uint32_t experts = 0, top_k = 0, prefill_tokens = 0;
 };
 
 inline void add_import_options(CLI::App& app, ImportOptions& o) {
-  app.add_option("input", o.input, "JSON or JSONL routing dump")->required();
+  app.add_option("input", o.input, "routing dump: JSON, JSONL or CSV, gzip-compressed or not")->required();
   app.add_option("-o,--output", o.output, "trace file to write")->required();
   app.add_option("--model", o.model, "model preset: expert count, top-k and decoder-layer mapping (else from the dump's meta, else inferred)");
   app.add_option("--name", o.name, "model name recorded in the trace");
@@ -278,14 +286,23 @@ inline void add_import_options(CLI::App& app, ImportOptions& o) {
   app.add_option("--top-k", o.top_k, "experts per token (overrides everything)");
   app.add_option("--prefill-tokens", o.prefill_tokens, "without phase fields: prompt tokens per request")->capture_default_str();
   app.add_option("--field", o.fields,
-                 "field spellings, e.g. --field token=pos,tok_idx --field experts=ids; fields: request, token, layer, experts, weights, layers, "
-                 "phase, step, draft_len, accepted, token_id");
+                 "field spellings, e.g. --field token=pos,tok_idx --field experts=ids; fields: request, token, position, layer, experts, "
+                 "weights, layers, phase, step, draft_len, accepted, token_id. request=a,b (two or more) keys requests by all of them");
+  app.add_option("--incomplete", o.incomplete,
+                 "tokens lacking some MoE layers (a dump cut short): drop them and report per request, or refuse the dump (error)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"drop", "error"}));
+  app.add_option("--records", o.records, "key of the records in a JSON object (default: its only list of objects)");
+  app.add_option("--format", o.format, "input format (auto: by name, then by content)")->capture_default_str()->check(CLI::IsMember({"auto", "json", "csv"}));
+  app.add_option("--json", o.json, "also write the import report as JSON to FILE ('-' = stdout, no text report)");
   app.add_option("--source", o.source, "recorder/engine, stored in the trace");
   app.add_option("--dataset", o.dataset, "prompt set, stored in the trace");
   app.add_option("--presets", o.preset_dirs, "extra preset directories");
 }
 
 inline int run_import(const ImportOptions& o) {
+  check_trace_output(o.output);
+  if (!o.json.empty()) check_output_path(o.json, "--json");
   trace::ImportOptions opt;
   for (const auto& f : o.fields) {
     const auto eq = f.find('=');
@@ -311,13 +328,25 @@ inline int run_import(const ImportOptions& o) {
   opt.prefill_tokens = o.prefill_tokens;
   opt.source = o.source;
   opt.dataset = o.dataset;
+  opt.incomplete = o.incomplete == "error" ? trace::IncompleteTokens::error : trace::IncompleteTokens::drop;
+  opt.records_key = o.records;
+  opt.format = o.format == "json" ? trace::DumpFormat::json : o.format == "csv" ? trace::DumpFormat::csv : trace::DumpFormat::automatic;
   auto [writer, report] = trace::import_routing_dump(o.input, opt);
   writer.write(o.output);
-  fmt::print("imported {} ({}): {} records -> {} requests, {} steps, {} tokens; {} MoE layers x {} experts, top-{}\n", o.input, report.layout,
-             report.records, report.requests, report.steps, report.tokens, report.layers, report.experts, report.top_k);
-  for (const auto& n : report.notes) fmt::print("  note: {}\n", n);
-  for (const auto& [field, count] : report.ignored) fmt::print("  ignored field '{}' in {} records (not part of the trace format)\n", field, count);
-  fmt::print("wrote {}\n", o.output);
+  if (o.json != "-") {
+    fmt::print("imported {} ({}): {} records -> {} requests, {} steps, {} tokens; {} MoE layers x {} experts, top-{}\n", o.input, report.layout,
+               report.records, report.requests, report.steps, report.tokens, report.layers, report.experts, report.top_k);
+    for (const auto& n : report.notes) fmt::print("  note: {}\n", n);
+    for (const auto& d : report.dropped) fmt::print("  dropped: {}\n", trace::describe(d));
+    for (const auto& [field, count] : report.ignored) fmt::print("  ignored field '{}' in {} records (not part of the trace format)\n", field, count);
+    fmt::print("wrote {}\n", o.output);
+  }
+  if (!o.json.empty()) {
+    auto j = trace::report_to_json(report);
+    j["input"] = o.input;
+    j["output"] = o.output;
+    write_text_file(o.json, j.dump(2) + "\n");
+  }
   return 0;
 }
 
@@ -333,6 +362,7 @@ inline void add_slice_options(CLI::App& app, SliceOptions& o) {
   app.add_option("--layers", o.layers, "MoE layer range to keep, e.g. 0-7 (inclusive; renumbered from 0)");
 }
 inline int run_slice(const SliceOptions& o) {
+  check_trace_output(o.output);
   const auto t = io::Trace::open(o.input);
   trace::SliceSpec spec;
   if (!o.requests.empty()) spec.requests = parse_list(o.requests, "--requests");
@@ -357,6 +387,7 @@ inline void add_merge_options(CLI::App& app, MergeOptions& o) {
   app.add_option("-o,--output", o.output, "trace file to write")->required();
 }
 inline int run_merge(const MergeOptions& o) {
+  check_trace_output(o.output);
   std::vector<io::Trace> traces;
   traces.reserve(o.inputs.size());
   for (const auto& f : o.inputs) traces.push_back(io::Trace::open(f));

@@ -5,6 +5,7 @@
 //   moesched-trace stats run.trace.safetensors --json stats.json
 //   moesched-trace synth -o big.trace.safetensors --model qwen3-30b-a3b --requests 64
 //   moesched-trace import dump.jsonl -o run.trace.safetensors --model mixtral-8x7b
+//   moesched-trace import routes.json.gz -o run.trace.safetensors --field request=dataset,problem_id --json report.json
 //   moesched-trace slice run.trace.safetensors -o part.trace.safetensors --requests 0-3 --layers 0-7
 //   moesched-trace merge a.trace.safetensors b.trace.safetensors -o both.trace.safetensors
 //
@@ -53,7 +54,8 @@ int main(int argc, char** argv) {
   tools::SynthOptions so;
   tools::add_synth_options(*synth, so);
 
-  auto* import = app.add_subcommand("import", "convert a JSON/JSONL routing dump (vLLM / Hugging Face hooks) to a trace");
+  auto* import = app.add_subcommand("import", "convert a routing dump (JSON, JSONL or CSV, gzip or not: vLLM / Hugging Face / MLX hooks, llama.cpp scripts) "
+                                            "to a trace; damage (tokens lacking layers, a cut-short end) is dropped and reported");
   tools::ImportOptions io_opts;
   tools::add_import_options(*import, io_opts);
 
