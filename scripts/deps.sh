@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake g++ make ninja-build catch2 libfmt-dev libcli11-dev nlohmann-json3-dev
-          libbenchmark-dev zlib1g-dev python3 python3-numpy python3-matplotlib "$@")
+          libbenchmark-dev zlib1g-dev libeigen3-dev python3 python3-numpy python3-matplotlib "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -46,6 +46,7 @@
 #include "moesched/policy/table_jobs.hpp"
 #include "moesched/policy/trace_predictions.hpp"
 #include "moesched/policy/transition_predictor.hpp"
+#include "moesched/profile/profile.hpp"
 #include "moesched/runtime/archetype.hpp"
 #include "moesched/runtime/backend.hpp"
 #include "moesched/runtime/completion_queue.hpp"

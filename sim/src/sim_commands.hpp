@@ -8,7 +8,9 @@
 #include "table.hpp"
 
 #include <moesched/core/sizing.hpp>
+#include <moesched/fit/latency_fit.hpp>
 #include <moesched/io/presets.hpp>
+#include <moesched/io/profile_json.hpp>
 #include <moesched/io/trace.hpp>
 #include <moesched/sim/replay.hpp>
 #include <moesched/sim/lower_bound.hpp>
@@ -67,6 +69,7 @@ struct ScenarioOptions {
   std::uint32_t lookahead = 0;
   std::uint32_t horizon = 2;             // predict:*: layers ranked ahead after each gate
   std::string train_trace;               // predict:*, moe-infinity: warm the predictor on this trace
+  std::string profile;                   // a moesched-profile file: measured times replace the roofline
 };
 
 inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
@@ -80,6 +83,10 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
       ->capture_default_str();
   app.add_option("--context", o.context, "KV-cache tokens reserved per sequence (memory plan)")->capture_default_str();
   app.add_option("--workspace-gb", o.workspace_gb, "activations and workspace reserved on the GPU, GB")->capture_default_str();
+  app.add_option("--profile", o.profile,
+                 "hardware profile of this GPU and model written by moesched-profile: its fitted compute times and "
+                 "measured copy curve replace the roofline estimates and the preset's link curve (the fit error "
+                 "of each item is printed)");
   app.add_option("--draft-ms", o.draft_ms,
                  "time of one draft step in ms (default: the target's dense upcycling source on the roofline model)");
   app.add_option("--draft-gb", o.draft_gb,
@@ -140,7 +147,28 @@ struct Scenario {
   std::map<std::string, std::shared_ptr<const policy::PredictionTable>, std::less<>> predictions;
   /// The trace's prediction channels whose recorded predictions replay (none when --gamma re-cuts).
   std::vector<std::string> channels;
+  /// --profile's fitted times (also held by cost's options), or null.
+  std::shared_ptr<const profile::MeasuredCosts> measured;
 };
+
+/// Reads and fits --profile for `model`: a profile of another model's shapes is refused (the
+/// times would be of other matrices). Each item's fit error goes to stderr.
+inline std::shared_ptr<const profile::MeasuredCosts> load_profile(const std::string& path, const ModelDesc& model) {
+  const profile::HardwareProfile p = io::read_profile(path);
+  if (p.model != model.name) {
+    throw ConfigError(path, "model", "\"" + p.model + "\"",
+                      "the profile times another model's shapes; this run's model is " + model.name +
+                          " (profile it: moesched-profile --model " + model.name + ")");
+  }
+  if (p.dtype != dtype_name(model.dtype)) {
+    throw ConfigError(path, "dtype", "\"" + p.dtype + "\"",
+                      "the profile was measured in another dtype than the model's " + std::string(dtype_name(model.dtype)));
+  }
+  auto m = std::make_shared<const profile::MeasuredCosts>(fit::fit_profile(p));
+  std::fprintf(stderr, "profile %s (%s, %s):\n", path.c_str(), m->gpu.c_str(), m->model.c_str());
+  for (const auto& f : m->fits) std::fprintf(stderr, "  %s\n", profile::describe(f).c_str());
+  return m;
+}
 
 /// Memory left for experts and what took the rest, for error messages.
 inline std::string plan_text(const MemoryPlan& p) {
@@ -195,6 +223,7 @@ struct ScenarioBase {
   std::shared_ptr<io::Trace> trace;
   ModelDesc model;
   HardwareDesc gpu;
+  std::shared_ptr<const profile::MeasuredCosts> measured;  ///< --profile, fitted once
 };
 
 inline ScenarioBase open_base(const ScenarioOptions& o) {
@@ -208,6 +237,7 @@ inline ScenarioBase open_base(const ScenarioOptions& o) {
   b.model = catalog.model(model);
   check_trace_model(*b.trace, b.model, o.trace);
   b.gpu = catalog.gpu(o.gpu);
+  if (!o.profile.empty()) b.measured = load_profile(o.profile, b.model);
   return b;
 }
 
@@ -255,6 +285,7 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
     ScenarioOptions to = o;
     to.trace = o.train_trace;
     to.gamma = 0;
+    to.profile.clear();  // costs are the replayed scenario's
     const ScenarioBase tb = open_base(to);
     if (tb.model.name != b.model.name) {
       throw ConfigError(o.train_trace, "model.name", tb.model.name, "differs from the replayed trace's model " + b.model.name);
@@ -267,6 +298,15 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
   co.d2h_share = o.d2h_share;
   if (o.draft_ms) co.draft_token_time = time_option("draft_ms", *o.draft_ms, 1e6, false);
   if (o.draft_gb) co.draft_bytes = gb_option("draft_gb", *o.draft_gb, true);
+  if (!o.profile.empty()) {
+    if (o.bandwidth_gbps) {
+      throw ConfigError("", "bandwidth_gbps", to_text(*o.bandwidth_gbps),
+                        "cannot be combined with --profile, whose measured copy curve it would replace");
+    }
+    s.measured = b.measured ? b.measured : load_profile(o.profile, s.model);
+    co.measured = s.measured;
+    s.gpu.h2d = s.measured->copy_h2d;
+  }
   s.cost = std::make_shared<const sim::CostModel>(s.model, s.gpu, co);
   MemoryPlanOptions mo;
   mo.context_tokens = o.context;
@@ -424,6 +464,15 @@ inline Json scenario_json(const Scenario& s) {
   j["expert_mb"] = s.model.expert_bytes().megabytes();
   j["expert_copy_us"] = to_us(s.cost->expert_copy_time());
   j["bandwidth_gbps"] = s.gpu.h2d.asymptotic_bandwidth().gb_per_s();
+  j["profile"] = o.profile.empty() ? Json(nullptr) : Json(o.profile);
+  if (s.measured) {
+    Json fits = Json::array();
+    for (const auto& f : s.measured->fits) {
+      fits.push_back({{"item", f.item}, {"samples", f.samples}, {"rms_relative_error", f.rms_relative_error},
+                      {"max_relative_error", f.max_relative_error}, {"formula", f.terms}});
+    }
+    j["profile_fits"] = fits;
+  }
   j["chunks"] = o.chunks;
   j["d2h_share"] = o.d2h_share;
   j["gamma"] = o.gamma;
@@ -533,11 +582,12 @@ inline std::string compare_table(const Scenario& s, const std::vector<runtime::R
   t.add({"lower-bound", fixed(lb.tpot_ms, 2), "", "", "1.00", "", "", "", "", "", "", ""});
   const auto& o = s.opt;
   std::string head = fmt::format(
-      "{} on {} ({}), trace {}\n"
+      "{} on {} ({}{}), trace {}\n"
       "expert cache {:.2f} GB = {} of {} experts ({:.1f} MB each, copy {:.0f} us at {:.1f} GB/s{}); "
       "{} requests, batch {}, {} decode tokens{}\n"
       "compute-only TPOT {:.2f} ms; the bound adds {} copies no schedule avoids (ARCHITECTURE.md, lower bound)\n\n",
-      s.model.name, s.gpu.name, s.gpu.display_name, o.trace, s.budget.gigabytes(),
+      s.model.name, s.gpu.name, s.gpu.display_name, o.profile.empty() ? std::string() : "; measured: " + o.profile,
+      o.trace, s.budget.gigabytes(),
       std::min<std::uint64_t>(s.budget.count / s.model.expert_bytes().count, s.model.shape.total_experts()),
       s.model.shape.total_experts(), s.model.expert_bytes().megabytes(), to_us(s.cost->expert_copy_time()),
       s.gpu.h2d.asymptotic_bandwidth().gb_per_s(), o.chunks > 1 ? fmt::format(", {} chunks", o.chunks) : "",

@@ -8,7 +8,10 @@
 ///
 /// All times are first-order roofline estimates from the presets (ComputeSpec::matmul_time: the
 /// larger of the FLOP time and the weight-streaming time, plus a fixed cost per kernel) and the
-/// measured host-to-device curve (TransferCurve::time per copy). The rules:
+/// measured host-to-device curve (TransferCurve::time per copy), unless CostOptions::measured
+/// holds a GPU profile's fitted times (profile/profile.hpp; moesched-profile measures them, `--profile`
+/// loads them): then each item below takes its fitted time instead, and copies the profile's
+/// measured curve (gpu().h2d is replaced by it). The rules:
 /// - Dense part of MoE layer m: every decoder layer after MoE layer m-1 up to and including m's own
 ///   decoder layer (so leading dense layers and the dense layers between MoE layers are counted
 ///   once): one weight-streaming kernel over their non-expert weights (attention projections,
@@ -27,6 +30,12 @@
 ///   the time slows them: with one copy engine the directions share it (time / (1 - share)); with
 ///   two or more they run at once and host-to-device gets what the bidirectional total leaves
 ///   (time x (1 - share + share x slowdown)).
+/// - Measured: expert FFN = the fit at its tokens; the dense part of MoE layer m = the fit of one
+///   MoE decoder layer at the pass's (tokens, KV tokens, query-key pairs), scaled by m's non-expert
+///   bytes over the last MoE layer's (leading dense layers count in proportion to their weights);
+///   head = its fit at the tokens (plus layers after the last MoE layer, scaled alike); a draft
+///   step = its fit at the sequences drafting; router = its fit. The GEMM slowdown under a copy
+///   the profile records is not applied (the simulator does not model that interference).
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/error.hpp"
@@ -34,11 +43,13 @@
 #include "moesched/core/model.hpp"
 #include "moesched/core/sizing.hpp"
 #include "moesched/core/units.hpp"
+#include "moesched/profile/profile.hpp"
 #include "moesched/workload/workload.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -50,6 +61,8 @@ struct CostOptions {
   double d2h_share = 0.0;          ///< share of time device-to-host traffic runs, in [0, 1)
   std::optional<Nanoseconds> draft_token_time{};///< override the default draft's step time
   std::optional<Bytes> draft_bytes{};           ///< override the default draft's size
+  /// Measured times of this GPU and model (fit::fit_profile of a moesched-profile file), or null.
+  std::shared_ptr<const profile::MeasuredCosts> measured{};
 };
 
 /// Explicit per-item times, for hand-computed scenarios and "what if a layer took X" studies.
@@ -86,7 +99,8 @@ class CostModel {
   }
 
   CostModel(const ModelDesc& model, const HardwareDesc& gpu, const CostOptions& opt = {})
-      : model_(model), gpu_(gpu), opt_(opt) {
+      : model_(model), gpu_(gpu), opt_(opt), measured_(opt.measured.get()) {
+    if (measured_ != nullptr) gpu_.h2d = measured_->copy_h2d;
     if (opt.chunks < 1 || opt.chunks > 64) {
       throw ConfigError("", "chunks", std::to_string(opt.chunks), "must be between 1 and 64");
     }
@@ -118,7 +132,15 @@ class CostModel {
                         ? std::uint64_t{a.heads} * a.head_dim
                         : std::uint64_t{a.heads} * (a.qk_nope_head_dim + a.qk_rope_head_dim);
     kv_bytes_per_token_layer_ = Bytes{s.kv_cache_bytes_per_token().count / s.decoder_layers};
-    for (std::uint32_t t = 0; t < kExpertTable; ++t) expert_table_[t] = expert_ffn_time(model, gpu, t + 1);
+    for (std::uint32_t t = 0; t < kExpertTable; ++t) expert_table_[t] = roofline_or_measured_expert(t + 1);
+    if (measured_ != nullptr && moe > 0 && dense_bytes_[moe - 1].count > 0) {
+      dense_scale_.resize(moe);
+      const auto ref = static_cast<double>(dense_bytes_[moe - 1].count);
+      for (std::uint32_t i = 0; i < moe; ++i) dense_scale_[i] = static_cast<double>(dense_bytes_[i].count) / ref;
+      tail_scale_ = static_cast<double>(tail_bytes_.count) / ref;
+    } else if (measured_ != nullptr) {
+      dense_scale_.assign(moe, 1.0);
+    }
 
     // Copy chunks.
     const Bytes total = model.expert_bytes();
@@ -135,18 +157,18 @@ class CostModel {
     }
     const double slow = copy_slowdown();
     for (Bytes b : chunk_bytes_) {
-      const Nanoseconds t = gpu.h2d.time(b);
+      const Nanoseconds t = gpu_.h2d.time(b);
       chunk_times_.push_back(ceil_ns(static_cast<double>(t.count()) * slow));
       copy_time_ += chunk_times_.back();
     }
     // The fastest any supported chunking moves one expert, with no device-to-host traffic: the
     // copy cost the lower bound may assume.
-    min_copy_time_ = gpu.h2d.time(total);
+    min_copy_time_ = gpu_.h2d.time(total);
     Nanoseconds per_matrix{0};
-    for (Bytes b : s.expert_matrices(model.dtype).bytes) per_matrix += gpu.h2d.time(b);
+    for (Bytes b : s.expert_matrices(model.dtype).bytes) per_matrix += gpu_.h2d.time(b);
     min_copy_time_ = std::min(min_copy_time_, per_matrix);
     for (std::uint32_t n = 2; n <= 64; ++n) {
-      min_copy_time_ = std::min(min_copy_time_, moesched::expert_copy_time(model, gpu, n));
+      min_copy_time_ = std::min(min_copy_time_, moesched::expert_copy_time(model, gpu_, n));
     }
     draft_bytes_ = opt.draft_bytes.value_or(model.non_expert_bytes() + model.expert_bytes() * moe);
   }
@@ -154,21 +176,27 @@ class CostModel {
   [[nodiscard]] const ModelDesc& model() const noexcept { return model_; }
   [[nodiscard]] const HardwareDesc& gpu() const noexcept { return gpu_; }
   [[nodiscard]] const CostOptions& options() const noexcept { return opt_; }
+  /// The measured profile the times come from, or null (roofline estimates).
+  [[nodiscard]] const profile::MeasuredCosts* measured() const noexcept { return measured_; }
 
   /// FFN time of one routed expert over `tokens` tokens (tokens >= 1).
   [[nodiscard]] Nanoseconds expert_time(std::uint32_t tokens) const noexcept {
     if (fixed_) return fixed_costs_.expert + fixed_costs_.expert_per_token * tokens;
-    return tokens - 1 < kExpertTable ? expert_table_[tokens - 1] : expert_ffn_time(model_, gpu_, tokens);
+    return tokens - 1 < kExpertTable ? expert_table_[tokens - 1] : roofline_or_measured_expert(tokens);
   }
   /// Dense part of MoE layer `layer` in a pass (see the header comment).
   [[nodiscard]] Nanoseconds dense_time(std::uint32_t layer, const Pass& p) const noexcept {
     if (fixed_) return fixed_costs_.dense;
+    if (measured_ != nullptr) return measured_dense(dense_scale_[layer], p);
     return dense_kernel(dense_params_[layer], dense_bytes_[layer], decoder_layers_of_[layer], p.tokens,
                         p.kv_tokens, p.attention_pairs);
   }
   /// LM head (and decoder layers after the last MoE layer) at the end of a pass.
   [[nodiscard]] Nanoseconds head_time(const Pass& p) const noexcept {
     if (fixed_) return fixed_costs_.head;
+    if (measured_ != nullptr) {
+      return measured_->head.at(p.tokens) + (tail_layers_ == 0 ? Nanoseconds{0} : measured_dense(tail_scale_, p));
+    }
     return head_kernel(p.tokens) + (tail_layers_ == 0 ? Nanoseconds{0}
                                                       : dense_kernel(tail_params_, tail_bytes_, tail_layers_,
                                                                      p.tokens, p.kv_tokens, p.attention_pairs));
@@ -179,6 +207,7 @@ class CostModel {
     if (fixed_) return fixed_costs_.draft_step * p.draft_len;
     if (opt_.draft_token_time) return *opt_.draft_token_time * p.draft_len;
     const std::uint32_t seqs = p.member_count;
+    if (measured_ != nullptr) return measured_->draft_step.at(seqs) * p.draft_len;
     Nanoseconds step{0};
     for (std::uint32_t m = 0; m < dense_params_.size(); ++m) {
       step += dense_kernel(dense_params_[m], dense_bytes_[m], decoder_layers_of_[m], seqs, p.kv_tokens,
@@ -193,6 +222,7 @@ class CostModel {
   /// (the skip gate, SP-MoE's draft gate) costs on the compute stream.
   [[nodiscard]] Nanoseconds router_time(std::uint32_t tokens) const noexcept {
     if (fixed_) return fixed_costs_.router;
+    if (measured_ != nullptr) return measured_->router.at(tokens);
     const std::uint64_t he = std::uint64_t{model_.shape.hidden} * model_.shape.experts_per_layer;
     return gpu_.compute.matmul_time(2.0 * static_cast<double>(he) * tokens, Bytes{he * 2}, ComputeClass::bf16);
   }
@@ -225,6 +255,15 @@ class CostModel {
     return 1.0 - f + f * r;
   }
 
+  [[nodiscard]] Nanoseconds roofline_or_measured_expert(std::uint32_t tokens) const noexcept {
+    return measured_ != nullptr ? measured_->expert.at(tokens) : expert_ffn_time(model_, gpu_, tokens);
+  }
+  [[nodiscard]] Nanoseconds measured_dense(double scale, const Pass& p) const noexcept {
+    const Nanoseconds one = measured_->dense.at(p.tokens, static_cast<double>(p.kv_tokens),
+                                                static_cast<double>(p.attention_pairs));
+    return ceil_ns(static_cast<double>(one.count()) * scale);
+  }
+
   [[nodiscard]] Nanoseconds dense_kernel(std::uint64_t params, Bytes bytes, std::uint32_t decoder_layers,
                                          std::uint32_t tokens, std::uint64_t kv_tokens,
                                          std::uint64_t pairs) const noexcept {
@@ -245,6 +284,9 @@ class CostModel {
   ModelDesc model_;
   HardwareDesc gpu_;
   CostOptions opt_;
+  const profile::MeasuredCosts* measured_ = nullptr;  ///< owned by opt_.measured
+  std::vector<double> dense_scale_;                  ///< measured: MoE layer m's dense bytes / the last's
+  double tail_scale_ = 0.0;
   std::vector<Bytes> dense_bytes_;
   std::vector<std::uint64_t> dense_params_;
   std::vector<std::uint32_t> decoder_layers_of_;
