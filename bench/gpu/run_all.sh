@@ -5,9 +5,14 @@
 #   3. the simulator's replay speed before and after a change on the idle 16-core host
 #      (bench/gpu/bench_ab.sh; needs BEFORE=<source tree of the earlier commit>, skipped without),
 #   4. the CUDA backend's checks and moesched-replay runs (tools/cuda/run_gpu_checks.sh),
-#   5. (LINK_PROFILE=1) measure the host<->GPU copy curve and write it as a GPU preset.
+#   5. (FIDELITY=1, the default) bench/gpu/fidelity.sh: profile -> replay -> simulate for three model
+#      shapes; bench/results/fidelity.csv and copy.csv, the relative-error table in the summary,
+#   6. (LINK_PROFILE=1) measure the host<->GPU copy curve and write it as a GPU preset.
 # Usage (on the GPU machine, from the repository root): OUT=dir [BEFORE=.bench-before] bash bench/gpu/run_all.sh
-# Results go to $OUT (or ./gpu-out when OUT is unset); at most 8 files come back from the device.
+# QUICK=1 builds only the CUDA tools and tests and runs only the gpu label (a device call's first
+# check of CUDA work). Results go to $OUT (or ./gpu-out when OUT is unset); at most 8 files come
+# back from the device, so at the end everything but summary.txt, replays.json, fidelity.csv,
+# copy.csv and fidelity.txt is packed into more.tar.gz.
 set -uo pipefail
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -19,11 +24,22 @@ log "configure + build"
 t0=$(date +%s)
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
-cmake --build build/gpu -j "$(nproc)" -- -k 0 >> "$out/build.log" 2>&1 || grep -E "error|Error" "$out/build.log" | head -40 | tee -a "$out/summary.txt"
+if [ "${QUICK:-0}" = 1 ]; then
+  cmake --build build/gpu -j "$(nproc)" --target moesched-replay moesched-profile test_cuda_backend \
+    test_cuda_profile_tool test_cuda_link_profiler -- -k 0 >> "$out/build.log" 2>&1 ||
+    grep -E "error|Error" "$out/build.log" | head -40 | tee -a "$out/summary.txt"
+else
+  cmake --build build/gpu -j "$(nproc)" -- -k 0 >> "$out/build.log" 2>&1 || grep -E "error|Error" "$out/build.log" | head -40 | tee -a "$out/summary.txt"
+fi
 log "built in $(( $(date +%s) - t0 )) s"
 
-log "ctest (all labels, GPU included${CTEST_EXCLUDE:+, excluding $CTEST_EXCLUDE})"
-ctest --test-dir build/gpu --output-on-failure -j 8 ${CTEST_EXCLUDE:+-LE "$CTEST_EXCLUDE"} > "$out/ctest.log" 2>&1
+if [ "${QUICK:-0}" = 1 ]; then
+  log "ctest (gpu label only: QUICK=1)"
+  ctest --test-dir build/gpu --output-on-failure -L gpu > "$out/ctest.log" 2>&1
+else
+  log "ctest (all labels, GPU included${CTEST_EXCLUDE:+, excluding $CTEST_EXCLUDE})"
+  ctest --test-dir build/gpu --output-on-failure -j 8 ${CTEST_EXCLUDE:+-LE "$CTEST_EXCLUDE"} > "$out/ctest.log" 2>&1
+fi
 grep -E "tests passed|Failed|\*\*\*|Not Run" "$out/ctest.log" | tee -a "$out/summary.txt"
 
 if [ -n "${BEFORE:-}" ] && [ -d "$BEFORE" ]; then
@@ -34,12 +50,23 @@ if [ -n "${BEFORE:-}" ] && [ -d "$BEFORE" ]; then
   rm -rf "$out/ab"
 fi
 
-log "CUDA backend checks and replays"
-OUT="$out/cuda" BUILD=build/gpu bash tools/cuda/run_gpu_checks.sh > /dev/null 2>&1
-cat "$out/cuda/summary.txt" >> "$out/summary.txt" 2>/dev/null
-cp "$out/cuda/replays.json" "$out/replays.json" 2>/dev/null
-cp "$out/cuda/ctest.log" "$out/ctest_gpu.log" 2>/dev/null
-rm -rf "$out/cuda"
+if [ "${QUICK:-0}" != 1 ]; then
+  log "CUDA backend checks and replays"
+  OUT="$out/cuda" BUILD=build/gpu bash tools/cuda/run_gpu_checks.sh > /dev/null 2>&1
+  cat "$out/cuda/summary.txt" >> "$out/summary.txt" 2>/dev/null
+  cp "$out/cuda/replays.json" "$out/replays.json" 2>/dev/null
+  cp "$out/cuda/ctest.log" "$out/ctest_gpu.log" 2>/dev/null
+  cp "$out/cuda/sanitizer.log" "$out/sanitizer.log" 2>/dev/null
+  rm -rf "$out/cuda"
+fi
+
+if [ "${FIDELITY:-1}" = 1 ]; then
+  log "fidelity (bench/gpu/fidelity.sh)"
+  OUT="$out/fid" BUILD=build/gpu bash bench/gpu/fidelity.sh > "$out/fidelity.log" 2>&1 || log "fidelity.sh failed"
+  cat "$out/fid/fidelity.txt" >> "$out/summary.txt" 2>/dev/null
+  for f in fidelity.csv copy.csv fidelity.txt fidelity.tar.gz; do cp "$out/fid/$f" "$out/$f" 2>/dev/null; done
+  rm -rf "$out/fid"
+fi
 
 if [ "${LINK_PROFILE:-0}" = 1 ]; then
   log "link profile"
@@ -47,3 +74,6 @@ if [ "${LINK_PROFILE:-0}" = 1 ]; then
     --repeats 30 --json "$out/link_samples.json" -o "$out/h200-measured.json" >> "$out/summary.txt" 2>&1
 fi
 log "done"
+# At most 8 files come back: pack everything but the main results.
+(cd "$out" && ls -A | grep -vxE 'summary.txt|replays.json|fidelity.csv|copy.csv|fidelity.txt|more.tar.gz' |
+  tar -czf more.tar.gz -T - --remove-files 2>/dev/null) || true

@@ -199,6 +199,66 @@ void direct_checks() {
          "direct: a pass above max_tokens is a bad_argument status");
 }
 
+/// Batched (cudaMemcpyBatchAsync) and looped (cudaMemcpyAsync) submission of the same copies, cut
+/// into uneven pieces, deliver the same bytes: every slot's checksum equals its expert's on the
+/// host in both modes, and the slots are byte-identical to the store.
+void copy_submit_checks() {
+  std::vector<cuda::CopySubmit> modes = {cuda::CopySubmit::loop};
+  if (cuda::kHasBatchedCopy) modes.push_back(cuda::CopySubmit::batched);
+  constexpr std::uint32_t kExperts = 6;
+  std::vector<std::vector<std::uint32_t>> sums(modes.size());
+  for (std::size_t m = 0; m < modes.size(); ++m) {
+    const std::string name = std::string("copy submit ") + cuda::copy_submit_name(modes[m]);
+    for (const std::uint64_t piece : {std::uint64_t{0}, std::uint64_t{4100}}) {
+      auto cfg = config(1, kExperts, kExperts, 3);
+      cfg.copy_submit = modes[m];
+      cfg.copy_piece_bytes = piece;
+      const std::string label = name + (piece == 0 ? " (one copy per chunk)" : " (4100-byte pieces)");
+      Rig rig(cfg);
+      expect(rig.ok, label + ": initialize");
+      if (!rig.ok) continue;
+      CudaBackend& b = *rig.backend;
+      expect(b.batched_copies() == (modes[m] == cuda::CopySubmit::batched), label + ": the mode is the one asked for");
+      for (std::uint32_t e = 0; e < kExperts; ++e) {
+        if (!b.submit_copy({ExpertId::from_flat(e, kExperts), kExperts - 1 - e, e % 2 == 0 ? CopyPriority::high : CopyPriority::low}).ok()) {
+          expect(false, label + ": submit_copy");
+        }
+      }
+      runtime::Completion c;
+      std::uint32_t landed = 0;
+      while (b.wait(c)) landed += c.kind == runtime::CompletionKind::chunk && c.landed ? 1 : 0;
+      expect(landed == kExperts && b.error().ok(), label + ": every copy landed (" + std::to_string(landed) + ")");
+      const std::size_t bytes = cfg.expert_bytes.count;
+      std::vector<std::byte> back(bytes);
+      bool same = true;
+      std::vector<std::uint32_t> got;
+      for (std::uint32_t e = 0; e < kExperts; ++e) {
+        same = same && b.read_slot(kExperts - 1 - e, back).ok();
+        same = same && std::memcmp(back.data(), rig.store.data() + e * bytes, bytes) == 0;
+        got.push_back(cuda::slot_checksum(back.data(), bytes));
+        same = same && got.back() == cuda::slot_checksum(rig.store.data() + e * bytes, bytes);
+      }
+      expect(same, label + ": every slot holds its expert's bytes (checksums and bytes equal the host's)");
+      if (piece != 0) sums[m] = got;
+    }
+  }
+  if (modes.size() == 2) expect(sums[0] == sums[1], "copy submit: batched and looped copies give identical checksums");
+  if (cuda::kHasBatchedCopy) {
+    // Batched mode checks its memory like any other: a short host store is a bad_argument status.
+    auto cfg = config(1, 2, 2, 1);
+    cfg.copy_submit = cuda::CopySubmit::batched;
+    std::vector<std::byte> store(CudaBackend::requirements(cfg).host_bytes);
+    const auto req = CudaBackend::requirements(cfg);
+    void* dev = nullptr;
+    if (cudaMalloc(&dev, req.device_bytes) == cudaSuccess) {
+      CudaBackend b(cfg, dev, req.device_bytes, std::span<const std::byte>(store.data(), store.size() / 2));
+      const runtime::Status s = b.initialize();
+      expect(s.code == runtime::StatusCode::bad_argument, "copy submit: a host store below requirements is refused: " + s.describe());
+      cudaFree(dev);
+    }
+  }
+}
+
 void failure_checks() {
   // Too little device memory: a status, nothing started.
   auto cfg = config(1, 4, 2, 1);
@@ -226,6 +286,7 @@ int main() {
   }
   direct_checks();
   failure_checks();
+  copy_submit_checks();
 
   const auto routing = test::random_routing(42, 4, 16, 2, 2, 4, 40, 0.6);
   const Workload w = build_workload(routing, {4, 16, 2}, {.batch = 2});

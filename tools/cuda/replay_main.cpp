@@ -22,7 +22,9 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,7 +40,10 @@ struct ReplayOptions {
   std::uint32_t copy_window = 2;
   bool verify = false;
   int device = 0;
+  std::string copy_submit = "automatic";
+  std::uint64_t copy_piece_bytes = 0;
 };
+
 
 /// Names moesched-replay runs on the GPU: the registry's demand baselines and prefetch:CHANNEL.
 bool replayable(std::string_view name) {
@@ -107,6 +112,13 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   cfg.host_experts = r.host_experts;
   cfg.verify = r.verify;
   cfg.device = r.device;
+  if (!cuda::parse_copy_submit(r.copy_submit, cfg.copy_submit)) {
+    throw ConfigError("", "copy_submit", r.copy_submit, "must be automatic, batched or loop");
+  }
+  if (cfg.copy_submit == cuda::CopySubmit::batched && !cuda::kHasBatchedCopy) {
+    throw ConfigError("", "copy_submit", r.copy_submit, "this CUDA runtime has no cudaMemcpyBatchAsync (CUDA 12.8+)");
+  }
+  cfg.copy_piece_bytes = r.copy_piece_bytes;
   const auto req = cuda::CudaBackend::requirements(cfg);
 
   cudaError_t st = cudaSetDevice(r.device);
@@ -122,10 +134,11 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   if (r.verify) {  // distinct bytes per expert, so that a wrong slot is caught
     for (std::size_t i = 0; i < req.host_bytes; ++i) store[i] = static_cast<std::byte>((i * 2654435761ULL) >> 24U);
   } else {
-    std::memset(store.get(), 0, req.host_bytes);  // touched once: pinning and copies see real pages
+    cuda::fill_host_random_bf16(store.get(), req.host_bytes);  // touched once: pinning and copies see real pages
   }
 
   runtime::RunMetrics real;
+  bool batched = false;
   std::string fault;
   runtime::Status err = runtime::Status::success();
   std::uint64_t mismatches = 0;
@@ -136,6 +149,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
       std::fprintf(stderr, "moesched-replay: error: %s\n", is.describe().c_str());
       return 1;
     }
+    batched = backend.batched_copies();
     auto run = [&](auto& pol, runtime::RunMetrics& out) {
       runtime::LayerDriver<cuda::CudaBackend> driver(w, backend, {.check_invariants = false, .compute_ahead = r.compute_ahead});
       const runtime::Status rs = driver.run(pol);
@@ -169,8 +183,8 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     shown.policy = r.policy + " (sim)";
     real.policy = r.policy;
     std::fputs(compare_table(s, {real, shown}, lb).c_str(), stdout);
-    std::fprintf(stdout, "device: %s; %u slots (%.2f GB), %u chunks, compute_ahead %u%s\n", device_name.c_str(), slots,
-                 (cfg.expert_bytes * slots).gigabytes(), cfg.chunks, r.compute_ahead,
+    std::fprintf(stdout, "device: %s; %u slots (%.2f GB), %u chunks (%s copies), compute_ahead %u%s\n", device_name.c_str(),
+                 slots, (cfg.expert_bytes * slots).gigabytes(), cfg.chunks, batched ? "batched" : "looped", r.compute_ahead,
                  r.verify ? fmt::format(", {} expert kernels verified", checked).c_str() : "");
   }
   if (!r.json.empty()) {
@@ -183,6 +197,8 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     scenario["device"] = device_name;
     scenario["compute_ahead"] = r.compute_ahead;
     scenario["host_experts"] = moesched::cuda::CudaBackend::host_expert_count(cfg);
+    scenario["copy_submit"] = batched ? "batched" : "loop";
+    scenario["copy_piece_bytes"] = cfg.copy_piece_bytes;
     Json records = Json::array();
     records.push_back(std::move(rec));
     records.push_back(bound_json(lb));
@@ -209,6 +225,13 @@ int main(int argc, char** argv) {
   app.add_option("--copy-window", r.copy_window, "chunks on the copy stream at once, 1..16")->capture_default_str();
   app.add_option("--host-experts", r.host_experts,
                  "hold only N experts in host memory and alias the rest onto them (0 = all)")
+      ->capture_default_str();
+  app.add_option("--copy-submit", r.copy_submit,
+                 "how a chunk's copies go out: automatic (batched where the runtime has cudaMemcpyBatchAsync), batched "
+                 "or loop (cudaMemcpyAsync each)")
+      ->capture_default_str();
+  app.add_option("--copy-piece-bytes", r.copy_piece_bytes,
+                 "cut each chunk into copies of at most this many bytes, as an engine with separate tensors (0 = one)")
       ->capture_default_str();
   app.add_flag("--verify", r.verify, "checksum every expert kernel's slot on the GPU (slower)");
   app.add_option("--device", r.device, "CUDA device ordinal")->capture_default_str();

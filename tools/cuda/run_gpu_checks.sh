@@ -30,7 +30,7 @@ note "nvcc: $(/usr/local/cuda/bin/nvcc --version 2>/dev/null | tail -1)"
 
 step configure "$OUT/build.log" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DMOESCHED_BUILD_BENCH=OFF -DMOESCHED_BUILD_EXAMPLES=OFF || { cat "$summary"; exit 1; }
-step build "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS" --target test_cuda_backend test_cuda_link_profiler \
+step build "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS" --target test_cuda_backend test_cuda_link_profiler test_cuda_profile_tool moesched-profile \
   moesched-replay moesched_header_check_cuda || { tail -40 "$OUT/build.log"; cat "$summary"; exit 1; }
 
 step ctest-gpu "$OUT/ctest.log" ctest --test-dir "$BUILD" -L gpu -V --timeout 300

@@ -20,7 +20,9 @@
 ///   head; draft_step: the default draft of sim/cost_model.hpp), records an end event; an expert
 ///   kernel also records its slot's "free" event after itself (stream-order slot reuse).
 /// - submit_copy / cancel_copy / promote_copy / copy_started: a copy thread owns the copy stream;
-///   high copies first; each chunk is cudaEventRecord(start), cudaMemcpyAsync, cudaEventRecord(end).
+///   high copies first; each chunk is cudaEventRecord(start), its copies, cudaEventRecord(end). A
+///   chunk's copies (one, or pieces of copy_piece_bytes) go out as one cudaMemcpyBatchAsync where
+///   the runtime has it (CUDA 12.8+; Config::copy_submit), else as a loop of cudaMemcpyAsync.
 ///   At most `copy_window` chunks are on the stream at once, so a high copy overtakes a low one at
 ///   the next chunk boundary after those. Before a copy's first chunk the copy stream waits
 ///   (cudaStreamWaitEvent, no host sync) on the slot's free event: the slot's last reader.
@@ -35,7 +37,9 @@
 ///   does not have).
 /// - drain: drops queued copies and jobs, lets what is on the streams finish, discards completions.
 ///
-/// Kernels: the backend's three small kernels (SiLU x up, random fill, slot checksum) are defined in
+/// - profiling: enqueue_kernel() runs the same kernels outside the driver, for moesched-profile.
+///
+/// Kernels: the backend's small kernels (SiLU x up, random fill, slot checksum, empty) are defined in
 /// moesched/cuda/backend_kernels.cuh; include that in exactly one .cu file of the program. This
 /// header itself is host code (g++ or nvcc).
 ///
@@ -78,10 +82,12 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <mutex>
 #include <span>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -106,6 +112,8 @@ namespace detail {
 cudaError_t launch_silu_mul(__nv_bfloat16* g, const __nv_bfloat16* u, std::size_t n, cudaStream_t stream);
 /// Small pseudo-random bf16 values in [-1/64, 1/64) over n values.
 cudaError_t launch_fill_random(__nv_bfloat16* p, std::size_t n, std::uint32_t seed, cudaStream_t stream);
+/// One empty kernel (<<<1, 1>>>): the launch cost alone.
+cudaError_t launch_empty(cudaStream_t stream);
 /// Checksums `words` (slot_checksum()); counters[0] += (sum != expected[flat]), counters[1] += 1.
 cudaError_t launch_checksum(const std::uint32_t* words, std::size_t n, const std::uint32_t* expected,
                             std::uint32_t flat, std::uint32_t* counters, cudaStream_t stream);
@@ -121,6 +129,26 @@ cudaError_t launch_checksum(const std::uint32_t* words, std::size_t n, const std
     s += w * static_cast<std::uint32_t>(2 * i + 1);
   }
   return s;
+}
+
+/// Fills a host expert store with small pseudo-random bf16 values in [-1/64, 1/64), as the backend
+/// fills its other weights: expert GEMMs then read real-looking values (a GEMM over zeros can run
+/// faster). A 1 MiB pattern repeated: about memcpy speed.
+inline void fill_host_random_bf16(std::byte* p, std::size_t bytes) {
+  constexpr std::size_t kPattern = std::size_t{1} << 20;
+  std::vector<std::byte> pattern(kPattern);
+  std::uint32_t x = 0x9E3779B9U;
+  for (std::size_t i = 0; i + 1 < kPattern; i += 2) {
+    x ^= x << 13U;
+    x ^= x >> 17U;
+    x ^= x << 5U;
+    const float v = (static_cast<float>(x & 0xFFFFU) / 65536.0f - 0.5f) / 32.0f;
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &v, sizeof bits);
+    pattern[i] = static_cast<std::byte>((bits >> 16U) & 0xFFU);  // bf16 = the float's upper half, little-endian
+    pattern[i + 1] = static_cast<std::byte>((bits >> 24U) & 0xFFU);
+  }
+  for (std::size_t o = 0; o < bytes; o += kPattern) std::memcpy(p + o, pattern.data(), std::min(kPattern, bytes - o));
 }
 
 /// The shapes of the model the kernels compute (bf16). from_model() derives them from a ModelDesc.
@@ -140,6 +168,39 @@ struct DenseShape {
   std::uint32_t dense_layers_between = 0;  ///< dense decoder layers before every other MoE layer
   std::uint32_t vocab = 0;
 };
+
+/// How the copy thread submits the copies of one chunk (Config::copy_submit).
+/// - batched: one cudaMemcpyBatchAsync per chunk holding all its pieces (CUDA 12.8+: submission
+///   costs about 1 us per copy against 2.5-3 us, and small copies run up to twice as fast);
+/// - loop: one cudaMemcpyAsync per piece;
+/// - automatic: batched where the runtime has it (kHasBatchedCopy), else loop.
+enum class CopySubmit { automatic, batched, loop };
+
+/// Whether this build's CUDA runtime has cudaMemcpyBatchAsync (CUDA 12.8 and later).
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12080
+inline constexpr bool kHasBatchedCopy = true;
+#else
+inline constexpr bool kHasBatchedCopy = false;
+#endif
+
+[[nodiscard]] inline const char* copy_submit_name(CopySubmit c) noexcept {
+  switch (c) {
+    case CopySubmit::batched: return "batched";
+    case CopySubmit::loop: return "loop";
+    case CopySubmit::automatic: break;
+  }
+  return "automatic";
+}
+/// Parses "automatic", "batched" or "loop"; false for anything else.
+[[nodiscard]] inline bool parse_copy_submit(std::string_view name, CopySubmit& out) noexcept {
+  for (CopySubmit c : {CopySubmit::automatic, CopySubmit::batched, CopySubmit::loop}) {
+    if (name == copy_submit_name(c)) {
+      out = c;
+      return true;
+    }
+  }
+  return false;
+}
 
 /// A real GPU backend of the layer driver (see the header comment).
 class CudaBackend {
@@ -161,7 +222,15 @@ class CudaBackend {
                                      ///< f mod host_experts (times a model larger than host memory)
     bool verify = false;             ///< checksum every expert kernel's slot (a test mode: slower)
     int device = 0;                  ///< CUDA device ordinal
+    CopySubmit copy_submit = CopySubmit::automatic;  ///< how a chunk's copies are submitted
+    /// Split each chunk into copies of at most this many bytes (0 = one copy per chunk): an
+    /// engine whose gate, up and down (or their shards) lie apart in host memory copies them one
+    /// by one; batched submission then hands the pieces to the runtime in one call. At most
+    /// kMaxPieces pieces per chunk.
+    std::uint64_t copy_piece_bytes = 0;
   };
+  /// Most copies in one chunk (Config::copy_piece_bytes).
+  static constexpr std::uint64_t kMaxPieces = 4096;
 
   /// A configuration with the real shapes of `m` (bf16 GEMMs; expert_bytes = the model's expert size).
   [[nodiscard]] static Config from_model(const ModelDesc& m, std::uint32_t slots, std::uint32_t max_tokens) {
@@ -242,6 +311,15 @@ class CudaBackend {
     if (cfg_.chunks < 1 || cfg_.chunks > 64 || cfg_.copy_window < 1 || cfg_.copy_window > 16) {
       return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (chunks must be 1..64, copy_window 1..16)");
     }
+    if (cfg_.copy_submit == CopySubmit::batched && !kHasBatchedCopy) {
+      return Status::fail(StatusCode::bad_argument,
+                          "CudaBackend::initialize (copy_submit batched needs cudaMemcpyBatchAsync, CUDA 12.8+)");
+    }
+    if (cfg_.copy_piece_bytes != 0 &&
+        (cfg_.expert_bytes.count / cfg_.chunks + cfg_.copy_piece_bytes) / cfg_.copy_piece_bytes > kMaxPieces) {
+      return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (copy_piece_bytes gives over kMaxPieces copies per chunk)");
+    }
+    batched_ = cfg_.copy_submit == CopySubmit::batched || (cfg_.copy_submit == CopySubmit::automatic && kHasBatchedCopy);
     if (device_ == nullptr || device_bytes_ < req.device_bytes) {
       return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (device memory below requirements().device_bytes)");
     }
@@ -262,6 +340,14 @@ class CudaBackend {
     chunk_offset_.clear();
     for (std::uint32_t c = 0; c < cfg_.chunks; ++c) chunk_offset_.push_back(e * c / cfg_.chunks);
     chunk_offset_.push_back(e);
+    {  // the pieces of the largest chunk: no allocation on the copy thread's path
+      std::uint64_t largest = 0;
+      for (std::uint32_t c = 0; c < cfg_.chunks; ++c) largest = std::max(largest, chunk_offset_[c + 1] - chunk_offset_[c]);
+      const std::uint64_t pieces = cfg_.copy_piece_bytes == 0 ? 1 : (largest + cfg_.copy_piece_bytes - 1) / cfg_.copy_piece_bytes;
+      piece_dst_.reserve(pieces);
+      piece_src_.reserve(pieces);
+      piece_size_.reserve(pieces);
+    }
     stop_ = false;
     try {
       threads_.emplace_back([this] { copy_loop(); });
@@ -524,6 +610,41 @@ class CudaBackend {
     return cuda_status(cudaMemcpy(out.data(), slot_ptr(s), cfg_.expert_bytes.count, cudaMemcpyDeviceToHost), "cudaMemcpy");
   }
   [[nodiscard]] const Config& config() const noexcept { return cfg_; }
+  /// Whether chunks go out through cudaMemcpyBatchAsync (copy_submit resolved by initialize()).
+  [[nodiscard]] bool batched_copies() const noexcept { return batched_; }
+
+  // ---- profiling (moesched-profile) ----
+  /// The work enqueue_kernel() runs: exactly the kernels submit_compute() launches for a dense,
+  /// expert, head or draft_step order, plus the router GEMV alone and one empty kernel.
+  enum class Kernel { dense, expert, head, draft_step, router, empty };
+  /// Enqueues on compute_stream() the kernels of `k` over `tokens` tokens (dense: those of MoE
+  /// layer `layer`; expert: one routed expert's FFN over a fixed random weight set, as the draft's
+  /// FFN; draft_step: `tokens` sequences), with no events and no completion: the caller times it
+  /// with its own events on compute_stream(). Between initialize() and shutdown(), on the thread
+  /// that would drive, while no driver run is in flight.
+  runtime::Status enqueue_kernel(Kernel k, std::uint32_t tokens, std::uint32_t layer = 0) {
+    using runtime::Status;
+    using runtime::StatusCode;
+    if (!running_) return Status::fail(StatusCode::shut_down, "enqueue_kernel");
+    if (tokens == 0 || tokens > cfg_.max_tokens) return Status::fail(StatusCode::bad_argument, "enqueue_kernel (tokens must be 1..max_tokens)");
+    if (layer >= cfg_.layers) return Status::fail(StatusCode::bad_argument, "enqueue_kernel (layer out of range)");
+    switch (k) {
+      case Kernel::dense: return dense(layer, tokens);
+      case Kernel::expert: return expert_ffn(bf16_at(layout_.draft_ffn), tokens);
+      case Kernel::head: return head(tokens);
+      case Kernel::draft_step: return draft_step(tokens);
+      case Kernel::router:
+        return gemm(device_ + layout_.weights + std::size_t{layer} * layout_.layer_weights +
+                        (std::size_t{cfg_.shape.dense_layers_between} * (Layout::attention_params(cfg_.shape) +
+                                                                          3 * std::size_t{cfg_.shape.hidden} * cfg_.shape.dense_ffn) +
+                         Layout::attention_params(cfg_.shape)) * 2,
+                    cfg_.shape.router_out, cfg_.shape.hidden, bf16_at(layout_.x), bf16_at(layout_.wide_b), tokens);
+      case Kernel::empty: return cuda_status(detail::launch_empty(compute_stream_), "empty_kernel");
+    }
+    return Status::success();
+  }
+  /// The compute stream (null before initialize()); for profiling with enqueue_kernel().
+  [[nodiscard]] cudaStream_t compute_stream() const noexcept { return compute_stream_; }
 
  private:
   /// Offsets into the caller's device memory (256-byte aligned pieces).
@@ -831,12 +952,10 @@ class CudaBackend {
       // Stream order: the slot's last submitted reader finishes before a byte lands in it.
       if (s && chunk == 0) s = cuda_status(cudaStreamWaitEvent(copy_stream_, slot_free_[slot], 0), "cudaStreamWaitEvent");
       if (s) s = cuda_status(cudaEventRecord(rec.start, copy_stream_), "cudaEventRecord");
-      // One contiguous copy per chunk, then its event: a batched submission (cudaMemcpyBatchAsync)
-      // would hold one copy here, so a plain cudaMemcpyAsync is the whole cost.
+      // The chunk's copies (one, or its pieces), then its event.
       if (s) {
-        s = cuda_status(cudaMemcpyAsync(slot_ptr(slot) + off, store_.data() + std::size_t{f % host_expert_count(cfg_)} * cfg_.expert_bytes.count + off,
-                                        rec.bytes, cudaMemcpyHostToDevice, copy_stream_),
-                        "cudaMemcpyAsync");
+        s = submit_pieces(slot_ptr(slot) + off,
+                          store_.data() + std::size_t{f % host_expert_count(cfg_)} * cfg_.expert_bytes.count + off, rec.bytes);
       }
       if (s) s = cuda_status(cudaEventRecord(rec.end, copy_stream_), "cudaEventRecord");
       lock.lock();
@@ -855,6 +974,53 @@ class CudaBackend {
       poll_cv_.notify_one();
       idle_cv_.notify_all();
     }
+  }
+
+  /// Copies `bytes` host-to-device on the copy stream as one copy or as pieces of
+  /// copy_piece_bytes, batched (one cudaMemcpyBatchAsync) or in a loop of cudaMemcpyAsync.
+  /// Copy thread only (it owns the piece vectors).
+  runtime::Status submit_pieces(std::byte* dst, const std::byte* src, std::uint64_t bytes) {
+    const std::uint64_t piece = cfg_.copy_piece_bytes == 0 ? std::max<std::uint64_t>(bytes, 1) : cfg_.copy_piece_bytes;
+    if (!batched_) {
+      for (std::uint64_t o = 0; o < bytes; o += piece) {
+        MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(
+            cudaMemcpyAsync(dst + o, src + o, std::min(piece, bytes - o), cudaMemcpyHostToDevice, copy_stream_), "cudaMemcpyAsync"));
+      }
+      return runtime::Status::success();
+    }
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12080
+    piece_dst_.clear();
+    piece_src_.clear();
+    piece_size_.clear();
+    for (std::uint64_t o = 0; o < bytes; o += piece) {
+      piece_dst_.push_back(dst + o);
+      piece_src_.push_back(src + o);
+      piece_size_.push_back(static_cast<std::size_t>(std::min(piece, bytes - o)));
+    }
+    if (piece_dst_.empty()) return runtime::Status::success();
+    cudaMemcpyAttributes attr{};
+    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;  // the slot-free wait before it must hold
+    attr.srcLocHint.type = cudaMemLocationTypeHost;         // hints; ignored for pinned and device memory
+    attr.dstLocHint.type = cudaMemLocationTypeDevice;
+    attr.dstLocHint.id = cfg_.device;
+    attr.flags = 0;
+    std::size_t attr_index = 0;
+#if CUDART_VERSION >= 13000
+    // CUDA 13: no failIdx argument.
+    return cuda_status(cudaMemcpyBatchAsync(piece_dst_.data(), piece_src_.data(), piece_size_.data(), piece_dst_.size(),
+                                            &attr, &attr_index, 1, copy_stream_),
+                       "cudaMemcpyBatchAsync");
+#else
+    std::size_t fail_index = 0;  // CUDA 12.8-12.9: the failing copy's index comes back here
+    return cuda_status(cudaMemcpyBatchAsync(piece_dst_.data(), piece_src_.data(), piece_size_.data(), piece_dst_.size(),
+                                            &attr, &attr_index, 1, &fail_index, copy_stream_),
+                       "cudaMemcpyBatchAsync");
+#endif
+#else
+    (void)dst;
+    (void)src;
+    return runtime::Status::fail(runtime::StatusCode::bad_argument, "cudaMemcpyBatchAsync (not in this CUDA runtime)");
+#endif
   }
 
   /// Queries the oldest kernel and the oldest chunk; spins (yielding) while work is in flight.
@@ -954,6 +1120,10 @@ class CudaBackend {
   std::chrono::steady_clock::time_point epoch_;
   std::vector<std::uint64_t> chunk_offset_;
   std::vector<std::uint32_t> expected_;
+  bool batched_ = false;             // resolved copy_submit (set by initialize())
+  std::vector<void*> piece_dst_;     // copy thread only: one chunk's pieces for cudaMemcpyBatchAsync
+  std::vector<const void*> piece_src_;
+  std::vector<std::size_t> piece_size_;
   bool running_ = false;           // driver thread only
   bool created_ = false;
   bool registered_ = false;

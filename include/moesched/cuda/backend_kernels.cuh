@@ -75,6 +75,13 @@ cudaError_t launch_fill_random(__nv_bfloat16* p, std::size_t n, std::uint32_t se
   return cudaGetLastError();
 }
 
+__global__ void empty_kernel() {}
+
+cudaError_t launch_empty(cudaStream_t stream) {
+  empty_kernel<<<1, 1, 0, stream>>>();
+  return cudaGetLastError();
+}
+
 cudaError_t launch_checksum(const std::uint32_t* words, std::size_t n, const std::uint32_t* expected,
                             std::uint32_t flat, std::uint32_t* counters, cudaStream_t stream) {
   checksum_kernel<std::uint32_t><<<1, 256, 0, stream>>>(words, n, expected, flat, counters);

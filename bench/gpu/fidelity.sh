@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Fidelity of the simulator against the GPU, in one command on the GPU machine (issue 11, item 4):
+# for each model shape, moesched-profile measures the GPU (profile JSON + the executor's copy
+# throughput beside plain copies), then moesched-replay replays traces on the GPU under on-demand,
+# lru and a prefetching policy, plain and SD, at a budget where experts miss, plus runs where every
+# expert misses; each replay also runs the simulator on the same scenario (sim_tpot_ms), under the
+# measured profile when the scenario options have --profile (else the roofline presets).
+#
+#   BUILD=build/gpu OUT=/tmp/out bash bench/gpu/fidelity.sh
+#
+# Writes bench/results/fidelity.csv (model,policy,gamma,cache_gb,real_tpot_ms,sim_tpot_ms) and
+# bench/results/copy.csv (bytes,plain_gbps,executor_gbps), copies both to $OUT with
+# fidelity.txt (the relative-error table) and fidelity.tar.gz (profiles, replay JSON, log).
+# Needs moesched-profile and moesched-replay built in $BUILD (bench/gpu/run_all.sh builds them).
+set -uo pipefail
+BUILD=${BUILD:-build/gpu}
+OUT=${OUT:-fidelity-out}
+RESULTS=${RESULTS:-bench/results}
+PROFILE="$BUILD/tools/cuda/moesched-profile"
+REPLAY="$BUILD/tools/cuda/moesched-replay"
+mkdir -p "$OUT" "$RESULTS"
+W=$(mktemp -d "${TMPDIR:-/tmp}/fidelity.XXXXXX")
+LOG="$W/fidelity.log"
+: >"$LOG"
+say() { echo "$*" | tee -a "$LOG" >&2; }
+for b in "$PROFILE" "$REPLAY"; do [ -x "$b" ] || { say "missing $b (build it first)"; exit 1; }; done
+
+if grep -q '"--profile"' sim/src/sim_commands.hpp; then
+  USE_PROFILE=1
+  say "sim column: the simulator under the measured profile (--profile)"
+else
+  USE_PROFILE=0
+  say "sim column: roofline presets (this tree's scenario options have no --profile)"
+fi
+
+# model | trace | gamma | policies | cache GB where experts miss | replay extras
+# (gamma is the trace's SD window: sd4 = 4, plain = 0; every-miss runs use the smallest budget,
+# one layer's union, under on-demand; the mix model at 0.5 GB holds every expert: no misses)
+RUNS=(
+  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand lru prefetch:skip_gate|0.2|--max-requests 4"
+  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand lru prefetch:skip_gate prefetch:draft_gate|0.2|--max-requests 4"
+  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand|0.06|--max-requests 4"
+  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand|0.06|--max-requests 4"
+  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|lru|0.5|--max-requests 4"
+  "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand lru prefetch:synthetic_skip_gate|16|--max-requests 1 --host-experts 512"
+  "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand|0.98|--max-requests 1 --host-experts 512"
+  "mixtral-8x7b|traces/synthetic/mixtral-sd4.trace.safetensors|4|on-demand lru prefetch:synthetic_skip_gate|80|--max-requests 1 --host-experts 64"
+)
+MODELS=(moesched-upcycled-mix qwen3-30b-a3b mixtral-8x7b)
+
+t0=$SECONDS
+for m in "${MODELS[@]}"; do
+  say "== profile $m"
+  if ! timeout 180 "$PROFILE" --model "$m" --repeats "${REPEATS:-15}" -o "$W/$m.profile.json" \
+      --copy-csv "$W/$m.copy.csv" >>"$LOG" 2>&1; then
+    say "profile $m failed (see the log)"
+  fi
+done
+say "profiles done ($((SECONDS - t0)) s)"
+
+echo "model,policy,gamma,cache_gb,real_tpot_ms,sim_tpot_ms" >"$W/fidelity.csv"
+for run in "${RUNS[@]}"; do
+  IFS='|' read -r model trace gamma policies cache extra <<<"$run"
+  prof=()
+  if [ "$USE_PROFILE" = 1 ] && [ -s "$W/$model.profile.json" ]; then prof=(--profile "$W/$model.profile.json"); fi
+  for p in $policies; do
+    j="$W/$model-$(basename "$trace" .trace.safetensors)-${p//:/_}-$cache.json"
+    t1=$SECONDS
+    # shellcheck disable=SC2086
+    if timeout 240 "$REPLAY" --trace "$trace" --model "$model" --gpu h200 --policy "$p" --cache-gb "$cache" \
+        "${prof[@]}" $extra --json "$j" >>"$LOG" 2>&1; then
+      python3 - "$j" "$model" "$p" "$gamma" "$cache" >>"$W/fidelity.csv" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["records"][0]
+print(f"{sys.argv[2]},{sys.argv[3]},{sys.argv[4]},{sys.argv[5]},{r['tpot_ms']['mean']:.4f},{r['sim_tpot_ms']:.4f}")
+PY
+      say "replay $model $(basename "$trace") $p $cache GB: $(tail -1 "$W/fidelity.csv") ($((SECONDS - t1)) s)"
+    else
+      say "replay $model $(basename "$trace") $p $cache GB failed (rc $?, see the log)"
+    fi
+  done
+done
+
+# copy.csv: one row per model's expert size.
+{
+  echo "bytes,plain_gbps,executor_gbps"
+  for m in "${MODELS[@]}"; do tail -n +2 "$W/$m.copy.csv" 2>/dev/null; done | sort -t, -k1,1n
+} >"$W/copy.csv"
+
+python3 - "$W/fidelity.csv" "$W/copy.csv" "$USE_PROFILE" >"$W/fidelity.txt" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print("sim column:", "measured profile (--profile)" if sys.argv[3] == "1" else "roofline presets (no --profile)")
+print(f"{'model':24} {'policy':26} {'gamma':>5} {'cache GB':>8} {'real ms':>9} {'sim ms':>9} {'rel err':>8}")
+errs = []
+for r in rows:
+    real, sim = float(r["real_tpot_ms"]), float(r["sim_tpot_ms"])
+    e = (sim - real) / real if real > 0 else float("nan")
+    errs.append(abs(e))
+    print(f"{r['model']:24} {r['policy']:26} {r['gamma']:>5} {r['cache_gb']:>8} {real:9.3f} {sim:9.3f} {100 * e:+7.1f}%")
+if errs:
+    print(f"|sim - real| / real over {len(errs)} runs: median {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}%")
+print()
+print(f"{'copy bytes':>12} {'plain GB/s':>10} {'executor GB/s':>13} {'ratio':>6}")
+for r in csv.DictReader(open(sys.argv[2])):
+    pl, ex = float(r["plain_gbps"]), float(r["executor_gbps"])
+    print(f"{int(r['bytes']):>12} {pl:10.2f} {ex:13.2f} {100 * ex / pl if pl else 0:5.1f}%")
+PY
+cat "$W/fidelity.txt" | tee -a "$LOG"
+cp "$W/fidelity.csv" "$RESULTS/fidelity.csv"
+cp "$W/copy.csv" "$RESULTS/copy.csv"
+cp "$W/fidelity.csv" "$W/copy.csv" "$W/fidelity.txt" "$OUT/"
+say "fidelity done ($((SECONDS - t0)) s)"
+tar -czf "$OUT/fidelity.tar.gz" -C "$W" . 2>/dev/null
+rm -rf "$W"

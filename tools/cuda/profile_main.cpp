@@ -1,0 +1,497 @@
+// moesched-profile: measures, on the GPU, what the simulator's cost model and the latency model
+// need for one model's shapes, through moesched::cuda::CudaBackend's own kernels (the very GEMMs
+// moesched-replay runs), and writes a hardware profile (moesched/io/profile_json.hpp):
+//
+//   CudaBackend::enqueue_kernel --(device events, medians)--> expert FFN, dense, head, draft, router
+//   cuda::profile_link ------------------------------------> host-to-device copy curve
+//   empty kernels back to back, FFN beside a running copy ---> launch cost, GEMM slowdown
+//   --> io::write_profile(-o FILE)      [--copy-csv: executor copies beside plain copies]
+//
+//   moesched-profile --model mixtral-8x7b -o h200-mixtral.profile.json
+//
+// Exit codes: 0 ok; 1 a CUDA failure (the message names the call) or no device; 2 bad input;
+// 4 out of memory; 70 a bug (tools/common/main_guard.hpp).
+#include "main_guard.hpp"
+#include "output.hpp"
+#include "presets_location.hpp"
+
+#include <moesched/cuda/backend.cuh>
+#include <moesched/cuda/link_profiler.cuh>
+#include <moesched/io/atomic_file.hpp>
+#include <moesched/io/profile_json.hpp>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moesched::tools {
+namespace {
+
+using cuda::CudaBackend;
+
+struct ProfileOptions {
+  std::string model = "mixtral-8x7b";
+  std::vector<std::filesystem::path> preset_dirs;
+  std::string out;
+  std::string copy_csv;
+  int device = 0;
+  int repeats = 15;
+  std::uint64_t max_copy_mib = 512;
+  bool quick = false;
+};
+
+/// A failed CUDA call: carried to main as exit code 1 with the call's name.
+struct CudaFailure {
+  std::string what;
+};
+void check(cudaError_t st, const char* call) {
+  if (st != cudaSuccess) throw CudaFailure{std::string(call) + ": " + cudaGetErrorString(st)};
+}
+void check(const runtime::Status& s) {
+  if (!s) throw CudaFailure{s.describe()};
+}
+
+void progress(const std::string& line) { std::fprintf(stderr, "moesched-profile: %s\n", line.c_str()); }
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/// Device events for `repeats` timed intervals on one stream, enqueued back to back (as the
+/// driver's compute-ahead keeps the stream fed) and read after one synchronisation.
+class Timer {
+ public:
+  explicit Timer(int repeats) : ev_(static_cast<std::size_t>(repeats) + 1, nullptr) {
+    for (auto& e : ev_) check(cudaEventCreate(&e), "cudaEventCreate");
+  }
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+  ~Timer() {
+    for (auto e : ev_) (void)cudaEventDestroy(e);
+  }
+  /// Median ns of `repeats` runs of `work` (after `warmup` untimed runs).
+  template <class Work>
+  double median_ns(cudaStream_t stream, Work&& work, int warmup = 3) {
+    for (int i = 0; i < warmup; ++i) work();
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    const std::size_t n = ev_.size() - 1;
+    check(cudaEventRecord(ev_[0], stream), "cudaEventRecord");
+    for (std::size_t i = 0; i < n; ++i) {
+      work();
+      check(cudaEventRecord(ev_[i + 1], stream), "cudaEventRecord");
+    }
+    check(cudaEventSynchronize(ev_[n]), "cudaEventSynchronize");
+    std::vector<double> t(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      float ms = 0.0F;
+      check(cudaEventElapsedTime(&ms, ev_[i], ev_[i + 1]), "cudaEventElapsedTime");
+      t[i] = static_cast<double>(ms) * 1e6;
+    }
+    return median(t);
+  }
+
+ private:
+  std::vector<cudaEvent_t> ev_;
+};
+
+/// Median ns of `repeats` orders of `order` submitted back to back through submit_compute() (the
+/// driver's path: the backend's events, its poller, its kernels), each timed by the completion's
+/// own span, after 3 untimed ones.
+double submitted_ns(CudaBackend& b, const runtime::ComputeOrder& order, int repeats) {
+  const int n = repeats + 3;
+  for (int i = 0; i < n; ++i) check(b.submit_compute(order));
+  std::vector<double> t;
+  runtime::Completion done;
+  int seen = 0;
+  while (seen < n && b.wait(done)) {
+    if (done.kind != runtime::CompletionKind::compute) continue;
+    if (seen++ >= 3) t.push_back(static_cast<double>((done.end - done.start).count()));
+  }
+  check(b.error());
+  if (seen != n) throw CudaFailure{"submit_compute: completions missing"};
+  return median(t);
+}
+
+/// Caller-owned memory for one backend (device allocation and host store), freed in order.
+struct BackendRig {
+  void* device = nullptr;
+  std::unique_ptr<std::byte[]> store;
+  std::unique_ptr<CudaBackend> backend;
+  /// fill 0: random bf16 (as moesched-replay's store); else that byte everywhere.
+  BackendRig(const CudaBackend::Config& cfg, std::byte fill) {
+    const auto req = CudaBackend::requirements(cfg);
+    check(cudaMalloc(&device, req.device_bytes), "cudaMalloc");
+    store.reset(new std::byte[req.host_bytes]);
+    if (fill == std::byte{0}) {
+      cuda::fill_host_random_bf16(store.get(), req.host_bytes);
+    } else {
+      std::fill_n(store.get(), req.host_bytes, fill);
+    }
+    backend = std::make_unique<CudaBackend>(cfg, device, req.device_bytes,
+                                            std::span<const std::byte>(store.get(), req.host_bytes));
+    check(backend->initialize());
+  }
+  BackendRig(const BackendRig&) = delete;
+  BackendRig& operator=(const BackendRig&) = delete;
+  ~BackendRig() {
+    if (backend) (void)backend->shutdown();
+    backend.reset();
+    if (device != nullptr) (void)cudaFree(device);
+  }
+};
+
+/// The executor's copy throughput: `count` experts of `bytes` copied back to back into distinct
+/// slots by a CudaBackend (its copy thread, chunks, events), GB/s from the first chunk's start to
+/// the last chunk's end on the device clock; median of `rounds`.
+double executor_gbps(std::uint64_t bytes, std::uint32_t count, std::uint32_t chunks, int rounds, int device,
+                     cuda::CopySubmit submit, std::uint64_t piece_bytes, std::uint32_t copy_window = 2) {
+  CudaBackend::Config c;
+  c.layers = 1;
+  c.experts = count;
+  c.slots = count;
+  c.chunks = chunks;
+  c.cpu_workers = 0;
+  c.max_tokens = 1;
+  c.device = device;
+  c.copy_submit = submit;
+  c.copy_piece_bytes = piece_bytes;
+  c.copy_window = copy_window;
+  c.expert_bytes = Bytes{(bytes + 3) / 4 * 4};
+  c.shape = {.hidden = 64, .moe_ffn = 16, .q_out = 64, .kv_out = 64, .o_in = 64, .router_out = count, .vocab = 64};
+  BackendRig rig(c, std::byte{0x3c});
+  std::vector<double> gbps;
+  for (int r = 0; r < rounds + 1; ++r) {
+    for (std::uint32_t e = 0; e < count; ++e) check(rig.backend->submit_copy({ExpertId::from_flat(e, count), e, CopyPriority::high}));
+    runtime::Completion done;
+    Nanoseconds first{std::numeric_limits<std::int64_t>::max()};
+    Nanoseconds last{0};
+    std::uint32_t landed = 0;
+    while (landed < count && rig.backend->wait(done)) {
+      if (done.kind != runtime::CompletionKind::chunk) continue;
+      first = std::min(first, done.start);
+      last = std::max(last, done.end);
+      if (done.landed) ++landed;
+    }
+    check(rig.backend->error());
+    if (landed != count) throw CudaFailure{"executor copy benchmark: copies did not land"};
+    if (r == 0) continue;  // warm-up round
+    const double ns = static_cast<double>((last - first).count());
+    gbps.push_back(ns > 0 ? static_cast<double>(c.expert_bytes.count) * count / ns : 0.0);
+  }
+  return median(gbps);
+}
+
+/// The best plain pinned cudaMemcpyAsync throughput at `bytes`: the larger of one copy alone and
+/// `count` copies back to back on one stream (medians of `rounds`).
+double plain_gbps(void* host, void* dev, std::uint64_t bytes, std::uint32_t count, int rounds, cudaStream_t stream) {
+  double best = 0.0;
+  {
+    cuda::CopySample one{};
+    const std::uint64_t sizes[] = {bytes};
+    check(cuda::profile_link(host, dev, sizes, std::max(rounds, 5), cuda::Direction::host_to_device, stream, &one),
+          "profile_link");
+    best = one.gb_per_s();
+  }
+  Timer timer(rounds);
+  const double ns = timer.median_ns(stream, [&] {
+    for (std::uint32_t i = 0; i < count; ++i) {
+      check(cudaMemcpyAsync(static_cast<std::byte*>(dev) + (i % 2) * bytes, host, bytes, cudaMemcpyHostToDevice, stream),
+            "cudaMemcpyAsync");
+    }
+  }, 1);
+  if (ns > 0) best = std::max(best, static_cast<double>(bytes) * count / ns);
+  return best;
+}
+
+int run_profile(const ProfileOptions& o) {
+  check_output_path(o.out, "-o");
+  if (!o.copy_csv.empty()) check_output_path(o.copy_csv, "--copy-csv");
+  if (o.repeats < 3 || o.repeats > 1000) throw ConfigError("", "repeats", std::to_string(o.repeats), "must be 3..1000");
+  if (o.max_copy_mib < 1 || o.max_copy_mib > 4096) {
+    throw ConfigError("", "max_copy_mib", std::to_string(o.max_copy_mib), "must be 1..4096");
+  }
+  const ModelDesc model = preset_catalog(o.preset_dirs).model(o.model);
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::fprintf(stderr, "moesched-profile: error: no CUDA device\n");
+    return 1;
+  }
+  if (o.device < 0 || o.device >= count) throw ConfigError("", "device", std::to_string(o.device), "no such CUDA device");
+  check(cudaSetDevice(o.device), "cudaSetDevice");
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, o.device), "cudaGetDeviceProperties");
+  const auto t_start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  };
+
+  profile::HardwareProfile p;
+  p.gpu = prop.name;
+  p.model = model.name;
+  // The model's dtype: its copies move the expert as the model stores it; CudaBackend's GEMMs
+  // are bf16 whatever the dtype (what moesched-replay runs), which the notes say.
+  p.dtype = std::string(dtype_name(model.dtype));
+  std::vector<std::string> notes;
+  if (model.dtype != DType::bf16) {
+    notes.push_back("compute: CudaBackend's bf16 GEMMs (moesched-replay's); copies: the model's " + p.dtype +
+                    " expert bytes");
+  }
+  const int reps = o.quick ? 5 : o.repeats;
+
+  // ---- compute: the backend's own kernels ----
+  constexpr std::uint32_t kMaxTokens = 64;
+  auto cfg = CudaBackend::from_model(model, /*slots=*/1, kMaxTokens);
+  cfg.host_experts = 1;
+  cfg.cpu_workers = 0;
+  cfg.device = o.device;
+  progress(fmt::format("{} on {}: {} MoE layers, {} experts of {:.1f} MB, hidden {}, expert ffn {}", model.name, p.gpu,
+                       cfg.layers, cfg.experts, static_cast<double>(cfg.expert_bytes.count) / 1e6, cfg.shape.hidden,
+                       cfg.shape.moe_ffn));
+  {
+    BackendRig rig(cfg, std::byte{0});
+    CudaBackend& b = *rig.backend;
+    cudaStream_t s = b.compute_stream();
+    Timer timer(reps);
+    auto time = [&](CudaBackend::Kernel k, std::uint32_t tokens, std::uint32_t layer = 0) {
+      return timer.median_ns(s, [&] { check(b.enqueue_kernel(k, tokens, layer)); });
+    };
+    // Expert 0 (random bf16, as moesched-replay's store) into slot 0: expert kernels read it.
+    {
+      check(b.submit_copy({ExpertId{0, 0}, 0, CopyPriority::high}));
+      runtime::Completion done;
+      bool landed = false;
+      while (!landed && b.wait(done)) landed = done.kind == runtime::CompletionKind::chunk && done.landed;
+      check(b.error());
+      if (!landed) throw CudaFailure{"profile: the expert copy did not land"};
+    }
+    // Orders as the driver submits them (submit_compute): the backend's events and poller included.
+    Pass pass;
+    auto order = [&](runtime::ComputeKind k, std::uint32_t t, std::uint32_t layer) {
+      pass.tokens = t;
+      pass.member_count = t;
+      runtime::ComputeOrder ord{};
+      ord.kind = k;
+      ord.layer = layer;
+      ord.tokens = t;
+      ord.pass = &pass;
+      return submitted_ns(b, ord, reps);
+    };
+    const std::uint32_t last = cfg.layers - 1;  // the cost model scales the last MoE layer's dense part
+    const std::vector<std::uint32_t> tokens = {1, 2, 4, 8, 16, 32, 64};
+    for (std::uint32_t t : tokens) p.expert_ffn.push_back({t, order(runtime::ComputeKind::expert, t, 0)});
+    progress(fmt::format("expert FFN: {:.1f} us at 1 token, {:.1f} us at 64 ({:.1f} s)", p.expert_ffn.front().ns / 1e3,
+                         p.expert_ffn.back().ns / 1e3, elapsed()));
+    for (std::uint32_t t : tokens) p.dense.push_back({t, 0, order(runtime::ComputeKind::dense, t, last)});
+    // The backend runs no attention over a KV cache (replay has none): its dense part does not
+    // depend on the context. The context samples are timed all the same, so that the profile is
+    // honest about what the executor runs and the fit sees the (absent) context dependence.
+    for (std::uint64_t ctx : {512U, 2048U, 8192U}) {
+      for (std::uint32_t t : {1U, 8U}) p.dense.push_back({t, ctx, order(runtime::ComputeKind::dense, t, last)});
+    }
+    notes.push_back("dense: CudaBackend runs the attention projections, router and shared experts; it runs no "
+                    "attention over a KV cache, so the context samples time the same kernels");
+    progress(fmt::format("dense layer: {:.1f} us at 1 token, {:.1f} us at 64 ({:.1f} s)", p.dense.front().ns / 1e3,
+                         p.dense[tokens.size() - 1].ns / 1e3, elapsed()));
+    for (std::uint32_t t : tokens) p.head.push_back({t, order(runtime::ComputeKind::head, t, 0)});
+    for (std::uint32_t t : tokens) p.router.push_back({t, time(CudaBackend::Kernel::router, t, last)});
+    {
+      const int few = std::max(3, reps / 3);  // a draft step is a whole forward: fewer repeats
+      for (std::uint32_t t : {1U, 2U, 4U, 8U}) {
+        pass.tokens = t;
+        pass.member_count = t;
+        runtime::ComputeOrder ord{};
+        ord.kind = runtime::ComputeKind::draft_step;
+        ord.step = 1;
+        ord.pass = &pass;
+        p.draft_step.push_back({t, submitted_ns(b, ord, few)});
+      }
+    }
+    notes.push_back("expert_ffn, dense, head, draft_step: orders submitted back to back through "
+                    "CudaBackend::submit_compute (the driver's path), each timed by its completion's events");
+    progress(fmt::format("head {:.1f} us, router {:.1f} us, draft step {:.1f} us at 1 token ({:.1f} s)",
+                         p.head.front().ns / 1e3, p.router.front().ns / 1e3, p.draft_step.front().ns / 1e3, elapsed()));
+    // Launch cost: empty kernels back to back; the spacing the device sees is the host's launch rate.
+    {
+      constexpr int kBurst = 200;
+      p.kernel_launch_ns = timer.median_ns(s, [&] {
+        for (int i = 0; i < kBurst; ++i) check(b.enqueue_kernel(CudaBackend::Kernel::empty, 1));
+      }) / kBurst;
+    }
+    notes.push_back("kernel_launch_ns: 200 empty kernels launched back to back, device time per kernel");
+    // GEMM slowdown: the expert FFN at 16 tokens alone and while a large host-to-device copy runs.
+    {
+      const std::uint64_t copy_bytes = std::uint64_t{256} << 20;
+      void* host = nullptr;
+      void* dev = nullptr;
+      cudaStream_t cs = nullptr;
+      check(cudaHostAlloc(&host, copy_bytes, cudaHostAllocDefault), "cudaHostAlloc");
+      std::unique_ptr<void, decltype(&cudaFreeHost)> host_owner(host, &cudaFreeHost);
+      check(cudaMalloc(&dev, copy_bytes), "cudaMalloc");
+      std::unique_ptr<void, decltype(&cudaFree)> dev_owner(dev, &cudaFree);
+      check(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+      std::unique_ptr<CUstream_st, decltype(&cudaStreamDestroy)> cs_owner(cs, &cudaStreamDestroy);
+      std::memset(host, 1, copy_bytes);
+      const std::uint32_t t = 16;
+      const double alone = order(runtime::ComputeKind::expert, t, 0);
+      // Enough copy to outlast the timed kernels (about 5 ms per 256 MiB at 55 GB/s).
+      const double kernels_ns = alone * (reps + 3);
+      const int copies = static_cast<int>(std::clamp(kernels_ns / 4e6 + 2, 2.0, 64.0));
+      for (int i = 0; i < copies; ++i) check(cudaMemcpyAsync(dev, host, copy_bytes, cudaMemcpyHostToDevice, cs), "cudaMemcpyAsync");
+      const double busy = order(runtime::ComputeKind::expert, t, 0);
+      const bool still_copying = cudaStreamQuery(cs) == cudaErrorNotReady;
+      check(cudaStreamSynchronize(cs), "cudaStreamSynchronize");
+      p.gemm_slowdown_under_copy = alone > 0 ? std::max(1.0, busy / alone) : 1.0;
+      notes.push_back(fmt::format("gemm_slowdown_under_copy: expert FFN at {} tokens, {:.1f} us alone, {:.1f} us beside "
+                                  "a host-to-device copy{}",
+                                  t, alone / 1e3, busy / 1e3, still_copying ? "" : " (the copy ended first)"));
+    }
+    progress(fmt::format("launch {:.2f} us per kernel; FFN slowdown under a copy x{:.3f} ({:.1f} s)",
+                         p.kernel_launch_ns / 1e3, p.gemm_slowdown_under_copy, elapsed()));
+  }
+
+  // ---- the host-to-device copy curve (cuda/link_profiler.cuh) ----
+  const std::uint64_t max_bytes = o.max_copy_mib << 20;
+  std::vector<std::uint64_t> sizes = cuda::default_profile_sizes(max_bytes);
+  if (sizes.empty() || sizes.back() != max_bytes) sizes.push_back(max_bytes);
+  const std::uint64_t matrix = std::uint64_t{cfg.shape.hidden} * cfg.shape.moe_ffn * 2;
+  const std::uint64_t expert = cfg.expert_bytes.count;
+  for (std::uint64_t v : {matrix, expert, expert / 3, std::uint64_t{64} << 10, std::uint64_t{1} << 20, std::uint64_t{16} << 20}) {
+    if (v >= 4096 && v <= max_bytes) sizes.push_back(v);
+  }
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  {
+    const std::uint64_t need = cuda::link_profile_workspace_bytes(sizes);
+    void* host = nullptr;
+    void* dev = nullptr;
+    cudaStream_t cs = nullptr;
+    check(cudaHostAlloc(&host, need, cudaHostAllocDefault), "cudaHostAlloc");
+    std::unique_ptr<void, decltype(&cudaFreeHost)> host_owner(host, &cudaFreeHost);
+    check(cudaMalloc(&dev, 2 * need), "cudaMalloc");
+    std::unique_ptr<void, decltype(&cudaFree)> dev_owner(dev, &cudaFree);
+    check(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    std::unique_ptr<CUstream_st, decltype(&cudaStreamDestroy)> cs_owner(cs, &cudaStreamDestroy);
+    std::memset(host, 0x5a, need);
+    std::vector<cuda::CopySample> samples(sizes.size());
+    check(cuda::profile_link(host, dev, sizes, reps, cuda::Direction::host_to_device, cs, samples.data()), "profile_link");
+    double floor = 0.0;  // copy time never falls as size grows (cuda::curve_knots' rule)
+    for (const auto& c : samples) {
+      floor = std::max(floor, c.median_us * 1e3);
+      p.copy_h2d.push_back({c.bytes, floor});
+    }
+    const auto at = [&](std::uint64_t bytes) {
+      for (const auto& c : samples) if (c.bytes == bytes) return c.gb_per_s();
+      return 0.0;
+    };
+    progress(fmt::format("copy curve: {} sizes, {:.1f} GB/s at 64 KiB, {:.1f} GB/s at one expert ({:.1f} MB), {:.1f} GB/s "
+                         "at {} MiB ({:.1f} s)",
+                         sizes.size(), at(std::uint64_t{64} << 10), at(expert), static_cast<double>(expert) / 1e6,
+                         at(max_bytes), o.max_copy_mib, elapsed()));
+    notes.push_back(fmt::format("copy_h2d: pinned cudaMemcpyAsync, each copy alone between device events, median of {}; "
+                                "a running maximum keeps the times monotone",
+                                reps));
+
+    // ---- --copy-csv: the executor's copies beside plain copies ----
+    if (!o.copy_csv.empty()) {
+      std::string csv = "bytes,plain_gbps,executor_gbps\n";
+      // Back to back: as many experts as fit in about 2 GB (4..64), three chunks each (replay's default).
+      const std::uint32_t n = static_cast<std::uint32_t>(std::clamp<std::uint64_t>((std::uint64_t{2} << 30) / expert, 4, 64));
+      for (std::uint64_t bytes : {expert}) {
+        const std::uint64_t need_plain = 2 * bytes;
+        double plain = 0.0;
+        if (need_plain <= 2 * need && bytes <= need) {
+          plain = plain_gbps(host, dev, bytes, n, std::max(3, reps / 3), cs);
+        } else {
+          void* h2 = nullptr;
+          void* d2 = nullptr;
+          check(cudaHostAlloc(&h2, bytes, cudaHostAllocDefault), "cudaHostAlloc");
+          std::unique_ptr<void, decltype(&cudaFreeHost)> h2_owner(h2, &cudaFreeHost);
+          check(cudaMalloc(&d2, need_plain), "cudaMalloc");
+          std::unique_ptr<void, decltype(&cudaFree)> d2_owner(d2, &cudaFree);
+          std::memset(h2, 0x5a, bytes);
+          plain = plain_gbps(h2, d2, bytes, n, std::max(3, reps / 3), cs);
+        }
+        const double exec = executor_gbps(bytes, n, 3, 3, o.device, cuda::CopySubmit::automatic, 0);
+        csv += fmt::format("{},{:.2f},{:.2f}\n", bytes, plain, exec);
+        progress(fmt::format("copies of {:.1f} MB x {}: plain {:.2f} GB/s, executor {:.2f} GB/s ({:.1f}%) ({:.1f} s)",
+                             static_cast<double>(bytes) / 1e6, n, plain, exec, plain > 0 ? 100.0 * exec / plain : 0.0,
+                             elapsed()));
+      }
+      // Chunking and the copy window, for experts small enough that per-chunk costs show.
+      if (expert < (std::uint64_t{64} << 20)) {
+        std::string grid = "executor GB/s by (chunks, copy_window):";
+        for (const auto& [ch, win] : {std::pair{3U, 2U}, std::pair{3U, 4U}, std::pair{3U, 8U}, std::pair{1U, 2U}, std::pair{1U, 4U}}) {
+          grid += fmt::format(" ({}, {}) {:.2f}", ch, win, executor_gbps(expert, n, ch, 3, o.device, cuda::CopySubmit::automatic, 0, win));
+        }
+        notes.push_back(grid);
+        progress(grid);
+      }
+      // Batched against looped submission where it matters: many small copies (64 KiB pieces).
+      if (cuda::kHasBatchedCopy) {
+        const std::uint64_t piece = std::uint64_t{64} << 10;
+        const std::uint64_t small = std::min<std::uint64_t>(expert, std::uint64_t{8} << 20);
+        const double batched = executor_gbps(small, 8, 1, 3, o.device, cuda::CopySubmit::batched, piece);
+        const double looped = executor_gbps(small, 8, 1, 3, o.device, cuda::CopySubmit::loop, piece);
+        notes.push_back(fmt::format("executor, {:.1f} MB experts as 64 KiB pieces: batched {:.2f} GB/s, looped {:.2f} GB/s",
+                                    static_cast<double>(small) / 1e6, batched, looped));
+        progress(notes.back());
+      }
+      io::write_file_atomically(o.copy_csv, csv.data(), csv.size());
+    }
+  }
+
+  notes.push_back(fmt::format("moesched-profile, {} repeats (medians after warm-up), {:.1f} s", reps, elapsed()));
+  io::write_profile(p, o.out, notes);
+  (void)io::read_profile(o.out);  // what was written must load
+  progress(fmt::format("wrote {} ({:.1f} s)", o.out, elapsed()));
+  return 0;
+}
+
+}  // namespace
+}  // namespace moesched::tools
+
+int main(int argc, char** argv) {
+  using namespace moesched::tools;
+  CLI::App app{
+      "moesched-profile: measure one model's kernels and the host-to-device link on this GPU and write a hardware "
+      "profile.\n"
+      "Every compute time is timed through moesched::cuda::CudaBackend's own kernels (what moesched-replay runs), "
+      "between device events, as the median of --repeats after warm-up:\n"
+      "  expert FFN (gate, up, SiLU x up, down) at 1..64 tokens; the dense part of one MoE decoder layer at 1..64 "
+      "tokens and contexts 0..8192 (the backend runs no KV attention: context does not change it); LM head; one "
+      "draft step at 1..8 sequences; one router GEMV; an empty kernel's launch cost; the expert FFN's slowdown while a "
+      "host-to-device copy runs; and pinned host-to-device copies from 4 KiB to --max-copy-mib, with the model's "
+      "matrix, chunk and expert sizes.\n"
+      "Load it with `moesched-sim --profile FILE` or `moesched-replay --profile FILE`. Progress goes to stderr."};
+  ProfileOptions o;
+  app.add_option("--model", o.model, "model preset name or JSON file whose shapes are timed")->capture_default_str();
+  app.add_option("--presets", o.preset_dirs, "extra preset directories");
+  app.add_option("-o,--output", o.out, "the profile JSON to write (checked writable before any work)")->required();
+  app.add_option("--device", o.device, "CUDA device ordinal")->capture_default_str();
+  app.add_option("--repeats", o.repeats, "timed repeats per sample (medians), 3..1000")->capture_default_str();
+  app.add_option("--max-copy-mib", o.max_copy_mib, "largest copy size of the copy curve, MiB")->capture_default_str();
+  app.add_option("--copy-csv", o.copy_csv,
+                 "also write bytes,plain_gbps,executor_gbps: the executor's copy throughput at this model's expert size "
+                 "beside the best plain pinned cudaMemcpyAsync of the same size");
+  app.add_flag("--quick", o.quick, "5 repeats per sample (tests)");
+  CLI11_PARSE(app, argc, argv);
+  return guarded_main("moesched-profile", [&] {
+    try {
+      return run_profile(o);
+    } catch (const CudaFailure& f) {
+      std::fprintf(stderr, "moesched-profile: error: %s\n", f.what.c_str());
+      return 1;
+    }
+  });
+}
