@@ -314,6 +314,19 @@ def fmt4(x: float) -> str:
     return f"{x:.4f}"
 
 
+def trace_name(path: str) -> str:
+    """traces/real/mix-prose-sd4.trace.safetensors -> mix-prose-sd4"""
+    return os.path.basename(path).replace(".trace.safetensors", "")
+
+
+def record_failure(args, failures: list, e: Exception) -> None:
+    """Keep a run's failure for the md and say it; re-raise unless --keep-going."""
+    failures.append(str(e))
+    log(f"policies.py: error: {e}")
+    if not args.keep_going:
+        raise e
+
+
 def run_matrix(args, sim: Sim, traces: list[str], gpus: list[str], fractions: list[float], policies_listed: list[str]):
     rows, refusals, failures, points = [], [], [], []
     sizes: dict = {}
@@ -333,15 +346,12 @@ def run_matrix(args, sim: Sim, traces: list[str], gpus: list[str], fractions: li
                 plan.append((t, hdr, g, f, n, gb, base, eb, tot))
     sim.total = sim.count + len(plan) + len(args.ablation_traces_resolved)
     for (t, hdr, g, f, n, gb, base, eb, tot) in plan:
-        name = os.path.basename(t).replace(".trace.safetensors", "")
+        name = trace_name(t)
         try:
             recs, orc, bound, sc, refused = run_point(sim, t, g, gb, base, f"{name} {g} {gb:.4f} GB ({n} experts): "
                                                       f"{len(base)} policies + oracle")
         except RunError as e:
-            failures.append(str(e))
-            log(f"policies.py: error: {e}")
-            if not args.keep_going:
-                raise
+            record_failure(args, failures, e)
             continue
         if int(sc["cache_experts"]) != n:
             raise RunError(f"{rel(t)} (gpu {g}): --cache-gb {gb:.4f} gave {sc['cache_experts']} experts, the rule "
@@ -367,7 +377,7 @@ def run_ablations(args, sim: Sim, traces: list[str], gpu: str, fraction: float):
     sizes: dict = {}
     for t in traces:
         hdr = trace_header(t)
-        name = os.path.basename(t).replace(".trace.safetensors", "")
+        name = trace_name(t)
         try:
             (bl, _, _) = budgets_for(sim, t, hdr, gpu, [fraction], sizes)
             (_, n, gb) = bl[0]
@@ -378,10 +388,7 @@ def run_ablations(args, sim: Sim, traces: list[str], gpu: str, fraction: float):
             recs, orc, bound, sc, refused = run_point(sim, t, gpu, gb, names, f"ablation {name} {gpu} {gb:.4f} GB: "
                                                       f"{len(names)} variants + oracle")
         except RunError as e:
-            failures.append(str(e))
-            log(f"policies.py: error: {e}")
-            if not args.keep_going:
-                raise
+            record_failure(args, failures, e)
             continue
         rows = []
         for base, variants in ABLATIONS.items():
