@@ -123,7 +123,7 @@ inline constexpr std::array<ComposedOption, 12> kMoesched{
     ComposedOption{"batch", "on|off", "on", "drafting: submit every copy up to the cutoff at once"},
     ComposedOption{"beyond", "N", "2", "beyond the cutoff: layers ahead during verification"},
     ComposedOption{"chunks", "auto|N", "auto",
-                   "copies per expert (auto: per matrix when that costs less link time than it saves a blocked demand copy)"},
+                   "copies per expert (auto: per matrix when splitting adds at most 2% to a copy's link time, else whole)"},
     kPreempt,
     ComposedOption{"horizon", "N", "2", "routing fallback: layers ranked ahead after each gate"},
     ComposedOption{"lookahead", "N", "0", "layers ahead a prefetch may be for (0: any)"},

@@ -36,24 +36,33 @@ TEST_CASE("latency model: hand-computed copy, layer and draft times", "[policy][
 }
 
 TEST_CASE("cutoff: the closed form and the solver on a hand-computed case", "[policy][cutoff]") {
-  // L = 4, k = 1, t_io = 400, t_l = 300, T_draft = 4 x 250 = 1000. All predictions right:
-  // V(c) = 4 x 400 - 100 c + max(0, 400 c - 1000): 1600, 1500, 1400, 1500, 1800.
+  // L = 4, k = 1, t_io = 400, t_l = 300, T_draft = 4 x 250 = 1000. All predictions right. The
+  // drafting-time copies land at A_l = 400 (l + 1) - 1000 = -600, -200, 200, 600; a prefetched
+  // layer runs at max(E_{l-1}, A_l): E = 300, 600, 900, 1200 (the copies past the window land while
+  // earlier layers run); a layer beyond the cutoff costs max(300, 400) = 400.
+  // V(c) = E_{c-1} + 400 (4 - c): 1600, 1500, 1400, 1300, 1200.
   const auto m = model();
   policy::CutoffInputs in{.layers = 4, .tokens = 5, .draft_window = m.draft_window_time(4),
                           .experts_per_layer = 1.0, .free_memory = Bytes{4000}};
   CHECK(policy::closed_form_cutoff(m, in) == 2);  // floor(1000 / 400)
-  const std::vector<std::int64_t> v{1600, 1500, 1400, 1500, 1800};
+  const std::vector<std::int64_t> v{1600, 1500, 1400, 1300, 1200};
   for (std::uint32_t c = 0; c <= 4; ++c) CHECK(policy::modelled_verify_time(m, in, c).count() == v[c]);
   auto best = policy::CutoffSolver{}.solve(m, in);
-  CHECK(best.cutoff == 2);
-  CHECK(best.verify_time == 1400ns);
-  // Memory for one layer's experts only: both stop at 1.
+  CHECK(best.cutoff == 4);
+  CHECK(best.verify_time == 1200ns);
+  // Memory for one layer's experts only (less than the 2.5 copies the window lands): both stop at 1.
   in.free_memory = Bytes{400};
   CHECK(policy::memory_cutoff(m, in) == 1);
   CHECK(policy::closed_form_cutoff(m, in) == 1);
   CHECK(policy::CutoffSolver{}.solve(m, in).cutoff == 1);
+  // Memory for 3 experts: the window lands 2.5 of them before verification starts, later copies
+  // reuse the slots of layers already run: every layer fits (floor(M / (k S_e)) = 3 would cap it).
+  in.free_memory = Bytes{1200};
+  CHECK(policy::memory_cutoff(m, in) == 4);
+  CHECK(policy::closed_form_cutoff(m, in) == 2);
+  CHECK(policy::CutoffSolver{}.solve(m, in).cutoff == 4);
   // Half the predictions wrong: a prefetched layer costs 300 + 200 > 400: the solver prefetches
-  // nothing (1600 ns) where the closed form still says 2 (V(2) = 2 x 500 + 2 x 400 = 1800).
+  // nothing (1600 ns) where the closed form still says 2 (V(2) = 500 + 500 + 2 x 400 = 1800).
   in.free_memory = Bytes{4000};
   const std::vector<double> half{0.5, 0.5, 0.5, 0.5};
   in.confidence = half;

@@ -16,6 +16,7 @@
 #include <moesched/policy/moesched_policy.hpp>
 #include <moesched/policy/promoe.hpp>
 #include <moesched/policy/spmoe.hpp>
+#include <moesched/runtime/archetype.hpp>
 #include <moesched/runtime/driver.hpp>
 #include <moesched/sim/lower_bound.hpp>
 #include <moesched/sim/replay.hpp>
@@ -286,6 +287,76 @@ TEST_CASE("promoe: a prefetch that touches its resident guess keeps it", "[polic
   CHECK(a.tpot_ms.mean < b.tpot_ms.mean);
 }
 
+TEST_CASE("promoe: a prefetch never evicts a resident expert its own prediction names", "[policy][published][touch]") {
+  // As above, but the prediction ranks the new expert first, [new, E0], and a copy takes 200 ns.
+  // The copy for `new` is issued before the pump reaches E0, while E0 is still its layer's least
+  // recently used. E0 is a pending candidate of the same prediction: spared, the old expert goes,
+  // one copy a pass (0-200 ns, before layer 1's gate at 320). Evicting it (what the queue did, and
+  // still does with touch off) re-copies E0 behind `new` (200-400 ns): late at every gate.
+  test::VecRouting r;
+  r.layers = 2;
+  r.top_k = 2;
+  for (std::uint16_t i = 0; i < 10; ++i) {
+    const auto x = static_cast<std::uint16_t>(i % 2 == 0 ? 1 : 2);
+    r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0, 1, 0, x});
+  }
+  const Workload w = build_workload(r, {2, 4, 2});
+  const auto t = table_of(
+      w, {1},
+      [](std::uint64_t p, std::uint16_t) {
+        return std::vector<std::uint16_t>{static_cast<std::uint16_t>(p % 2 == 0 ? 1 : 2), 0};
+      },
+      [](std::uint16_t) { return -1; });
+  const CostModel c = CostModel::fixed({.dense = 150ns, .expert = 20ns, .chunk_times = {200ns}, .expert_bytes = Bytes{1000}});
+  const Bytes budget{4000};
+  policy::ProMoE on(one_table(t), transition());
+  policy::ProMoE off(one_table(t), transition(), {.touch = false});
+  policy::ProMoE none(one_table(t), transition());
+  none.drop_predictors();
+  const auto a = run(w, c, on, budget);
+  const auto b = run(w, c, off, budget);
+  const auto n = run(w, c, none, budget);
+  CHECK(a.layers[1].misses == 0);
+  CHECK(a.layers[1].late <= 1);  // the first pass only
+  CHECK(b.layers[1].late > 5);
+  CHECK(a.prefetch_copies < b.prefetch_copies);
+  CHECK(a.evictions < b.evictions);
+  CHECK(a.tpot_ms.mean < b.tpot_ms.mean);
+  CHECK(a.tpot_ms.mean < n.tpot_ms.mean);  // right predictions: better than none
+}
+
+TEST_CASE("promoe: stride 1 with a predictor slower than a layer's dense part is always too late", "[policy][published][stride]") {
+  // moesched-sim's promoe:stride=1 on the real traces equals predictor=none: the 200 us MLP runs
+  // after layer t - 1 and layer t's gate comes one dense part (tens of us) later. Here: layers of
+  // 100 + 20 ns, copies of 150, a predictor of 110 ns, right predictions. Stride 2 (released after
+  // layer t - 2) has a layer more: its copies start before the gate and the gate waits less than
+  // for a demand copy; with stride 1 every prediction comes back after its gate (counted too late,
+  // layer 0's too: it is ready at the pass start, 100 ns before its gate) and the run is exactly
+  // the run without a predictor.
+  std::vector<std::vector<std::uint16_t>> passes;
+  for (std::uint16_t i = 0; i < 16; ++i) {
+    const auto x = static_cast<std::uint16_t>(i % 4);
+    passes.push_back({0, x, 0, static_cast<std::uint16_t>((i + 1) % 4)});
+  }
+  const Workload w = decode_passes(passes, 4, 4);
+  const auto t = test::perfect_predictions(w, 2);
+  const CostModel c = CostModel::fixed({.dense = 100ns, .expert = 20ns, .chunk_times = {150ns}, .expert_bytes = Bytes{1000}});
+  const Bytes budget{8000};
+  policy::ProMoE s2(one_table(t, 110ns), transition(), {.stride = 2});
+  policy::ProMoE s1(one_table(t, 110ns), transition(), {.stride = 1});
+  policy::ProMoE none(one_table(t, 110ns), transition(), {.stride = 1});
+  none.drop_predictors();
+  const auto m2 = run(w, c, s2, budget);
+  const auto m1 = run(w, c, s1, budget);
+  const auto mn = run(w, c, none, budget);
+  CHECK(m2.prefetch_copies > 0);
+  CHECK(m1.prefetch_copies == 0);
+  CHECK(s1.too_late() == t.set_count());
+  CHECK(m1.tpot_ms.mean == Approx(mn.tpot_ms.mean));
+  CHECK(m1.bytes_copied == mn.bytes_copied);
+  CHECK(m2.tpot_ms.mean < m1.tpot_ms.mean);
+}
+
 TEST_CASE("spmoe: the solver's cutoff keeps wrong deep guesses from evicting needed experts", "[policy][published][cutoff]") {
   // 4 layers x 4 experts, 4 slots; verification passes of 3 tokens (2 drafts) all using E0 at every
   // layer: once warm, every expert needed is resident. The draft gate is right for layers 0 and 1
@@ -318,6 +389,36 @@ TEST_CASE("spmoe: the solver's cutoff keeps wrong deep guesses from evicting nee
   CHECK(solver.cutoff() == 2);  // the last pass's
   CHECK(a.misses < b.misses);
   CHECK(a.tpot_ms.mean < b.tpot_ms.mean);
+}
+
+TEST_CASE("spmoe: batch submits every drafting-time copy at once, without it depth at a time", "[policy][published][batch]") {
+  // One SD pass (2 drafts), 4 layers x 4 experts, 8 free slots; the draft gate predicts one expert
+  // of each layer, ready after the second draft step. On an executor whose copies never land, the
+  // copies submitted once every prediction came back are the batch: all 4 with batch, the queue's
+  // depth (2) without, the rest waiting for a copy to land. (moesched-sim's link moves one copy at
+  // a time and charges nothing per submission, and a landing refills the depth at once: there the
+  // two schedules keep the link equally busy, hence `batch=off` barely moves TPOT.)
+  test::VecRouting r;
+  r.layers = 4;
+  r.top_k = 1;
+  r.add({.request = 0, .phase = StepPhase::verify, .tokens = 3, .draft_len = 2, .accepted = 2},
+        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+  const Workload w = build_workload(r, {4, 4, 1});
+  const auto t = table_of(
+      w, {0, 1, 2, 3}, [](std::uint64_t, std::uint16_t l) { return std::vector<std::uint16_t>{l}; },
+      [](std::uint16_t) { return -1; }, /*draft_tokens=*/2);
+  const policy::AnalyticalLatency lat{.copy_fixed = 0ns, .link_bytes_per_ns = 2.5, .expert = Bytes{1000},
+                                      .dense = 150ns, .expert_ffn = 20ns, .draft_step = 500ns};
+  auto submitted = [&](bool batch) {
+    runtime::ArchetypeExecutor e(4, 4, 8);
+    policy::SpMoE p(one_table(t), transition(), lat, {.cutoff = policy::CutoffRule::all, .batch = batch});
+    p.on_pass_begin(e, PassInfo{0, StepPhase::verify, 3, 1, 2});
+    auto jobs = runtime::ArchetypeExecutor::Control::jobs(e);  // a copy: on_job_done may submit more
+    for (const auto& j : jobs) p.on_job_done(e, j.tag, j.predict(j.predictor, j.input, j.out));
+    return runtime::ArchetypeExecutor::Control::copies(e);
+  };
+  CHECK(submitted(true) == 4);
+  CHECK(submitted(false) == 2);
 }
 
 TEST_CASE("promoe: chunked copies make a demand copy wait at most one chunk of a wrong guess",

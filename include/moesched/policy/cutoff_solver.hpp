@@ -11,15 +11,22 @@
 ///   moesched::policy::CutoffChoice best = moesched::policy::CutoffSolver{}.solve(model, in);
 ///
 /// Closed form (the guide's): L* = min(L, floor(T_draft / (k t_io)), floor(M_free / (k S_e))).
-/// The solver instead minimises the modelled verification time V(c) over c = 0..min(L, memory
-/// cap), where the first c layers are prefetched during drafting (k experts each) and the rest
-/// fall back to layer-ahead prefetch during verification:
-///   V(c) = max(0, c k t_io - T_draft)                      copies still on the link at verification
-///        + sum_{l < c} (t_l + (1 - p_l) k t_io)             a wrong prediction becomes a demand copy
-///        + sum_{l >= c} (t_l + max(0, k t_io - t_l))        layer-ahead copy behind the previous layer
+/// The solver instead minimises the modelled verification time V(c) over c = 0..memory cap, where
+/// the first c layers are prefetched during drafting (k experts each, queued in layer order on the
+/// one link from the draft window's start) and the rest fall back to layer-ahead prefetch during
+/// verification. Verification starts at 0; layer l < c's copies land at
+///   A_l = (l + 1) k t_io - T_draft                          (the link is serial, busy from -T_draft)
+/// and it runs once they landed and the previous layer ended, a wrong prediction becoming a demand
+/// copy:
+///   E_l = max(E_{l-1}, A_l) + t_l + (1 - p_l) k t_io        (E_{-1} = 0)
+/// Copies that do not fit the window overlap the verification of the layers before theirs (they
+/// are not a serial prefix). The layers from c on then run behind the previous layer:
+///   V(c) = E_{c-1} + sum_{l >= c} (t_l + max(0, k t_io - t_l))
 /// with t_l = model.layer_time(tokens, ceil(k)) and p_l the confidence of layer l's predictions
-/// (1 when none are given). One pass over the layers with prefix sums: O(L). Ties go to the
-/// shallower cutoff (less memory, less link).
+/// (1 when none are given). Memory (memory_cutoff): the prefetched experts resident at once are
+/// those landed when verification starts, min(c k, T_draft / t_io); later ones reuse the slots of
+/// layers already run. One pass over the layers: O(L). Ties go to the shallower cutoff (less
+/// memory, less link).
 ///
 /// choose_cutoff(rule, ...) is what a policy calls per SD pass: the solver, the closed form, a
 /// fixed depth, or every layer (no cutoff), each switchable for ablations.
@@ -52,12 +59,18 @@ struct CutoffChoice {
   Nanoseconds verify_time{};
 };
 
-/// The deepest cutoff whose prefetches fit `in.free_memory` (floor(M_free / (k S_e)), at most L).
+/// The deepest cutoff whose prefetches resident at once fit `in.free_memory`: every layer when
+/// the copies that land within the draft window (T_draft / t_io) fit, else floor(M_free / (k S_e))
+/// (at most L). Copies landing after verification started reuse the slots of layers already run.
 template <LatencyModel M>
 [[nodiscard]] std::uint32_t memory_cutoff(const M& model, const CutoffInputs& in) noexcept {
-  const double per_layer = in.experts_per_layer * static_cast<double>(model.expert_bytes().count);
+  const double bytes = static_cast<double>(model.expert_bytes().count);
+  const double per_layer = in.experts_per_layer * bytes;
   if (!(per_layer > 0.0)) return in.layers;
-  return static_cast<std::uint32_t>(std::min<double>(in.layers, std::floor(static_cast<double>(in.free_memory.count) / per_layer)));
+  const double free = static_cast<double>(in.free_memory.count);
+  const auto io = static_cast<double>(model.expert_copy_time().count());
+  if (io > 0.0 && static_cast<double>(in.draft_window.count()) / io * bytes <= free) return in.layers;
+  return static_cast<std::uint32_t>(std::min<double>(in.layers, std::floor(free / per_layer)));
 }
 
 /// SP-MoE's closed form: min(L, floor(T_draft / (k t_io)), floor(M_free / (k S_e))).
@@ -85,14 +98,17 @@ template <LatencyModel M>
 [[nodiscard]] Nanoseconds modelled_verify_time(const M& model, const CutoffInputs& in, std::uint32_t cutoff) noexcept {
   const double io = in.experts_per_layer * static_cast<double>(model.expert_copy_time().count());
   const double t = cutoff_detail::layer_ns(model, in);
-  double v = std::max(0.0, cutoff * io - static_cast<double>(in.draft_window.count()));
-  for (std::uint32_t l = 0; l < in.layers; ++l) {
-    v += l < cutoff ? t + (1.0 - cutoff_detail::confidence(in, l)) * io : t + std::max(0.0, io - t);
+  const double window = static_cast<double>(in.draft_window.count());
+  const std::uint32_t c = std::min(cutoff, in.layers);
+  double end = 0.0;  // E_{l-1}
+  for (std::uint32_t l = 0; l < c; ++l) {
+    end = std::max(end, (l + 1) * io - window) + t + (1.0 - cutoff_detail::confidence(in, l)) * io;
   }
-  return ceil_ns(v);
+  return ceil_ns(end + (in.layers - c) * (t + std::max(0.0, io - t)));
 }
 
-/// Minimises modelled_verify_time over the cutoffs that fit memory, in one pass.
+/// Minimises modelled_verify_time over the cutoffs that fit memory, in one pass (E_{c-1} does not
+/// depend on c, so each cutoff extends the previous one's prefix).
 struct CutoffSolver {
   template <LatencyModel M>
   [[nodiscard]] CutoffChoice solve(const M& model, const CutoffInputs& in) const noexcept {
@@ -101,12 +117,12 @@ struct CutoffSolver {
     const double ahead = t + std::max(0.0, io - t);  // a layer beyond the cutoff
     const double window = static_cast<double>(in.draft_window.count());
     const std::uint32_t cap = memory_cutoff(model, in);
-    double prefix = 0.0;  // sum over l < c of (prefetched cost - layer-ahead cost)
-    CutoffChoice best{0, ceil_ns(in.layers * ahead)};
+    double end = 0.0;  // E_{c-1}: the prefetched layers' end
+    CutoffChoice best{0, {}};
     double best_v = static_cast<double>(in.layers) * ahead;
     for (std::uint32_t c = 1; c <= cap; ++c) {
-      prefix += (t + (1.0 - cutoff_detail::confidence(in, c - 1)) * io) - ahead;
-      const double v = static_cast<double>(in.layers) * ahead + prefix + std::max(0.0, c * io - window);
+      end = std::max(end, c * io - window) + t + (1.0 - cutoff_detail::confidence(in, c - 1)) * io;
+      const double v = end + static_cast<double>(in.layers - c) * ahead;
       if (v < best_v - 1e-9 * std::max(1.0, best_v)) {
         best_v = v;
         best.cutoff = c;

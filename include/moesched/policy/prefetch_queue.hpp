@@ -33,7 +33,9 @@
 /// - `preempt`: early preemption at the gate (off: the layer's speculative copies run on, at low
 ///   priority, whether asked or not).
 /// - `touch`: a candidate already resident or in flight is touched in the per-layer LRU (ProMoE's
-///   "a prefetch touches the entry"); off: its place in the LRU order is left alone.
+///   "a prefetch touches the entry"), and with `layer_lru` victims a resident candidate still
+///   pending is never the victim of a prefetch (whatever its rank); off: its place in the LRU
+///   order is left alone.
 /// - set_cutoff(c, beyond) (per pass, SP-MoE): layers below c may be prefetched at any distance,
 ///   layers from c on only within `beyond` layers of the running one (0: never).
 /// - set_depth(d) (per pass or phase): batched submission, e.g. every drafting-time copy at once.
@@ -325,7 +327,15 @@ class PrefetchQueue {
     const std::int64_t L = e.layers();
     const std::int64_t cur = layer_;  // -1 before the first gate
     auto skip = [&](std::uint32_t held) { return unused_prefetch(held, per); };
-    if (opt_.victim == PrefetchVictim::layer_lru) return cache_.victim(e, layer, skip);
+    if (opt_.victim == PrefetchVictim::layer_lru) {
+      // With touch, a prediction keeps all its resident candidates, not only those ranked above
+      // the one being copied: a pending candidate of its own layer is not a victim either (else a
+      // copy for the prediction's first, absent candidate evicts its second, resident one).
+      auto keep = [&](std::uint32_t held) {
+        return unused_prefetch(held, per) || (opt_.touch && pending_candidate(held, per));
+      };
+      return cache_.victim(e, layer, keep);
+    }
     const std::int64_t need = static_cast<std::int64_t>(layer) - cur;  // turns until `layer` runs
     for (std::int64_t d = L; d > need; --d) {  // turn distance d: layer (cur + d) mod L
       const auto x = static_cast<std::uint32_t>(((cur + d) % L + L) % L);
@@ -360,6 +370,14 @@ class PrefetchQueue {
   /// Flat id `held` was prefetched for a layer of this pass still to run.
   [[nodiscard]] bool unused_prefetch(std::uint32_t held, std::uint32_t per) const noexcept {
     return marks_[held] == pass_ + 1 && static_cast<std::int64_t>(held / per) > layer_;
+  }
+  /// Flat id `held` is a pending candidate of its own layer, a layer of this pass still to run.
+  [[nodiscard]] bool pending_candidate(std::uint32_t held, std::uint32_t per) const noexcept {
+    const std::uint32_t l = held / per;
+    if (static_cast<std::int64_t>(l) <= layer_) return false;
+    const auto x = static_cast<std::uint16_t>(held % per);
+    const auto& q = pending_[l];
+    return std::find(q.begin(), q.end(), x) != q.end();
   }
   /// A low copy of flat id f landed, was cancelled or became a demand copy.
   void land(std::uint32_t f) {
