@@ -64,6 +64,7 @@ struct ScenarioOptions {
   std::optional<double> predictor_us;    // unset = per channel (predictor_latency)
   std::string predictor_on = "auto";     // auto (by channel), cpu, gpu
   std::uint32_t cpu_workers = 1;
+  std::uint32_t compute_ahead = 1;       // kernels the driver keeps submitted (runtime::DriverOptions)
   std::uint32_t predict_top = 0;         // 0 = the model's top_k
   std::uint32_t prefetch_depth = 2;
   std::uint32_t lookahead = 0;
@@ -104,6 +105,10 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
       ->check(CLI::IsMember({"auto", "cpu", "gpu"}))
       ->capture_default_str();
   app.add_option("--cpu-workers", o.cpu_workers, "prefetch:CHANNEL: predictor threads")->capture_default_str();
+  app.add_option("--compute-ahead", o.compute_ahead,
+                 "kernels the driver keeps submitted ahead of the running one, 1..64 (changes the run only where the "
+                 "executor's host time is charged: a --profile with host costs)")
+      ->capture_default_str();
   app.add_option("--predict-top", o.predict_top,
                  "prefetch:CHANNEL: candidates prefetched per prediction (0 = the model's top_k); predict:*, "
                  "moe-infinity: candidates per ranking (0 = as many as the layer's last gate asked for)")
@@ -280,6 +285,9 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
   if (o.cpu_workers < 1 || o.cpu_workers > 1024) {
     throw ConfigError("", "cpu_workers", std::to_string(o.cpu_workers), "must be between 1 and 1024");
   }
+  if (o.compute_ahead < 1 || o.compute_ahead > 64) {
+    throw ConfigError("", "compute_ahead", std::to_string(o.compute_ahead), "must be between 1 and 64");
+  }
   s.workload = std::move(w);
   if (!o.train_trace.empty()) {
     ScenarioOptions to = o;
@@ -413,6 +421,7 @@ inline sim::SimOptions sim_options(const Scenario& s) {
   o.budget = s.budget;
   o.check_invariants = false;
   o.cpu_workers = s.opt.cpu_workers;
+  o.compute_ahead = s.opt.compute_ahead;
   return o;
 }
 
@@ -474,6 +483,7 @@ inline Json scenario_json(const Scenario& s) {
     j["profile_fits"] = fits;
   }
   j["chunks"] = o.chunks;
+  j["compute_ahead"] = o.compute_ahead;
   j["d2h_share"] = o.d2h_share;
   j["gamma"] = o.gamma;
   j["acceptance"] = o.gamma > 0 ? Json(o.acceptance) : Json(nullptr);

@@ -131,6 +131,31 @@ TEST_CASE("a profile file round-trips, and bad files are errors naming file, fie
   bad([](nlohmann::json& j) { j["copy_h2d"][1]["bytes"] = 4096; }, "copy_h2d[1].bytes");
   bad([](nlohmann::json& j) { j["router"] = nlohmann::json::array(); }, "router");
   bad([](nlohmann::json& j) { j.erase("head"); }, "head");
+  // The optional host costs: absent above (not measured); present, every field is required.
+  CHECK_FALSE(q.host.measured());
+  auto h = p;
+  h.host = {.submit_dense_ns = 9'000.0, .submit_expert_ns = 8'000.0, .submit_head_ns = 4'000.0,
+            .submit_draft_ns = 90'000.0, .launch_ns = 6'000.0, .notify_ns = 5'000.0};
+  const auto hp = dir.path() / "h.profile.json";
+  io::write_profile(h, hp, {});
+  const auto hq = io::read_profile(hp);
+  CHECK(hq.host.submit_dense_ns == 9'000.0);
+  CHECK(hq.host.submit_expert_ns == 8'000.0);
+  CHECK(hq.host.submit_head_ns == 4'000.0);
+  CHECK(hq.host.submit_draft_ns == 90'000.0);
+  CHECK(hq.host.launch_ns == 6'000.0);
+  CHECK(hq.host.notify_ns == 5'000.0);
+  auto bad_host = [&](auto edit, const std::string& expect) {
+    nlohmann::json j = io::profile_to_json(h);
+    edit(j);
+    const auto f = dir.write("bad.json", j.dump());
+    const std::string msg = test::thrown_message<ConfigError>([&] { (void)io::read_profile(f); });
+    CHECK(test::contains(msg, expect));
+  };
+  bad_host([](nlohmann::json& j) { j["host"]["notify_ns"] = -1.0; }, "notify_ns");
+  bad_host([](nlohmann::json& j) { j["host"]["submit_ns"].erase("expert"); }, "expert");
+  bad_host([](nlohmann::json& j) { j["host"]["launch"] = 1.0; }, "launch");
+  bad_host([](nlohmann::json& j) { j["host"] = 3; }, "host");
 }
 
 TEST_CASE("CostModel with a measured profile uses its times and its copy curve", "[profile][sim]") {
@@ -170,4 +195,22 @@ TEST_CASE("CostModel with a measured profile uses its times and its copy curve",
   for (auto t : c3.chunk_times()) sum += t;
   CHECK(sum == c3.expert_copy_time());
   CHECK(c3.chunk_times().size() == 3);
+  // Host costs: none in this profile, so the simulator charges none; measured ones become whole ns
+  // (rounded up) in the cost model, and the fit report lists them.
+  CHECK_FALSE(c.host().any());
+  auto hp = exact_profile();
+  hp.host = {.submit_dense_ns = 9'000.2, .submit_expert_ns = 8'000.0, .submit_head_ns = 4'000.0,
+             .submit_draft_ns = 90'000.0, .launch_ns = 6'000.0, .notify_ns = 5'000.0};
+  sim::CostOptions with_host;
+  with_host.measured = std::make_shared<const profile::MeasuredCosts>(fit::fit_profile(hp));
+  const sim::CostModel ch(model, gpu, with_host);
+  CHECK(ch.host().submit_dense == Nanoseconds{9'001});
+  CHECK(ch.host().submit_expert == Nanoseconds{8'000});
+  CHECK(ch.host().submit_draft == Nanoseconds{90'000});
+  CHECK(ch.host().launch == Nanoseconds{6'000});
+  CHECK(ch.host().notify == Nanoseconds{5'000});
+  CHECK(ch.expert_time(1) == c.expert_time(1));
+  bool listed = false;
+  for (const auto& f : with_host.measured->fits) listed = listed || f.item == "host";
+  CHECK(listed);
 }

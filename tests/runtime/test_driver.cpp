@@ -171,6 +171,50 @@ TEST_CASE("driver: compute_ahead keeps kernels queued; demand policies give the 
   }
 }
 
+TEST_CASE("driver: the executor's host time (submit, launch, notify) on the simulator backend", "[runtime][driver][host]") {
+  // sd_pass() with host times: submitting a draft step 2 ns, a dense order 3, an expert 4, the
+  // head 1; an order starts 5 ns after its submission began at the earliest (and ends no earlier
+  // than 5 ns after its submission ended); a completion reaches the driver 7 ns after it happened. One kernel at a time (compute_ahead 1):
+  //   draft 1: submit 0-2, runs 5-55, driver knows at 62; draft 2: submit 62-64, runs 67-117 (124)
+  //   dense L0: submit 124-127, runs 129-139 (146): gate, copy L0/E0 146-246 (253)
+  //   FFN L0: submit 253-257, runs 258-278 (285); dense L1: submit 285-288, runs 290-300 (307)
+  //   copy L1/E0 307-407 (414); FFN L1: submit 414-418, runs 419-439 (446); head: 446-447, runs 451-456.
+  const Workload w = sd_pass();
+  auto fixed = [](sim::HostTimes h) {
+    return CostModel::fixed({.dense = 10ns, .expert = 20ns, .head = 5ns, .draft_step = 50ns, .chunk_times = {100ns},
+                             .expert_bytes = Bytes{1000}, .host = h});
+  };
+  const sim::HostTimes host{.submit_dense = 3ns, .submit_expert = 4ns, .submit_head = 1ns, .submit_draft = 2ns,
+                            .launch = 5ns, .notify = 7ns};
+  const CostModel c = fixed(host);
+  policy::LayerLru a;
+  const auto one = sim::replay(w, c, a, checked(Bytes{2000}, 1));
+  CHECK(one.total_time == 456ns);
+  CHECK(one.tpot_ms.mean == Approx(456.0 / 2 / 1e6));
+  CHECK(one.compute_busy == 2 * 50ns + 2 * 10ns + 2 * 20ns + 5ns);  // host time is not kernel time
+  CHECK(one.link_busy == 200ns);
+  // compute_ahead 4: the two draft steps and dense L0 are submitted back to back (host 0-2, 2-4,
+  // 4-7) and run 5-55, 55-105, 105-115 (122): gate, copy 122-222 (229); FFN L0 submitted 229-233,
+  // runs 234-254, then dense L1 submitted 233-236 runs 254-264 (271); copy 271-371 (378); FFN L1
+  // submitted 378-382, runs 383-403; the head submitted 382-383 runs 403-408.
+  policy::LayerLru b;
+  const auto ahead = sim::replay(w, c, b, checked(Bytes{2000}, 4));
+  CHECK(ahead.total_time == 408ns);
+  // All zero: the run of "a job is released at its ready point" (365 ns) whatever compute_ahead.
+  policy::LayerLru z;
+  CHECK(sim::replay(w, fixed({}), z, checked(Bytes{2000}, 4)).total_time == 365ns);
+  // Notify alone: every completion the driver waits on (2 drafts, 2 dense, 2 copies, 2 FFNs) is
+  // 7 ns late, and the next submission with it: 365 + 8 x 7.
+  policy::LayerLru n;
+  CHECK(sim::replay(w, fixed({.notify = 7ns}), n, checked(Bytes{2000}, 1)).total_time == 365ns + 8 * 7ns);
+  // A submission longer than its kernels (an expert order 30 ns, its FFN 20) ends no earlier than
+  // the submission's end plus the launch delay. Launch 5, nothing else: drafts 5-55, 60-110; dense
+  // L0 115-125; copy 125-225; FFN L0 submitted 225-255, starts 230, ends max(250, 260) = 260;
+  // dense L1 265-275; copy 275-375; FFN L1 submitted 375-405, ends 410; head 415-420.
+  policy::LayerLru s;
+  CHECK(sim::replay(w, fixed({.submit_expert = 30ns, .launch = 5ns}), s, checked(Bytes{2000}, 1)).total_time == 420ns);
+}
+
 TEST_CASE("driver: refusals", "[runtime][driver]") {
   const Workload w = sd_pass();
   const CostModel c = costs();

@@ -123,6 +123,37 @@ double submitted_ns(CudaBackend& b, const runtime::ComputeOrder& order, int repe
   return median(t);
 }
 
+/// The executor's host costs for one order kind, each order alone on an idle stream (the previous
+/// one's completion received first): the driver thread's time inside submit_compute, the delay from
+/// submit_compute's call to the order's first kernel (its start event), and the delay from the
+/// order's end event to wait() returning its completion on this thread. Medians after 3 untimed.
+struct HostSample {
+  double submit_ns = 0.0;
+  double launch_ns = 0.0;
+  double notify_ns = 0.0;
+};
+HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, int repeats) {
+  std::vector<double> submit;
+  std::vector<double> launch;
+  std::vector<double> notify;
+  for (int i = 0; i < repeats + 3; ++i) {
+    const Nanoseconds t0 = b.now();
+    check(b.submit_compute(order));
+    const Nanoseconds t1 = b.now();
+    runtime::Completion done;
+    bool got = false;
+    while (!got && b.wait(done)) got = done.kind == runtime::CompletionKind::compute;
+    const Nanoseconds t2 = b.now();
+    check(b.error());
+    if (!got) throw CudaFailure{"submit_compute: completion missing"};
+    if (i < 3) continue;
+    submit.push_back(static_cast<double>((t1 - t0).count()));
+    launch.push_back(static_cast<double>(std::max(Nanoseconds{0}, done.start - t0).count()));
+    notify.push_back(static_cast<double>(std::max(Nanoseconds{0}, t2 - done.end).count()));
+  }
+  return {median(submit), median(launch), median(notify)};
+}
+
 /// Caller-owned memory for one backend (device allocation and host store), freed in order.
 struct BackendRig {
   void* device = nullptr;
@@ -317,6 +348,43 @@ int run_profile(const ProfileOptions& o) {
         p.draft_step.push_back({t, submitted_ns(b, ord, few)});
       }
     }
+    // Host costs: each kind of order alone on an idle stream, as the driver submits it after a
+    // completion (the gate, the end of a layer) at batch 1.
+    {
+      auto idle = [&](runtime::ComputeKind k, std::uint32_t layer) {
+        pass.tokens = 1;
+        pass.member_count = 1;
+        runtime::ComputeOrder ord{};
+        ord.kind = k;
+        ord.layer = layer;
+        ord.tokens = 1;
+        ord.step = k == runtime::ComputeKind::draft_step ? 1 : 0;
+        ord.pass = &pass;
+        return idle_host_costs(b, ord, k == runtime::ComputeKind::draft_step ? std::max(3, reps / 3) : reps);
+      };
+      const HostSample dense = idle(runtime::ComputeKind::dense, last);
+      const HostSample expert = idle(runtime::ComputeKind::expert, 0);
+      const HostSample head = idle(runtime::ComputeKind::head, 0);
+      const HostSample draft = idle(runtime::ComputeKind::draft_step, 0);
+      p.host.submit_dense_ns = dense.submit_ns;
+      p.host.submit_expert_ns = expert.submit_ns;
+      p.host.submit_head_ns = head.submit_ns;
+      p.host.submit_draft_ns = draft.submit_ns;
+      // One launch and one notify delay for every kind: the medians over the four kinds' medians
+      // (they are the same stream and the same poller; the kinds differ in their kernels only).
+      p.host.launch_ns = median({dense.launch_ns, expert.launch_ns, head.launch_ns, draft.launch_ns});
+      p.host.notify_ns = median({dense.notify_ns, expert.notify_ns, head.notify_ns, draft.notify_ns});
+      notes.push_back(fmt::format(
+          "host: each order alone on an idle stream at 1 token; submit_compute on the calling thread dense {:.1f} us, "
+          "expert {:.1f}, head {:.1f}, draft step {:.1f}; submit call -> first kernel starts: dense {:.1f}, expert {:.1f}, "
+          "head {:.1f}, draft {:.1f}; end event -> wait() returns: dense {:.1f}, expert {:.1f}, head {:.1f}, draft {:.1f}",
+          dense.submit_ns / 1e3, expert.submit_ns / 1e3, head.submit_ns / 1e3, draft.submit_ns / 1e3,
+          dense.launch_ns / 1e3, expert.launch_ns / 1e3, head.launch_ns / 1e3, draft.launch_ns / 1e3,
+          dense.notify_ns / 1e3, expert.notify_ns / 1e3, head.notify_ns / 1e3, draft.notify_ns / 1e3));
+      progress(fmt::format("host: submit dense {:.1f} us, expert {:.1f} us; launch {:.1f} us; notify {:.1f} us ({:.1f} s)",
+                           dense.submit_ns / 1e3, expert.submit_ns / 1e3, p.host.launch_ns / 1e3,
+                           p.host.notify_ns / 1e3, elapsed()));
+    }
     notes.push_back("expert_ffn, dense, head, draft_step: orders submitted back to back through "
                     "CudaBackend::submit_compute (the driver's path), each timed by its completion's events");
     progress(fmt::format("head {:.1f} us, router {:.1f} us, draft step {:.1f} us at 1 token ({:.1f} s)",
@@ -471,7 +539,8 @@ int main(int argc, char** argv) {
       "  expert FFN (gate, up, SiLU x up, down) at 1..64 tokens; the dense part of one MoE decoder layer at 1..64 "
       "tokens and contexts 0..8192 (the backend runs no KV attention: context does not change it); LM head; one "
       "draft step at 1..8 sequences; one router GEMV; an empty kernel's launch cost; the expert FFN's slowdown while a "
-      "host-to-device copy runs; and pinned host-to-device copies from 4 KiB to --max-copy-mib, with the model's "
+      "host-to-device copy runs; the executor's host costs (submit time per order kind, the idle stream's launch delay, "
+      "the completion's delay to the driver's thread); and pinned host-to-device copies from 4 KiB to --max-copy-mib, with the model's "
       "matrix, chunk and expert sizes.\n"
       "Load it with `moesched-sim --profile FILE` or `moesched-replay --profile FILE`. Progress goes to stderr."};
   ProfileOptions o;

@@ -35,7 +35,6 @@ namespace {
 struct ReplayOptions {
   std::string policy = "lru";
   std::string json;
-  std::uint32_t compute_ahead = 8;
   std::uint32_t host_experts = 0;
   std::uint32_t copy_window = 2;
   bool verify = false;
@@ -94,9 +93,6 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   if (!replayable(r.policy)) {
     throw ConfigError("", "policy", r.policy, "runs in moesched-sim only; moesched-replay runs on-demand, lru, lfu, static, oracle, prefetch:CHANNEL");
   }
-  if (r.compute_ahead < 1 || r.compute_ahead > 64) {
-    throw ConfigError("", "compute_ahead", std::to_string(r.compute_ahead), "must be between 1 and 64");
-  }
   const ScenarioBase b = open_base(o);
   Scenario s = prepare(b, build_workload_for(b, o), o);
   attach_predictions(s, b, {r.policy});
@@ -151,7 +147,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     }
     batched = backend.batched_copies();
     auto run = [&](auto& pol, runtime::RunMetrics& out) {
-      runtime::LayerDriver<cuda::CudaBackend> driver(w, backend, {.check_invariants = false, .compute_ahead = r.compute_ahead});
+      runtime::LayerDriver<cuda::CudaBackend> driver(w, backend, {.check_invariants = false, .compute_ahead = o.compute_ahead});
       const runtime::Status rs = driver.run(pol);
       out = driver.metrics();
       if (!rs) fault = driver.fault_text();
@@ -172,7 +168,10 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     return 1;
   }
 
-  // The simulator's prediction of the same scenario and policy (roofline presets).
+  // The simulator's prediction of the same scenario and policy (roofline presets, or the measured
+  // profile with --profile).
+  // Its driver keeps as many kernels submitted ahead as the real one (--compute-ahead): with a
+  // measured profile's host costs, how far the driver runs ahead decides how much launch delay hides.
   runtime::RunMetrics simulated = run_scenario_policy(s, r.policy, sim_options(s));
   const sim::LowerBound lb = sim::tpot_lower_bound(w, *s.cost, slots);
   cudaDeviceProp prop{};
@@ -184,7 +183,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     real.policy = r.policy;
     std::fputs(compare_table(s, {real, shown}, lb).c_str(), stdout);
     std::fprintf(stdout, "device: %s; %u slots (%.2f GB), %u chunks (%s copies), compute_ahead %u%s\n", device_name.c_str(),
-                 slots, (cfg.expert_bytes * slots).gigabytes(), cfg.chunks, batched ? "batched" : "looped", r.compute_ahead,
+                 slots, (cfg.expert_bytes * slots).gigabytes(), cfg.chunks, batched ? "batched" : "looped", o.compute_ahead,
                  r.verify ? fmt::format(", {} expert kernels verified", checked).c_str() : "");
   }
   if (!r.json.empty()) {
@@ -195,7 +194,6 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     rec["sim_relative_error"] = real.tpot_ms.mean > 0 ? (simulated.tpot_ms.mean - real.tpot_ms.mean) / real.tpot_ms.mean : 0.0;
     Json scenario = scenario_json(s);
     scenario["device"] = device_name;
-    scenario["compute_ahead"] = r.compute_ahead;
     scenario["host_experts"] = moesched::cuda::CudaBackend::host_expert_count(cfg);
     scenario["copy_submit"] = batched ? "batched" : "loop";
     scenario["copy_piece_bytes"] = cfg.copy_piece_bytes;
@@ -217,11 +215,11 @@ int main(int argc, char** argv) {
   ScenarioOptions o;
   o.gpu = "h200";
   o.chunks = 3;
+  o.compute_ahead = 8;
   ReplayOptions r;
   add_scenario_options(app, o, false);
   app.add_option("--policy", r.policy, "on-demand, lru, lfu, static, oracle or prefetch:CHANNEL")->capture_default_str();
   app.add_option("--json", r.json, "write the metrics as JSON here ('-' = only the JSON, on stdout)");
-  app.add_option("--compute-ahead", r.compute_ahead, "kernels submitted ahead of the running one, 1..64")->capture_default_str();
   app.add_option("--copy-window", r.copy_window, "chunks on the copy stream at once, 1..16")->capture_default_str();
   app.add_option("--host-experts", r.host_experts,
                  "hold only N experts in host memory and alias the rest onto them (0 = all)")

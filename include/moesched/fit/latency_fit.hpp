@@ -139,6 +139,7 @@ struct ItemFit {
   m.model = p.model;
   m.kernel_launch_ns = p.kernel_launch_ns;
   m.gemm_slowdown_under_copy = p.gemm_slowdown_under_copy;
+  m.host = p.host;
   auto tokens_fit = [&](const std::vector<profile::TokenSample>& v, const std::string& item) {
     std::vector<FitRow> rows;
     for (const auto& s : v) rows.push_back({{1.0, static_cast<double>(s.tokens), 0.0, 0.0}, s.ns});
@@ -184,6 +185,19 @@ struct ItemFit {
   copy.terms = "piecewise linear through the measured medians" +
                (raised == 0 ? std::string() : " (" + std::to_string(raised) + " raised to stay non-decreasing)");
   m.fits.push_back(copy);
+  if (p.host.measured()) {
+    profile::FitReport host;
+    host.item = "host";
+    host.samples = 1;
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "measured constants: submit dense %.1f us, expert %.1f us, head %.1f us, draft step %.1f us; "
+                  "launch %.1f us; notify %.1f us",
+                  p.host.submit_dense_ns / 1e3, p.host.submit_expert_ns / 1e3, p.host.submit_head_ns / 1e3,
+                  p.host.submit_draft_ns / 1e3, p.host.launch_ns / 1e3, p.host.notify_ns / 1e3);
+    host.terms = buf;
+    m.fits.push_back(host);
+  }
   return m;
 }
 

@@ -15,6 +15,9 @@
 ///    "draft_step": [{"tokens": 1, "ns": 800000.0}, ...],           tokens = sequences drafting
 ///    "router":     [{"tokens": 1, "ns": 6000.0}, ...],
 ///    "kernel_launch_ns": 2400.0, "gemm_slowdown_under_copy": 1.02,
+///    "host": {"submit_ns": {"dense": 9000.0, "expert": 8000.0, "head": 4000.0, "draft_step": 90000.0},
+///             "launch_ns": 6000.0, "notify_ns": 5000.0},             optional: the executor's host
+///                                                                   costs (profile::HostCosts)
 ///    "notes": ["..."]}                                              optional, ignored
 /// Every list needs at least one sample (expert_ffn, dense, head: at least two distinct driver
 /// values, so a slope can be fitted; fit/latency_fit.hpp says which). Unknown fields, wrong types,
@@ -101,6 +104,18 @@ inline std::vector<profile::TokenSample> read_token_samples(JsonObjectReader& r,
   p.router = detail::read_token_samples(r, "router");
   p.kernel_launch_ns = r.optional_number("kernel_launch_ns", false).value_or(0.0);
   p.gemm_slowdown_under_copy = r.optional_number("gemm_slowdown_under_copy", true).value_or(1.0);
+  if (r.has("host")) {
+    JsonObjectReader h = r.object("host");
+    JsonObjectReader sub = h.object("submit_ns");
+    p.host.submit_dense_ns = sub.required_number("dense", false);
+    p.host.submit_expert_ns = sub.required_number("expert", false);
+    p.host.submit_head_ns = sub.required_number("head", false);
+    p.host.submit_draft_ns = sub.required_number("draft_step", false);
+    sub.finish();
+    p.host.launch_ns = h.required_number("launch_ns", false);
+    p.host.notify_ns = h.required_number("notify_ns", false);
+    h.finish();
+  }
   (void)r.optional_string_list("notes");
   r.finish();
   return p;
@@ -137,6 +152,15 @@ inline std::vector<profile::TokenSample> read_token_samples(JsonObjectReader& r,
   j["router"] = tokens(p.router);
   j["kernel_launch_ns"] = p.kernel_launch_ns;
   j["gemm_slowdown_under_copy"] = p.gemm_slowdown_under_copy;
+  if (p.host.measured()) {
+    j["host"] = {{"submit_ns",
+                  {{"dense", p.host.submit_dense_ns},
+                   {"expert", p.host.submit_expert_ns},
+                   {"head", p.host.submit_head_ns},
+                   {"draft_step", p.host.submit_draft_ns}}},
+                 {"launch_ns", p.host.launch_ns},
+                 {"notify_ns", p.host.notify_ns}};
+  }
   if (!notes.empty()) j["notes"] = notes;
   return j;
 }

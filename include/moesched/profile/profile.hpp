@@ -17,6 +17,11 @@
 ///   (a gate predictor on the compute stream) against tokens;
 /// - host-to-device copies: (bytes, ns) knots of a TransferCurve (piecewise linear, as presets).
 /// The kernel launch cost and a GEMM's slowdown while a copy runs are recorded beside them.
+/// - host costs of the executor (HostCosts): the driver thread's time to submit each kind of order,
+///   an idle stream's delay from a submission to its first kernel, and the delay from an item's end
+///   on the GPU to the driver's thread receiving its completion. At batch 1 a layer's kernels take
+///   tens of microseconds, so these decide TPOT as much as the kernels do; the simulator charges them
+///   (sim/backend.hpp) when the profile has them.
 /// Std-only: the fit itself (Eigen) is moesched/fit/latency_fit.hpp, the JSON io/profile_json.hpp.
 
 #include "moesched/core/config.hpp"
@@ -50,6 +55,21 @@ struct CopySample {
   double ns = 0.0;
 };
 
+/// The executor's host-side costs, ns (medians). All zero: not measured (the simulator charges no
+/// host time, as with roofline costs).
+struct HostCosts {
+  double submit_dense_ns = 0.0;   ///< one submit_compute of a dense order, on the driver's thread
+  double submit_expert_ns = 0.0;  ///< ... of an expert order
+  double submit_head_ns = 0.0;    ///< ... of the LM head
+  double submit_draft_ns = 0.0;   ///< ... of one draft step
+  double launch_ns = 0.0;         ///< an idle stream: submit_compute called -> the order's first kernel starts
+  double notify_ns = 0.0;         ///< an item ends on the GPU -> the driver's wait() returns its completion
+  [[nodiscard]] bool measured() const noexcept {
+    return submit_dense_ns > 0 || submit_expert_ns > 0 || submit_head_ns > 0 || submit_draft_ns > 0 || launch_ns > 0 ||
+           notify_ns > 0;
+  }
+};
+
 /// What moesched-profile measured (the JSON file's content, io/profile_json.hpp).
 struct HardwareProfile {
   std::string source;         ///< the file it came from (for errors), empty when built in code
@@ -64,6 +84,7 @@ struct HardwareProfile {
   std::vector<TokenSample> router;
   double kernel_launch_ns = 0.0;          ///< one empty kernel, launch to completion
   double gemm_slowdown_under_copy = 1.0;  ///< expert FFN time with a copy running / without
+  HostCosts host{};                       ///< absent from the file: not measured (all zero)
 };
 
 /// A fitted time: ns = c[0] + c[1] x1 + c[2] x2 + c[3] x3 (unused terms 0), rounded to the
@@ -105,6 +126,7 @@ struct MeasuredCosts {
   TransferCurve copy_h2d; ///< measured copy curve
   double kernel_launch_ns = 0.0;
   double gemm_slowdown_under_copy = 1.0;
+  HostCosts host{};       ///< the executor's host costs as measured (no fit: constants)
   std::vector<FitReport> fits;
 };
 

@@ -15,6 +15,12 @@
 ///   so a high copy waits for at most one chunk.
 /// - CPU workers run predictor jobs (JobResource::cpu_worker), first come first served, each for
 ///   its `cost`; `predict` runs when the charged time has passed, and its result is the job's.
+/// - The executor's host time (CostModel::host(), zero unless a measured profile or FixedCosts
+///   sets it): each submit_compute occupies the driver's thread for the order's submit time (one
+///   after another), its kernels start no earlier than the submission's begin plus the launch
+///   delay and end no earlier than the submission's end plus that delay, and every completion reaches the driver `notify` after it happened (the stream and the
+///   link go on at once; only the driver learns late). At batch 1 this is what separates a
+///   launch-bound GPU run from its kernels' device time.
 /// - Slot memory is virtual: slot s lives at address s x expert bytes; nothing is allocated
 ///   (requirements() is zero), and a copy into a slot always follows its last reader (the driver
 ///   unpins a slot only after its kernel's completion).
@@ -59,7 +65,9 @@ class SimBackend {
         slots_(cfg.slots),
         expert_bytes_(cost.expert_bytes()),
         chunk_bytes_(cost.chunk_bytes()),
-        chunk_times_(cost.chunk_times()) {
+        chunk_times_(cost.chunk_times()),
+        host_(cost.host()),
+        host_on_(cost.host().any()) {
     copies_.resize(std::size_t{shape.layers} * shape.experts);
     waiting_ = runtime::CopyQueue(shape.layers * shape.experts);
     cpu_free_.assign(cfg.cpu_workers, Nanoseconds{0});
@@ -87,7 +95,9 @@ class SimBackend {
       case runtime::ComputeKind::expert: d = cost_->expert_time(k.tokens); break;
       case runtime::ComputeKind::head: d = cost_->head_time(*k.pass); break;
     }
-    push_stream({d, kNone});
+    StreamItem item{d, kNone};
+    if (host_on_) charge_submit(k.kind, item);
+    push_stream(item);
     return runtime::Status::success();
   }
 
@@ -138,6 +148,7 @@ class SimBackend {
   MOESCHED_HOT bool wait(runtime::Completion& out) {
     if (queue_.empty()) return false;
     const auto ev = queue_.pop();
+    if (host_.notify.count() > 0) [[unlikely]] return wait_notified(ev.payload, out);
     deliver(ev.payload, out);
     return true;
   }
@@ -153,12 +164,14 @@ class SimBackend {
     current_ = kNone;
     waiting_.clear();
     for (Copy& c : copies_) c = Copy{};
+    notified_.clear();
+    notified_head_ = 0;
     return runtime::Status::success();
   }
 
 
  private:
-  enum class EventKind : std::uint8_t { stream_done, chunk_done, cpu_done };
+  enum class EventKind : std::uint8_t { stream_done, chunk_done, cpu_done, notified };
   struct Payload {
     EventKind kind = EventKind::stream_done;
     std::uint32_t index = kNone;  ///< chunk_done: flat id; cpu_done: job index
@@ -171,6 +184,8 @@ class SimBackend {
   struct StreamItem {
     Nanoseconds duration{};
     std::uint32_t job = kNone;  ///< a predictor job on the stream, or a driver kernel
+    Nanoseconds ready{};        ///< earliest start: its submission's begin + the launch delay
+    Nanoseconds min_end{};      ///< earliest end: its submission's end + the launch delay (its last kernel)
   };
   struct Job {
     runtime::PredictorJob job;
@@ -207,9 +222,48 @@ class SimBackend {
   void start_stream(StreamItem item) {
     stream_busy_ = true;
     running_ = item;
-    if (item.job != kNone) jobs_[item.job].start = now();
-    stream_start_ = now();
-    queue_.push(now() + item.duration, {EventKind::stream_done, kNone});
+    const Nanoseconds t = std::max(now(), item.ready);
+    if (item.job != kNone) jobs_[item.job].start = t;
+    stream_start_ = t;
+    queue_.push(std::max(t + item.duration, item.min_end), {EventKind::stream_done, kNone});
+  }
+
+  /// The driver's thread submits an order: it is busy for the kind's submit time after whatever it
+  /// submitted before. The order's first kernel starts no earlier than the submission's begin plus
+  /// the launch delay, and it ends no earlier than the submission's end plus the launch delay (its
+  /// last kernel is launched at the end: at batch 1 kernels can be shorter than their launches).
+  void charge_submit(runtime::ComputeKind kind, StreamItem& item) noexcept {
+    const Nanoseconds begin = std::max(now(), host_free_);
+    Nanoseconds cost{0};
+    switch (kind) {
+      case runtime::ComputeKind::draft_step: cost = host_.submit_draft; break;
+      case runtime::ComputeKind::dense: cost = host_.submit_dense; break;
+      case runtime::ComputeKind::expert: cost = host_.submit_expert; break;
+      case runtime::ComputeKind::head: cost = host_.submit_head; break;
+    }
+    host_free_ = begin + cost;
+    item.ready = begin + host_.launch;
+    item.min_end = host_free_ + host_.launch;
+  }
+
+  /// wait() with a notify delay: what happens at an event's time happens then (the stream and the
+  /// link go on), and its completion reaches the driver `notify` later, in the order they happened.
+  bool wait_notified(Payload p, runtime::Completion& out) {
+    for (;;) {
+      if (p.kind == EventKind::notified) {
+        out = notified_[notified_head_];
+        if (++notified_head_ == notified_.size()) {
+          notified_.clear();
+          notified_head_ = 0;
+        }
+        return true;
+      }
+      runtime::Completion c;
+      deliver(p, c);
+      notified_.push_back(c);
+      queue_.push(now() + host_.notify, {EventKind::notified, kNone});
+      p = queue_.pop().payload;
+    }
   }
 
   MOESCHED_HOT void deliver(const Payload& p, runtime::Completion& out) {
@@ -236,6 +290,7 @@ class SimBackend {
       }
       case EventKind::chunk_done: finish_chunk(p.index, out); return;
       case EventKind::cpu_done: finish_job(p.index, out); return;
+      case EventKind::notified: return;  // wait_notified() takes these
     }
   }
 
@@ -302,6 +357,11 @@ class SimBackend {
   std::vector<Job> jobs_;
   std::vector<std::uint32_t> free_jobs_;
   std::vector<Nanoseconds> cpu_free_;  // per worker: when it is free
+  HostTimes host_;
+  bool host_on_ = false;
+  Nanoseconds host_free_{0};                 // the driver's thread is busy submitting until then
+  std::vector<runtime::Completion> notified_;// happened, not yet received by the driver, from notified_head_
+  std::size_t notified_head_ = 0;
   EventQueue<Payload> queue_;
 };
 

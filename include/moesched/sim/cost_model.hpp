@@ -36,6 +36,10 @@
 ///   head = its fit at the tokens (plus layers after the last MoE layer, scaled alike); a draft
 ///   step = its fit at the sequences drafting; router = its fit. The GEMM slowdown under a copy
 ///   the profile records is not applied (the simulator does not model that interference).
+/// - Host time (host()): what the executor's driver thread spends submitting each kind of order,
+///   an idle stream's delay from a submission to its first kernel, and the delay from an item's end
+///   to the driver receiving its completion (SimBackend charges them). Zero with roofline costs (an
+///   ideal host); the profile's measured values when it has them; FixedCosts::host when fixed.
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/error.hpp"
@@ -65,6 +69,20 @@ struct CostOptions {
   std::shared_ptr<const profile::MeasuredCosts> measured{};
 };
 
+/// The executor's host-side time the simulator charges (profile::HostCosts, in whole ns).
+struct HostTimes {
+  Nanoseconds submit_dense{};   ///< the driver thread's time to submit a dense order
+  Nanoseconds submit_expert{};  ///< ... an expert order
+  Nanoseconds submit_head{};    ///< ... the LM head
+  Nanoseconds submit_draft{};   ///< ... one draft step
+  Nanoseconds launch{};         ///< an idle stream: submission begins -> its first kernel starts
+  Nanoseconds notify{};         ///< an item ends -> the driver receives its completion
+  [[nodiscard]] bool any() const noexcept {
+    return submit_dense.count() > 0 || submit_expert.count() > 0 || submit_head.count() > 0 ||
+           submit_draft.count() > 0 || launch.count() > 0 || notify.count() > 0;
+  }
+};
+
 /// Explicit per-item times, for hand-computed scenarios and "what if a layer took X" studies.
 struct FixedCosts {
   Nanoseconds dense{};        ///< dense part of every MoE layer, whatever the pass
@@ -75,6 +93,7 @@ struct FixedCosts {
   Nanoseconds router{};       ///< one router GEMV (a gate predictor on the stream)
   std::vector<Nanoseconds> chunk_times{};///< link time of each chunk of one expert copy
   Bytes expert_bytes{};
+  HostTimes host{};           ///< the executor's host time (zero: an ideal host)
 };
 
 class CostModel {
@@ -95,12 +114,18 @@ class CostModel {
       c.copy_time_ += f.chunk_times[i];
     }
     c.min_copy_time_ = c.copy_time_;
+    c.host_ = f.host;
     return c;
   }
 
   CostModel(const ModelDesc& model, const HardwareDesc& gpu, const CostOptions& opt = {})
       : model_(model), gpu_(gpu), opt_(opt), measured_(opt.measured.get()) {
-    if (measured_ != nullptr) gpu_.h2d = measured_->copy_h2d;
+    if (measured_ != nullptr) {
+      gpu_.h2d = measured_->copy_h2d;
+      const profile::HostCosts& h = measured_->host;
+      host_ = {ceil_ns(h.submit_dense_ns), ceil_ns(h.submit_expert_ns), ceil_ns(h.submit_head_ns),
+               ceil_ns(h.submit_draft_ns), ceil_ns(h.launch_ns), ceil_ns(h.notify_ns)};
+    }
     if (opt.chunks < 1 || opt.chunks > 64) {
       throw ConfigError("", "chunks", std::to_string(opt.chunks), "must be between 1 and 64");
     }
@@ -226,6 +251,8 @@ class CostModel {
     const std::uint64_t he = std::uint64_t{model_.shape.hidden} * model_.shape.experts_per_layer;
     return gpu_.compute.matmul_time(2.0 * static_cast<double>(he) * tokens, Bytes{he * 2}, ComputeClass::bf16);
   }
+  /// The executor's host time (see the header comment); all zero unless measured or fixed.
+  [[nodiscard]] const HostTimes& host() const noexcept { return host_; }
   /// Resident bytes of the draft model.
   [[nodiscard]] Bytes draft_bytes() const noexcept { return draft_bytes_; }
 
@@ -301,6 +328,7 @@ class CostModel {
   Nanoseconds copy_time_{0};
   Nanoseconds min_copy_time_{0};
   Bytes draft_bytes_{};
+  HostTimes host_{};
 };
 
 }  // namespace moesched::sim
