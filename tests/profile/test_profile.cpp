@@ -10,7 +10,9 @@
 
 #include <cmath>
 #include <memory>
+#include <filesystem>
 #include <string>
+#include <vector>
 
 using namespace moesched;
 
@@ -213,4 +215,51 @@ TEST_CASE("CostModel with a measured profile uses its times and its copy curve",
   bool listed = false;
   for (const auto& f : with_host.measured->fits) listed = listed || f.item == "host";
   CHECK(listed);
+}
+
+TEST_CASE("CostModel::dense_twin: layers with the same dense work have the same dense time", "[profile][sim]") {
+  // SimBackend computes the dense part once per pass and twin; a twin that differs would change
+  // every simulated time, so check the promise on every shipped model, roofline and measured.
+  const io::PresetCatalog catalog({std::string(MOESCHED_SOURCE_DIR) + "/presets"});
+  const HardwareDesc gpu = catalog.gpu("h200");
+  std::vector<Pass> passes(3);
+  passes[0].tokens = 1;
+  passes[0].member_count = 1;
+  passes[0].kv_tokens = 17;
+  passes[0].attention_pairs = 17;
+  passes[1].tokens = 5;
+  passes[1].member_count = 1;
+  passes[1].kv_tokens = 2'000;
+  passes[1].attention_pairs = 5 * 2'000;
+  passes[2].tokens = 64;
+  passes[2].member_count = 64;
+  passes[2].kv_tokens = 64 * 300;
+  passes[2].attention_pairs = 64 * 300;
+  std::uint32_t models = 0;
+  for (const auto& f : std::filesystem::directory_iterator(std::string(MOESCHED_SOURCE_DIR) + "/presets/models")) {
+    const ModelDesc model = io::load_model_preset(f.path());
+    CAPTURE(model.name);
+    auto prof = exact_profile();
+    prof.model = model.name;
+    sim::CostOptions measured;
+    measured.measured = std::make_shared<const profile::MeasuredCosts>(fit::fit_profile(prof));
+    for (const sim::CostModel& c : {sim::CostModel(model, gpu), sim::CostModel(model, gpu, measured)}) {
+      std::uint32_t distinct = 0;
+      for (std::uint32_t l = 0; l < model.shape.moe_layers(); ++l) {
+        const std::uint32_t t = c.dense_twin(l);
+        CHECK(t <= l);
+        CHECK(c.dense_twin(t) == t);
+        distinct += t == l ? 1U : 0U;
+        for (const Pass& p : passes) CHECK(c.dense_time(l, p) == c.dense_time(t, p));
+      }
+      CHECK(distinct >= 1);
+      // A leading dense decoder layer makes MoE layer 0's dense part its own.
+      if (model.shape.first_dense_layers > 0 && model.shape.moe_layers() > 1) {
+        CHECK(c.dense_twin(1) != 0);
+        CHECK(c.dense_time(0, passes[1]) > c.dense_time(1, passes[1]));
+      }
+    }
+    ++models;
+  }
+  CHECK(models >= 5);
 }

@@ -39,6 +39,7 @@
 #include "moesched/workload/workload.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -69,6 +70,7 @@ class SimBackend {
         host_(cost.host()),
         host_on_(cost.host().any()) {
     copies_.resize(std::size_t{shape.layers} * shape.experts);
+    dense_cache_.assign(shape.layers, Nanoseconds{-1});
     waiting_ = runtime::CopyQueue(shape.layers * shape.experts);
     cpu_free_.assign(cfg.cpu_workers, Nanoseconds{0});
     queue_.reserve(64);
@@ -90,14 +92,13 @@ class SimBackend {
   MOESCHED_HOT runtime::Status submit_compute(const runtime::ComputeOrder& k) {
     Nanoseconds d{0};
     switch (k.kind) {
-      case runtime::ComputeKind::draft_step: d = cost_->draft_time(*k.pass) / k.pass->draft_len; break;
-      case runtime::ComputeKind::dense: d = cost_->dense_time(k.layer, *k.pass); break;
+      case runtime::ComputeKind::draft_step: d = draft_step_time(*k.pass); break;
+      case runtime::ComputeKind::dense: d = dense_time(k.layer, *k.pass); break;
       case runtime::ComputeKind::expert: d = cost_->expert_time(k.tokens); break;
       case runtime::ComputeKind::head: d = cost_->head_time(*k.pass); break;
     }
-    StreamItem item{d, kNone};
-    if (host_on_) charge_submit(k.kind, item);
-    push_stream(item);
+    if (host_on_) [[unlikely]] charge_submit(k.kind);
+    push_stream({d, kNone});
     return runtime::Status::success();
   }
 
@@ -166,6 +167,8 @@ class SimBackend {
     for (Copy& c : copies_) c = Copy{};
     notified_.clear();
     notified_head_ = 0;
+    windows_.clear();
+    window_head_ = 0;
     return runtime::Status::success();
   }
 
@@ -184,8 +187,11 @@ class SimBackend {
   struct StreamItem {
     Nanoseconds duration{};
     std::uint32_t job = kNone;  ///< a predictor job on the stream, or a driver kernel
-    Nanoseconds ready{};        ///< earliest start: its submission's begin + the launch delay
-    Nanoseconds min_end{};      ///< earliest end: its submission's end + the launch delay (its last kernel)
+  };
+  /// With host costs, one per driver kernel (not stream jobs), in stream order.
+  struct HostWindow {
+    Nanoseconds ready{};    ///< earliest start: its submission's begin + the launch delay
+    Nanoseconds min_end{};  ///< earliest end: its submission's end + the launch delay (its last kernel)
   };
   struct Job {
     runtime::PredictorJob job;
@@ -222,17 +228,51 @@ class SimBackend {
   void start_stream(StreamItem item) {
     stream_busy_ = true;
     running_ = item;
-    const Nanoseconds t = std::max(now(), item.ready);
+    Nanoseconds t = now();
+    Nanoseconds end = t + item.duration;
+    if (host_on_ && item.job == kNone) [[unlikely]] {
+      const HostWindow w = windows_[window_head_];
+      if (++window_head_ == windows_.size()) {
+        windows_.clear();
+        window_head_ = 0;
+      }
+      t = std::max(t, w.ready);
+      end = std::max(t + item.duration, w.min_end);
+    }
     if (item.job != kNone) jobs_[item.job].start = t;
     stream_start_ = t;
-    queue_.push(std::max(t + item.duration, item.min_end), {EventKind::stream_done, kNone});
+    queue_.push(end, {EventKind::stream_done, kNone});
+  }
+
+  /// CostModel::dense_time and one draft step's time, computed once per pass (and dense twin:
+  /// layers doing the same dense work): a roofline dense part is about a hundred instructions, a
+  /// draft step one per layer, and every layer's dense order and every draft step ask for them.
+  MOESCHED_HOT Nanoseconds dense_time(std::uint32_t layer, const Pass& p) {
+    same_pass(p);
+    Nanoseconds& c = dense_cache_[cost_->dense_twin(layer)];
+    if (c.count() < 0) c = cost_->dense_time(layer, p);
+    return c;
+  }
+  Nanoseconds draft_step_time(const Pass& p) {
+    same_pass(p);
+    if (draft_cache_.count() < 0) draft_cache_ = cost_->draft_time(p) / p.draft_len;
+    return draft_cache_;
+  }
+  /// Forgets the cached times when `p` is not the pass they were computed for.
+  MOESCHED_HOT void same_pass(const Pass& p) {
+    const std::array<std::uint64_t, 5> key{p.tokens, p.kv_tokens, p.attention_pairs, p.member_count, p.draft_len};
+    if (&p == dense_pass_ && key == dense_key_) [[likely]] return;
+    std::fill(dense_cache_.begin(), dense_cache_.end(), Nanoseconds{-1});
+    draft_cache_ = Nanoseconds{-1};
+    dense_pass_ = &p;
+    dense_key_ = key;
   }
 
   /// The driver's thread submits an order: it is busy for the kind's submit time after whatever it
   /// submitted before. The order's first kernel starts no earlier than the submission's begin plus
   /// the launch delay, and it ends no earlier than the submission's end plus the launch delay (its
   /// last kernel is launched at the end: at batch 1 kernels can be shorter than their launches).
-  void charge_submit(runtime::ComputeKind kind, StreamItem& item) noexcept {
+  void charge_submit(runtime::ComputeKind kind) {
     const Nanoseconds begin = std::max(now(), host_free_);
     Nanoseconds cost{0};
     switch (kind) {
@@ -242,8 +282,7 @@ class SimBackend {
       case runtime::ComputeKind::head: cost = host_.submit_head; break;
     }
     host_free_ = begin + cost;
-    item.ready = begin + host_.launch;
-    item.min_end = host_free_ + host_.launch;
+    windows_.push_back({begin + host_.launch, host_free_ + host_.launch});
   }
 
   /// wait() with a notify delay: what happens at an event's time happens then (the stream and the
@@ -360,6 +399,12 @@ class SimBackend {
   HostTimes host_;
   bool host_on_ = false;
   Nanoseconds host_free_{0};                 // the driver's thread is busy submitting until then
+  const Pass* dense_pass_ = nullptr;          // the pass dense_cache_ holds, with its key fields
+  std::array<std::uint64_t, 5> dense_key_{};
+  std::vector<Nanoseconds> dense_cache_;     // per dense twin (CostModel::dense_twin); -1: not computed yet
+  Nanoseconds draft_cache_{-1};              // one draft step; -1: not computed yet
+  std::vector<HostWindow> windows_;          // of the driver kernels submitted and not started, from window_head_
+  std::size_t window_head_ = 0;
   std::vector<runtime::Completion> notified_;// happened, not yet received by the driver, from notified_head_
   std::size_t notified_head_ = 0;
   EventQueue<Payload> queue_;

@@ -166,6 +166,18 @@ class CostModel {
     } else if (measured_ != nullptr) {
       dense_scale_.assign(moe, 1.0);
     }
+    // Layers whose dense parts are the same work (parameters, bytes, decoder layers) share a twin.
+    dense_twin_.resize(moe);
+    for (std::uint32_t i = 0; i < moe; ++i) {
+      dense_twin_[i] = i;
+      for (std::uint32_t j = 0; j < i; ++j) {
+        if (dense_params_[j] == dense_params_[i] && dense_bytes_[j] == dense_bytes_[i] &&
+            decoder_layers_of_[j] == decoder_layers_of_[i]) {
+          dense_twin_[i] = j;
+          break;
+        }
+      }
+    }
 
     // Copy chunks.
     const Bytes total = model.expert_bytes();
@@ -215,6 +227,11 @@ class CostModel {
     if (measured_ != nullptr) return measured_dense(dense_scale_[layer], p);
     return dense_kernel(dense_params_[layer], dense_bytes_[layer], decoder_layers_of_[layer], p.tokens,
                         p.kv_tokens, p.attention_pairs);
+  }
+  /// The lowest MoE layer whose dense part is the same work as `layer`'s: dense_time(layer, p) ==
+  /// dense_time(dense_twin(layer), p) for every pass (so a caller may compute it once per twin).
+  [[nodiscard]] std::uint32_t dense_twin(std::uint32_t layer) const noexcept {
+    return layer < dense_twin_.size() ? dense_twin_[layer] : 0;
   }
   /// LM head (and decoder layers after the last MoE layer) at the end of a pass.
   [[nodiscard]] Nanoseconds head_time(const Pass& p) const noexcept {
@@ -317,6 +334,7 @@ class CostModel {
   std::vector<Bytes> dense_bytes_;
   std::vector<std::uint64_t> dense_params_;
   std::vector<std::uint32_t> decoder_layers_of_;
+  std::vector<std::uint32_t> dense_twin_;          ///< per MoE layer (empty for fixed costs: all alike)
   Bytes tail_bytes_{};
   std::uint64_t tail_params_ = 0;
   std::uint32_t tail_layers_ = 0;
