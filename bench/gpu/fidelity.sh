@@ -8,16 +8,22 @@
 #
 #   BUILD=build/gpu OUT=/tmp/out bash bench/gpu/fidelity.sh
 #
+# The profiles carry the executor's host costs (submit, launch, notify); fidelity.txt also shows
+# the simulator under the same profile without them (moesched-sim, column "sim no host"), so the
+# table says what modelling the host buys.
+#
 # Writes bench/results/fidelity.csv (model,policy,gamma,cache_gb,real_tpot_ms,sim_tpot_ms) and
 # bench/results/copy.csv (bytes,plain_gbps,executor_gbps), copies both to $OUT with
 # fidelity.txt (the relative-error table) and fidelity.tar.gz (profiles, replay JSON, log).
-# Needs moesched-profile and moesched-replay built in $BUILD (bench/gpu/run_all.sh builds them).
+# Needs moesched-profile and moesched-replay built in $BUILD (bench/gpu/run_all.sh builds them), and
+# moesched-sim for the "sim no host" column (skipped without it).
 set -uo pipefail
 BUILD=${BUILD:-build/gpu}
 OUT=${OUT:-fidelity-out}
 RESULTS=${RESULTS:-bench/results}
 PROFILE="$BUILD/tools/cuda/moesched-profile"
 REPLAY="$BUILD/tools/cuda/moesched-replay"
+SIM="$BUILD/sim/moesched-sim"
 mkdir -p "$OUT" "$RESULTS"
 W=$(mktemp -d "${TMPDIR:-/tmp}/fidelity.XXXXXX")
 LOG="$W/fidelity.log"
@@ -33,18 +39,18 @@ else
   say "sim column: roofline presets (this tree's scenario options have no --profile)"
 fi
 
-# model | trace | gamma | policies | cache GB where experts miss | replay extras
+# model | trace | gamma | policies | cache GB where experts miss | scenario extras (replay and sim) | replay-only extras
 # (gamma is the trace's SD window: sd4 = 4, plain = 0; every-miss runs use the smallest budget,
 # one layer's union, under on-demand; the mix model at 0.5 GB holds every expert: no misses)
 RUNS=(
-  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand lru prefetch:skip_gate|0.2|--max-requests 4"
-  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand lru prefetch:skip_gate prefetch:draft_gate|0.2|--max-requests 4"
-  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand|0.06|--max-requests 4"
-  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand|0.06|--max-requests 4"
-  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|lru|0.5|--max-requests 4"
-  "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand lru prefetch:synthetic_skip_gate|16|--max-requests 1 --host-experts 512"
-  "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand|0.98|--max-requests 1 --host-experts 512"
-  "mixtral-8x7b|traces/synthetic/mixtral-sd4.trace.safetensors|4|on-demand lru prefetch:synthetic_skip_gate|80|--max-requests 1 --host-experts 64"
+  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand lru prefetch:skip_gate|0.2|--max-requests 4|"
+  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand lru prefetch:skip_gate prefetch:draft_gate|0.2|--max-requests 4|"
+  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand|0.06|--max-requests 4|"
+  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand|0.06|--max-requests 4|"
+  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|lru|0.5|--max-requests 4|"
+  "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand lru prefetch:synthetic_skip_gate|16|--max-requests 1|--host-experts 512"
+  "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand|0.98|--max-requests 1|--host-experts 512"
+  "mixtral-8x7b|traces/synthetic/mixtral-sd4.trace.safetensors|4|on-demand lru prefetch:synthetic_skip_gate|80|--max-requests 1|--host-experts 64"
 )
 MODELS=(moesched-upcycled-mix qwen3-30b-a3b mixtral-8x7b)
 
@@ -57,10 +63,16 @@ for m in "${MODELS[@]}"; do
   fi
 done
 say "profiles done ($((SECONDS - t0)) s)"
+# The same profiles without the host costs (for the "sim no host" column).
+for m in "${MODELS[@]}"; do
+  [ -s "$W/$m.profile.json" ] && python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d.pop("host",None); json.dump(d,open(sys.argv[2],"w"),indent=1)' \
+    "$W/$m.profile.json" "$W/$m.nohost.profile.json"
+done
+: >"$W/nohost.csv"
 
 echo "model,policy,gamma,cache_gb,real_tpot_ms,sim_tpot_ms" >"$W/fidelity.csv"
 for run in "${RUNS[@]}"; do
-  IFS='|' read -r model trace gamma policies cache extra <<<"$run"
+  IFS='|' read -r model trace gamma policies cache extra rextra <<<"$run"
   prof=()
   if [ "$USE_PROFILE" = 1 ] && [ -s "$W/$model.profile.json" ]; then prof=(--profile "$W/$model.profile.json"); fi
   for p in $policies; do
@@ -68,7 +80,7 @@ for run in "${RUNS[@]}"; do
     t1=$SECONDS
     # shellcheck disable=SC2086
     if timeout 240 "$REPLAY" --trace "$trace" --model "$model" --gpu h200 --policy "$p" --cache-gb "$cache" \
-        "${prof[@]}" $extra --json "$j" >>"$LOG" 2>&1; then
+        "${prof[@]}" $extra $rextra --json "$j" >>"$LOG" 2>&1; then
       python3 - "$j" "$model" "$p" "$gamma" "$cache" >>"$W/fidelity.csv" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -76,6 +88,15 @@ r = d["records"][0]
 print(f"{sys.argv[2]},{sys.argv[3]},{sys.argv[4]},{sys.argv[5]},{r['tpot_ms']['mean']:.4f},{r['sim_tpot_ms']:.4f}")
 PY
       say "replay $model $(basename "$trace") $p $cache GB: $(tail -1 "$W/fidelity.csv") ($((SECONDS - t1)) s)"
+      if [ -x "$SIM" ] && [ -s "$W/$model.nohost.profile.json" ]; then
+        # shellcheck disable=SC2086
+        "$SIM" compare --trace "$trace" --model "$model" --gpu h200 --policies "$p" --cache-gb "$cache" --chunks 3 \
+          --compute-ahead 8 --profile "$W/$model.nohost.profile.json" $extra --json "$j.nohost" >>"$LOG" 2>&1 &&
+          python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["records"][0]["tpot_ms"]["mean"])' "$j.nohost" >>"$W/nohost.csv" ||
+          echo nan >>"$W/nohost.csv"
+      else
+        echo nan >>"$W/nohost.csv"
+      fi
     else
       say "replay $model $(basename "$trace") $p $cache GB failed (rc $?, see the log)"
     fi
@@ -88,19 +109,27 @@ done
   for m in "${MODELS[@]}"; do tail -n +2 "$W/$m.copy.csv" 2>/dev/null; done | sort -t, -k1,1n
 } >"$W/copy.csv"
 
-python3 - "$W/fidelity.csv" "$W/copy.csv" "$USE_PROFILE" >"$W/fidelity.txt" <<'PY'
-import csv, statistics, sys
+python3 - "$W/fidelity.csv" "$W/copy.csv" "$USE_PROFILE" "$W/nohost.csv" >"$W/fidelity.txt" <<'PY'
+import csv, math, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
-print("sim column:", "measured profile (--profile)" if sys.argv[3] == "1" else "roofline presets (no --profile)")
-print(f"{'model':24} {'policy':26} {'gamma':>5} {'cache GB':>8} {'real ms':>9} {'sim ms':>9} {'rel err':>8}")
-errs = []
-for r in rows:
+nohost = [float(x) for x in open(sys.argv[4]).read().split()]
+print("sim column:", "measured profile (--profile) with its host costs" if sys.argv[3] == "1" else "roofline presets (no --profile)")
+print("sim no host: moesched-sim under the same profile without its host costs (nan: not run)")
+print(f"{'model':24} {'policy':26} {'gamma':>5} {'cache GB':>8} {'real ms':>9} {'sim ms':>9} {'rel err':>8} {'no host':>9} {'rel err':>8}")
+errs, errs0 = [], []
+for i, r in enumerate(rows):
     real, sim = float(r["real_tpot_ms"]), float(r["sim_tpot_ms"])
+    s0 = nohost[i] if i < len(nohost) else float("nan")
     e = (sim - real) / real if real > 0 else float("nan")
+    e0 = (s0 - real) / real if real > 0 else float("nan")
     errs.append(abs(e))
-    print(f"{r['model']:24} {r['policy']:26} {r['gamma']:>5} {r['cache_gb']:>8} {real:9.3f} {sim:9.3f} {100 * e:+7.1f}%")
+    if not math.isnan(e0):
+        errs0.append(abs(e0))
+    print(f"{r['model']:24} {r['policy']:26} {r['gamma']:>5} {r['cache_gb']:>8} {real:9.3f} {sim:9.3f} {100 * e:+7.1f}% {s0:9.3f} {100 * e0:+7.1f}%")
 if errs:
     print(f"|sim - real| / real over {len(errs)} runs: median {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}%")
+if errs0:
+    print(f"without host costs over {len(errs0)} runs: median {100 * statistics.median(errs0):.1f}%, max {100 * max(errs0):.1f}%")
 print()
 print(f"{'copy bytes':>12} {'plain GB/s':>10} {'executor GB/s':>13} {'ratio':>6}")
 for r in csv.DictReader(open(sys.argv[2])):

@@ -25,7 +25,7 @@ t0=$(date +%s)
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 if [ "${QUICK:-0}" = 1 ]; then
-  cmake --build build/gpu -j "$(nproc)" --target moesched-replay moesched-profile test_cuda_backend \
+  cmake --build build/gpu -j "$(nproc)" --target moesched-replay moesched-profile moesched-sim test_cuda_backend \
     test_cuda_profile_tool test_cuda_link_profiler -- -k 0 >> "$out/build.log" 2>&1 ||
     grep -E "error|Error" "$out/build.log" | head -40 | tee -a "$out/summary.txt"
 else

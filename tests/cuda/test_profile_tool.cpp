@@ -1,7 +1,7 @@
 // GPU test of moesched-profile (ctest label 'gpu'; exit 77 = skipped without a CUDA device): the
 // tool runs on a small model's shapes, its profile loads with io::read_profile (which checks the
 // format, every field and strictly increasing copy sizes), copy times do not fall as sizes grow,
-// every item has its samples, and the --copy-csv file has its header and one row per size.
+// every item has its samples, the executor's host costs are measured, and the --copy-csv file has its header and one row per size.
 // Host code (g++); the tool's path comes from CMake (MOESCHED_PROFILE_TOOL).
 #include <moesched/io/profile_json.hpp>
 
@@ -65,6 +65,17 @@ int main() {
     expect(p.kernel_launch_ns > 0 && p.kernel_launch_ns < 1e5, "launch cost in (0, 100 us): " + std::to_string(p.kernel_launch_ns));
     expect(p.gemm_slowdown_under_copy >= 1.0 && p.gemm_slowdown_under_copy < 3.0,
            "GEMM slowdown under a copy in [1, 3): " + std::to_string(p.gemm_slowdown_under_copy));
+    // Host costs: every one measured, each in (0, 1 ms); a draft step (every layer's dense part,
+    // an FFN per layer, the head) takes longer to submit than one dense order.
+    const auto& h = p.host;
+    const bool host_range = h.submit_dense_ns > 0 && h.submit_expert_ns > 0 && h.submit_head_ns > 0 &&
+                            h.launch_ns > 0 && h.notify_ns > 0 && h.submit_dense_ns < 1e6 && h.submit_expert_ns < 1e6 &&
+                            h.launch_ns < 1e6 && h.notify_ns < 1e6;
+    expect(host_range, "host costs measured, each in (0, 1 ms): submit dense " + std::to_string(h.submit_dense_ns) +
+                           " expert " + std::to_string(h.submit_expert_ns) + " head " + std::to_string(h.submit_head_ns) +
+                           " draft " + std::to_string(h.submit_draft_ns) + ", launch " + std::to_string(h.launch_ns) +
+                           ", notify " + std::to_string(h.notify_ns));
+    expect(h.submit_draft_ns > h.submit_dense_ns, "a draft step takes longer to submit than a dense order");
   } catch (const std::exception& e) {
     expect(false, std::string("read_profile: ") + e.what());
   }
