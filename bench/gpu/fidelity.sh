@@ -13,7 +13,9 @@
 # table says what modelling the host buys.
 #
 # Writes bench/results/fidelity.csv (model,policy,gamma,cache_gb,real_tpot_ms,sim_tpot_ms) and
-# bench/results/copy.csv (bytes,plain_gbps,executor_gbps), copies both to $OUT with
+# bench/results/copy.csv (bytes,plain_gbps,executor_gbps) and bench/results/torch_peer.csv
+# (model,trace,policy,cache_gb,executor_tpot_ms,torch_tpot_ms: the eager PyTorch peer of the same
+# runs), copies them to $OUT with
 # fidelity.txt (the relative-error table) and fidelity.tar.gz (profiles, replay JSON, log).
 # Needs moesched-profile and moesched-replay built in $BUILD (bench/gpu/run_all.sh builds them), and
 # moesched-sim for the "sim no host" column (skipped without it).
@@ -53,6 +55,21 @@ RUNS=(
   "mixtral-8x7b|traces/synthetic/mixtral-sd4.trace.safetensors|4|on-demand lru prefetch:synthetic_skip_gate|80|--max-requests 1|--host-experts 64"
 )
 MODELS=(moesched-upcycled-mix qwen3-30b-a3b mixtral-8x7b)
+# An H100 (80 GB) cannot hold 80 GB of Mixtral slots beside the rest: half there.
+gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+if [ -n "$gpu_mib" ] && [ "$gpu_mib" -lt 100000 ]; then
+  RUNS=("${RUNS[@]/%|80|--max-requests 1|--host-experts 64/|40|--max-requests 1|--host-experts 64}")
+  say "GPU memory ${gpu_mib} MiB: the Mixtral runs use 40 GB of slots"
+fi
+# The eager PyTorch peer (bench/gpu/torch_peer.py) beside the executor: trace | model | cache GB |
+# peer policies | extras. `resident` is compared with the executor's lru run at the same budget
+# (every expert fits there).
+PEER_RUNS=(
+  "traces/real/mix-prose-plain.trace.safetensors|moesched-upcycled-mix|0.2|on-demand,lru|--max-requests 4"
+  "traces/real/mix-prose-sd4.trace.safetensors|moesched-upcycled-mix|0.2|on-demand,lru|--max-requests 4"
+  "traces/real/mix-prose-plain.trace.safetensors|moesched-upcycled-mix|0.5|resident|--max-requests 4"
+  "traces/synthetic/qwen3-plain.trace.safetensors|qwen3-30b-a3b|16|on-demand,lru|--max-requests 1 --host-experts 512"
+)
 
 t0=$SECONDS
 for m in "${MODELS[@]}"; do
@@ -103,13 +120,43 @@ PY
   done
 done
 
+# The eager PyTorch peer on the same scenarios (torch on this machine's python3).
+echo "model,trace,policy,cache_gb,executor_tpot_ms,torch_tpot_ms" >"$W/torch_peer.csv"
+if python3 -c 'import torch, numpy; assert torch.cuda.is_available()' 2>>"$LOG"; then
+  for run in "${PEER_RUNS[@]}"; do
+    IFS='|' read -r trace model cache pols extra <<<"$run"
+    pj="$W/peer-$model-$(basename "$trace" .trace.safetensors)-$cache.json"
+    t1=$SECONDS
+    # shellcheck disable=SC2086
+    if timeout 300 python3 bench/gpu/torch_peer.py --trace "$trace" --model "$model" --cache-gb "$cache" --policy "$pols" \
+        $extra --json "$pj" >>"$LOG" 2>&1; then
+      python3 - "$pj" "$W" "$model" "$trace" "$cache" >>"$W/torch_peer.csv" <<'PY'
+import json, os, sys
+peer = json.load(open(sys.argv[1]))
+w, model, trace, cache = sys.argv[2:6]
+base = os.path.basename(trace).replace(".trace.safetensors", "")
+for r in peer["records"]:
+    pol = r["policy"]
+    ex = os.path.join(w, f"{model}-{base}-{'lru' if pol == 'resident' else pol}-{cache}.json")
+    real = json.load(open(ex))["records"][0]["tpot_ms"]["mean"] if os.path.exists(ex) else float("nan")
+    print(f"{model},{base},{pol},{cache},{real:.4f},{r['tpot_ms']['mean']:.4f}")
+PY
+      say "torch peer $model $(basename "$trace") $cache GB $pols ($((SECONDS - t1)) s)"
+    else
+      say "torch peer $model $(basename "$trace") $cache GB failed (rc $?, see the log)"
+    fi
+  done
+else
+  say "torch peer skipped: python3 has no torch with CUDA"
+fi
+
 # copy.csv: one row per model's expert size.
 {
   echo "bytes,plain_gbps,executor_gbps"
   for m in "${MODELS[@]}"; do tail -n +2 "$W/$m.copy.csv" 2>/dev/null; done | sort -t, -k1,1n
 } >"$W/copy.csv"
 
-python3 - "$W/fidelity.csv" "$W/copy.csv" "$USE_PROFILE" "$W/nohost.csv" >"$W/fidelity.txt" <<'PY'
+python3 - "$W/fidelity.csv" "$W/copy.csv" "$USE_PROFILE" "$W/nohost.csv" "$W/torch_peer.csv" >"$W/fidelity.txt" <<'PY'
 import csv, math, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 nohost = [float(x) for x in open(sys.argv[4]).read().split()]
@@ -135,11 +182,18 @@ print(f"{'copy bytes':>12} {'plain GB/s':>10} {'executor GB/s':>13} {'ratio':>6}
 for r in csv.DictReader(open(sys.argv[2])):
     pl, ex = float(r["plain_gbps"]), float(r["executor_gbps"])
     print(f"{int(r['bytes']):>12} {pl:10.2f} {ex:13.2f} {100 * ex / pl if pl else 0:5.1f}%")
+print()
+print("eager PyTorch peer (bench/gpu/torch_peer.py) beside the executor, TPOT ms:")
+print(f"{'model':24} {'trace':18} {'policy':10} {'cache GB':>8} {'executor':>9} {'torch':>9} {'torch/exec':>10}")
+for r in csv.DictReader(open(sys.argv[5])):
+    ex, pt = float(r["executor_tpot_ms"]), float(r["torch_tpot_ms"])
+    print(f"{r['model']:24} {r['trace']:18} {r['policy']:10} {r['cache_gb']:>8} {ex:9.3f} {pt:9.3f} {pt / ex if ex > 0 else float('nan'):10.2f}")
 PY
 cat "$W/fidelity.txt" | tee -a "$LOG"
 cp "$W/fidelity.csv" "$RESULTS/fidelity.csv"
 cp "$W/copy.csv" "$RESULTS/copy.csv"
-cp "$W/fidelity.csv" "$W/copy.csv" "$W/fidelity.txt" "$OUT/"
+cp "$W/torch_peer.csv" "$RESULTS/torch_peer.csv"
+cp "$W/fidelity.csv" "$W/copy.csv" "$W/torch_peer.csv" "$W/fidelity.txt" "$OUT/"
 say "fidelity done ($((SECONDS - t0)) s)"
 tar -czf "$OUT/fidelity.tar.gz" -C "$W" . 2>/dev/null
 rm -rf "$W"

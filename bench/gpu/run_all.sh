@@ -64,7 +64,7 @@ if [ "${FIDELITY:-1}" = 1 ]; then
   log "fidelity (bench/gpu/fidelity.sh)"
   OUT="$out/fid" BUILD=build/gpu bash bench/gpu/fidelity.sh > "$out/fidelity.log" 2>&1 || log "fidelity.sh failed"
   cat "$out/fid/fidelity.txt" >> "$out/summary.txt" 2>/dev/null
-  for f in fidelity.csv copy.csv fidelity.txt fidelity.tar.gz; do cp "$out/fid/$f" "$out/$f" 2>/dev/null; done
+  for f in fidelity.csv copy.csv torch_peer.csv fidelity.txt fidelity.tar.gz; do cp "$out/fid/$f" "$out/$f" 2>/dev/null; done
   rm -rf "$out/fid"
 fi
 
@@ -75,5 +75,5 @@ if [ "${LINK_PROFILE:-0}" = 1 ]; then
 fi
 log "done"
 # At most 8 files come back: pack everything but the main results.
-(cd "$out" && ls -A | grep -vxE 'summary.txt|replays.json|fidelity.csv|copy.csv|fidelity.txt|more.tar.gz' |
+(cd "$out" && ls -A | grep -vxE 'summary.txt|replays.json|fidelity.csv|copy.csv|torch_peer.csv|fidelity.txt|more.tar.gz' |
   tar -czf more.tar.gz -T - --remove-files 2>/dev/null) || true
