@@ -144,6 +144,7 @@ class PrefetchQueue {
       for (auto& q : pending_) q.reserve(per);
       for (auto& q : low_) q.reserve(per);
       needed_.reserve(per);
+      victims_.reserve(per);
     }
     pass_ = pass.index;
     layer_ = -1;
@@ -214,9 +215,21 @@ class PrefetchQueue {
       for (ExpertId id : needed) {
         if (e.residency(id) != Residency::absent) cache_.touch(id, per);
       }
+      // One scan for the gate's evictions: the worst `absent` held experts in the order repeated
+      // utility_victim(e, true) calls would return them (each eviction and demand copy in
+      // between leaves the others' next use and scan order as they were), then single scans.
+      std::uint32_t absent = 0;
+      for (ExpertId id : needed) absent += e.residency(id) == Residency::absent ? 1U : 0U;
+      bool scanned = false;
+      std::size_t next = 0;
       baseline_detail::demand(
           e, needed,
           [&] {
+            if (!scanned) {
+              utility_victims(e, absent, victims_);
+              scanned = true;
+            }
+            if (next < victims_.size()) return victims_[next++].first;
             const std::uint32_t v = utility_victim(e, true).first;
             return v != RecencyList::kNone ? v : utility_victim(e, false).first;
           },
@@ -264,6 +277,11 @@ class PrefetchQueue {
       const std::uint32_t reach = beyond_ == 0 ? 0 : next_layer + beyond_;
       last = std::min(last, std::max(cutoff_, reach));
     }
+    // The utility victim is scanned for once and reused while candidates are declined: a decline
+    // changes nothing, and a touch only moves an expert behind those of its layer, which cannot
+    // make it win a tie it lost. An eviction makes it stale.
+    std::pair<std::uint32_t, double> held_victim{RecencyList::kNone, 0.0};
+    bool victim_known = false;
     for (std::uint32_t l = first_pending_; l < last; ++l) {
       auto& q = pending_[l];
       std::size_t i = 0;
@@ -285,13 +303,18 @@ class PrefetchQueue {
         if (e.free_slots() == 0) {
           std::uint32_t v = RecencyList::kNone;
           if (opt_.victim == PrefetchVictim::utility && reuse_ != nullptr) {
-            const auto [u, worst] = utility_victim(e, true);
+            if (!victim_known) {
+              held_victim = utility_victim(e, true);
+              victim_known = true;
+            }
+            const auto [u, worst] = held_victim;
             if (u == RecencyList::kNone) break;  // retried when a copy lands or a layer ends
             if (!(reuse_->next_use(id, layer_, phase_, *ledger_) < worst)) {
               ++declined_;  // not expected to be needed before what it would evict
               continue;
             }
             v = u;
+            victim_known = false;
           } else {
             v = victim(e, l);
           }
@@ -367,6 +390,29 @@ class PrefetchQueue {
     }
     return {best, worst};
   }
+  /// The `k` evictable held experts expected to be needed last, this pass's unused prefetches
+  /// spared, worst first, in the order k successive utility_victim(e, true) calls (each followed by
+  /// that victim's eviction) would return them: by next use, descending, ties in scan order.
+  template <Executor E>
+  void utility_victims(const E& e, std::uint32_t k, std::vector<std::pair<std::uint32_t, double>>& out) const {
+    out.clear();
+    if (k == 0) return;
+    const std::uint32_t per = e.experts_per_layer();
+    for (std::uint32_t l = 0; l < e.layers(); ++l) {
+      const RecencyList& list = cache_.order(l);
+      for (std::uint32_t v = list.oldest(); v != RecencyList::kNone; v = list.newer(v)) {
+        const ExpertId id = ExpertId::from_flat(v, per);
+        if (unused_prefetch(v, per) || !e.evictable(id)) continue;
+        const double t = reuse_->next_use(id, layer_, phase_, *ledger_);
+        if (out.size() == k && !(t > out.back().second)) continue;
+        // After every entry at least as late (earlier in scan order wins ties).
+        std::size_t i = out.size();
+        while (i > 0 && out[i - 1].second < t) --i;
+        if (out.size() == k) out.pop_back();
+        out.insert(out.begin() + static_cast<std::ptrdiff_t>(i), {v, t});
+      }
+    }
+  }
   /// Flat id `held` was prefetched for a layer of this pass still to run.
   [[nodiscard]] bool unused_prefetch(std::uint32_t held, std::uint32_t per) const noexcept {
     return marks_[held] == pass_ + 1 && static_cast<std::int64_t>(held / per) > layer_;
@@ -409,6 +455,7 @@ class PrefetchQueue {
   std::vector<std::vector<std::uint16_t>> pending_;  // per layer: candidates not yet copied
   std::uint32_t first_pending_ = 0;                  // no pending candidates below this layer
   std::vector<ExpertId> needed_;                     // the running layer's experts (from its gate)
+  std::vector<std::pair<std::uint32_t, double>> victims_;  // a gate's demand victims (utility_victims)
   std::uint32_t low_count_ = 0;
   std::uint64_t pass_ = 0;
   std::int64_t layer_ = -1;                          // last gated layer of the pass, -1 before
