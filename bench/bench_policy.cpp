@@ -7,7 +7,7 @@
 // random passes (popularity-skewed routing, a fixed seed) first; a ranking asks for top_k
 // candidates. Replays: traces/real/mix-code-plain and mix-prose-sd4 at 0.15 GB on rtx4090.
 // BM_LayerDecision_Moesched: one whole per-layer decision of the `moesched` policy (its default
-// options, routing-only transitions) against a minimal executor (copies land at once, no time):
+// options, routing-only transitions) against runtime::ArchetypeExecutor (copies land at once, no time):
 // on_gate with the layer's gate set, the landed copies' on_copy_done, on_expert_done per expert
 // and on_layer_done; the pass start (on_pass_begin) is amortised over the layers. Shapes 1 and 2
 // (DeepSeek-V2-Lite-like 26 x 64, Qwen3-30B-A3B 48 x 128), a third of the experts as slots,
@@ -18,6 +18,7 @@
 #include <moesched/io/trace.hpp>
 #include <moesched/policy/moesched_policy.hpp>
 #include <moesched/policy/predictive.hpp>
+#include <moesched/runtime/archetype.hpp>
 #include "registry.hpp"  // moesched-sim's policy registry (sim/src)
 
 #include <benchmark/benchmark.h>
@@ -167,74 +168,16 @@ void BM_ObserveActivationMatrix(benchmark::State& st) {
 
 // ---- one per-layer decision of moesched ----
 
-/// The least an Executor must do: residency per expert, a slot count, copies that land when the
-/// driver-side loop says so (land_all), no clock. Jobs are accepted and never run (the routing
-/// predictor needs none).
-class MinimalExecutor {
- public:
-  MinimalExecutor(std::uint32_t layers, std::uint32_t experts, std::uint32_t slots)
-      : layers_(layers), per_(experts), slots_(slots), state_(std::size_t{layers} * experts, Residency::absent) {
-    queued_.reserve(slots);
-  }
-  [[nodiscard]] Nanoseconds now() const noexcept { return Nanoseconds{0}; }
-  [[nodiscard]] std::uint32_t layers() const noexcept { return layers_; }
-  [[nodiscard]] std::uint32_t experts_per_layer() const noexcept { return per_; }
-  [[nodiscard]] std::uint32_t capacity_slots() const noexcept { return slots_; }
-  [[nodiscard]] std::uint32_t free_slots() const noexcept { return slots_ - used_; }
-  [[nodiscard]] Residency residency(ExpertId id) const noexcept { return state_[id.flat(per_)]; }
-  [[nodiscard]] bool evictable(ExpertId id) const noexcept { return state_[id.flat(per_)] == Residency::resident; }
-  [[nodiscard]] DeviceAddress address(ExpertId id) const noexcept { return {id.flat(per_)}; }
-  runtime::Status copy(ExpertId id, CopyPriority) {
-    if (state_[id.flat(per_)] != Residency::absent) return runtime::Status::fail(runtime::StatusCode::not_absent, "copy", id);
-    if (used_ == slots_) return runtime::Status::fail(runtime::StatusCode::no_free_slot, "copy", id);
-    state_[id.flat(per_)] = Residency::queued;
-    ++used_;
-    queued_.push_back(id);
-    return runtime::Status::success();
-  }
-  runtime::Status evict(ExpertId id) {
-    if (state_[id.flat(per_)] != Residency::resident) return runtime::Status::fail(runtime::StatusCode::not_resident, "evict", id);
-    state_[id.flat(per_)] = Residency::absent;
-    --used_;
-    return runtime::Status::success();
-  }
-  bool cancel(ExpertId id) {
-    if (state_[id.flat(per_)] != Residency::queued) return false;
-    state_[id.flat(per_)] = Residency::absent;
-    --used_;
-    return true;
-  }
-  void promote(ExpertId) noexcept {}
-  [[nodiscard]] std::uint32_t cpu_workers() const noexcept { return 1; }
-  runtime::Status submit_job(const runtime::PredictorJob&) { return runtime::Status::success(); }
-  /// Lands every queued copy (still queued: not cancelled), telling the policy.
-  template <class P>
-  void land_all(P& p) {
-    for (std::size_t i = 0; i < queued_.size(); ++i) {  // on_copy_done may queue more
-      const ExpertId id = queued_[i];
-      if (state_[id.flat(per_)] != Residency::queued) continue;
-      state_[id.flat(per_)] = Residency::resident;
-      p.on_copy_done(*this, id);
-    }
-    queued_.clear();
-  }
-
- private:
-  std::uint32_t layers_, per_, slots_;
-  std::uint32_t used_ = 0;
-  std::vector<Residency> state_;
-  std::vector<ExpertId> queued_;
-};
-static_assert(JobExecutor<MinimalExecutor>);
-
 void BM_LayerDecision_Moesched(benchmark::State& st) {
   const History& h = history(static_cast<std::size_t>(st.range(0)));
   const std::uint32_t L = h.shape.layers;
-  MinimalExecutor e(L, h.shape.experts, L * h.shape.experts / 3);
+  runtime::ArchetypeExecutor e(L, h.shape.experts, L * h.shape.experts / 3);
   const policy::AnalyticalLatency lat{.copy_fixed = Nanoseconds{3'000}, .link_bytes_per_ns = 25.0, .expert = Bytes{17'300'000},
                                       .dense = Nanoseconds{60'000}, .expert_ffn = Nanoseconds{35'000},
                                       .top_k = h.shape.top_k, .draft_step = Nanoseconds{900'000}};
   policy::Moesched p({}, policy::TransitionPredictor{2}, lat);
+  using Control = runtime::ArchetypeExecutor::Control;
+  auto land_all = [&] { Control::land_all(e, [&](ExpertId id) { p.on_copy_done(e, id); }); };
   std::uint64_t i = 0;
   std::uint64_t pass = 0;
   auto decide = [&] {
@@ -242,10 +185,10 @@ void BM_LayerDecision_Moesched(benchmark::State& st) {
     if (layer == 0) p.on_pass_begin(e, PassInfo{pass++, StepPhase::decode, 1, 1, 0});
     const auto need = h.at(i);
     p.on_gate(e, layer, need);
-    e.land_all(p);
+    land_all();
     for (ExpertId id : need) p.on_expert_done(e, id);
     p.on_layer_done(e, layer);
-    e.land_all(p);
+    land_all();
     ++i;
   };
   while (i < 256ULL * L) decide();  // warm: the predictor and the reuse model have seen 256 passes

@@ -44,6 +44,7 @@ class ArchetypeExecutor {
     state_[id.flat(per_)] = Residency::queued;
     ++used_;
     ++copies_;
+    queued_.push_back(id);
     return Status::success();
   }
   Status evict(ExpertId id) {
@@ -72,6 +73,18 @@ class ArchetypeExecutor {
     static void land(ArchetypeExecutor& e, ExpertId id) { e.state_[id.flat(e.per_)] = Residency::resident; }
     [[nodiscard]] static std::uint64_t copies(const ArchetypeExecutor& e) noexcept { return e.copies_; }
     [[nodiscard]] static std::vector<PredictorJob>& jobs(ArchetypeExecutor& e) noexcept { return e.jobs_; }
+    /// Every copy still queued lands, in submission order, each followed by `done(id)` (which may
+    /// queue more: those land too).
+    template <class Done>
+    static void land_all(ArchetypeExecutor& e, Done&& done) {
+      for (std::size_t i = 0; i < e.queued_.size(); ++i) {
+        const ExpertId id = e.queued_[i];
+        if (e.state_[id.flat(e.per_)] != Residency::queued) continue;  // cancelled (or cancelled and queued again)
+        e.state_[id.flat(e.per_)] = Residency::resident;
+        done(id);
+      }
+      e.queued_.clear();
+    }
   };
 
  private:
@@ -82,6 +95,7 @@ class ArchetypeExecutor {
   std::uint64_t copies_ = 0;
   std::vector<Residency> state_;
   std::vector<PredictorJob> jobs_;
+  std::vector<ExpertId> queued_;  // copies in submission order (Control::land_all)
 };
 
 static_assert(JobExecutor<ArchetypeExecutor>);
