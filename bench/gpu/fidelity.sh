@@ -55,6 +55,13 @@ RUNS=(
   "mixtral-8x7b|traces/synthetic/mixtral-sd4.trace.safetensors|4|on-demand lru prefetch:synthetic_skip_gate|80|--max-requests 1|--host-experts 64"
 )
 MODELS=(moesched-upcycled-mix qwen3-30b-a3b mixtral-8x7b)
+# FIDELITY_MODELS="m1 m2" keeps only those models' runs (a short device call).
+if [ -n "${FIDELITY_MODELS:-}" ]; then
+  keep() { local m; for m in $FIDELITY_MODELS; do [ "$m" = "$1" ] && return 0; done; return 1; }
+  sel=(); for r in "${RUNS[@]}"; do keep "${r%%|*}" && sel+=("$r"); done; RUNS=("${sel[@]}")
+  sel=(); for m in "${MODELS[@]}"; do keep "$m" && sel+=("$m"); done; MODELS=("${sel[@]}")
+  say "models: ${MODELS[*]} (FIDELITY_MODELS)"
+fi
 # An H100 (80 GB) cannot hold 80 GB of Mixtral slots beside the rest: half there.
 gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 if [ -n "$gpu_mib" ] && [ "$gpu_mib" -lt 100000 ]; then
@@ -64,12 +71,17 @@ fi
 # The eager PyTorch peer (bench/gpu/torch_peer.py) beside the executor: trace | model | cache GB |
 # peer policies | extras. `resident` is compared with the executor's lru run at the same budget
 # (every expert fits there).
-PEER_RUNS=(
+PEER_ALL=(
   "traces/real/mix-prose-plain.trace.safetensors|moesched-upcycled-mix|0.2|on-demand,lru|--max-requests 4"
   "traces/real/mix-prose-sd4.trace.safetensors|moesched-upcycled-mix|0.2|on-demand,lru|--max-requests 4"
   "traces/real/mix-prose-plain.trace.safetensors|moesched-upcycled-mix|0.5|resident|--max-requests 4"
   "traces/synthetic/qwen3-plain.trace.safetensors|qwen3-30b-a3b|16|on-demand,lru|--max-requests 1 --host-experts 512"
 )
+PEER_RUNS=()
+for r in "${PEER_ALL[@]}"; do
+  IFS='|' read -r _ pm _ <<<"$r"
+  for m in "${MODELS[@]}"; do [ "$m" = "$pm" ] && PEER_RUNS+=("$r"); done
+done
 
 t0=$SECONDS
 for m in "${MODELS[@]}"; do
@@ -115,7 +127,8 @@ PY
         echo nan >>"$W/nohost.csv"
       fi
     else
-      say "replay $model $(basename "$trace") $p $cache GB failed (rc $?, see the log)"
+      rc=$?
+      say "replay $model $(basename "$trace") $p $cache GB failed (rc $rc, see the log)"
     fi
   done
 done
@@ -143,7 +156,8 @@ for r in peer["records"]:
 PY
       say "torch peer $model $(basename "$trace") $cache GB $pols ($((SECONDS - t1)) s)"
     else
-      say "torch peer $model $(basename "$trace") $cache GB failed (rc $?, see the log)"
+      rc=$?
+      say "torch peer $model $(basename "$trace") $cache GB failed (rc $rc, see the log)"
     fi
   done
 else
