@@ -5,6 +5,7 @@
 //   CudaBackend::enqueue_kernel --(device events, medians)--> expert FFN, dense, head, draft, router
 //   cuda::profile_link ------------------------------------> host-to-device copy curve
 //   empty kernels back to back, FFN beside a running copy ---> launch cost, GEMM slowdown
+//   each kind of order alone through submit_compute ---------> host costs (submit, launch, notify)
 //   --> io::write_profile(-o FILE)      [--copy-csv: executor copies beside plain copies]
 //
 //   moesched-profile --model mixtral-8x7b -o h200-mixtral.profile.json

@@ -18,9 +18,10 @@
 /// - The executor's host time (CostModel::host(), zero unless a measured profile or FixedCosts
 ///   sets it): each submit_compute occupies the driver's thread for the order's submit time (one
 ///   after another), its kernels start no earlier than the submission's begin plus the launch
-///   delay and end no earlier than the submission's end plus that delay, and every completion reaches the driver `notify` after it happened (the stream and the
-///   link go on at once; only the driver learns late). At batch 1 this is what separates a
-///   launch-bound GPU run from its kernels' device time.
+///   delay and end no earlier than the submission's end plus that delay, and every completion
+///   reaches the driver `notify` after it happened (the stream and the link go on at once; only
+///   the driver learns late). At batch 1 this is what separates a launch-bound GPU run from its
+///   kernels' device time.
 /// - Slot memory is virtual: slot s lives at address s x expert bytes; nothing is allocated
 ///   (requirements() is zero), and a copy into a slot always follows its last reader (the driver
 ///   unpins a slot only after its kernel's completion).
