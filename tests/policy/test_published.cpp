@@ -258,11 +258,10 @@ TEST_CASE("promoe: early preemption frees the link for the next layer's right gu
   CHECK(a.layers[2].stall < b.layers[2].stall);
 }
 
-TEST_CASE("promoe: a prefetch that touches its resident guess keeps it", "[policy][published][touch]") {
-  // 2 layers x 4 experts, top-2, 4 slots (2 per layer). Layer 0 always {E0, E1}; layer 1
-  // alternates {E0, E1} and {E0, E2}, predicted right at the pass start as [E0, new]. E0 is its
-  // layer's least recently used when the prediction comes: touched, it stays and the other goes;
-  // not touched, E0 is the victim of the new expert's copy, and the gate misses it.
+namespace {
+/// 10 decode passes over 2 layers x 4 experts, top-2: layer 0 always {E0, E1}, layer 1
+/// alternating {E0, E1} and {E0, E2}.
+Workload alternating_second_layer() {
   test::VecRouting r;
   r.layers = 2;
   r.top_k = 2;
@@ -270,7 +269,16 @@ TEST_CASE("promoe: a prefetch that touches its resident guess keeps it", "[polic
     const auto x = static_cast<std::uint16_t>(i % 2 == 0 ? 1 : 2);
     r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0, 1, 0, x});
   }
-  const Workload w = build_workload(r, {2, 4, 2});
+  return build_workload(r, {2, 4, 2});
+}
+}  // namespace
+
+TEST_CASE("promoe: a prefetch that touches its resident guess keeps it", "[policy][published][touch]") {
+  // 2 layers x 4 experts, top-2, 4 slots (2 per layer). Layer 0 always {E0, E1}; layer 1
+  // alternates {E0, E1} and {E0, E2}, predicted right at the pass start as [E0, new]. E0 is its
+  // layer's least recently used when the prediction comes: touched, it stays and the other goes;
+  // not touched, E0 is the victim of the new expert's copy, and the gate misses it.
+  const Workload w = alternating_second_layer();
   const auto t = table_of(
       w, {1},
       [](std::uint64_t p, std::uint16_t) {
@@ -293,14 +301,7 @@ TEST_CASE("promoe: a prefetch never evicts a resident expert its own prediction 
   // recently used. E0 is a pending candidate of the same prediction: spared, the old expert goes,
   // one copy a pass (0-200 ns, before layer 1's gate at 320). Evicting it (what the queue did, and
   // still does with touch off) re-copies E0 behind `new` (200-400 ns): late at every gate.
-  test::VecRouting r;
-  r.layers = 2;
-  r.top_k = 2;
-  for (std::uint16_t i = 0; i < 10; ++i) {
-    const auto x = static_cast<std::uint16_t>(i % 2 == 0 ? 1 : 2);
-    r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {0, 1, 0, x});
-  }
-  const Workload w = build_workload(r, {2, 4, 2});
+  const Workload w = alternating_second_layer();
   const auto t = table_of(
       w, {1},
       [](std::uint64_t p, std::uint16_t) {
