@@ -14,7 +14,10 @@
 # check of CUDA work). Results go to $OUT (or ./gpu-out when OUT is unset); at most 8 files come
 # back from the device, so at the end everything but summary.txt, replays.json, fidelity.csv,
 # copy.csv and fidelity.txt is packed into more.tar.gz.
+# BUDGET_S (seconds, optional): fidelity.sh starts no new run after this many seconds from the
+# script's start (a device call's limit then cuts the run list short and the packing still happens).
 set -uo pipefail
+start_s=$(date +%s)
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
@@ -65,7 +68,8 @@ fi
 
 if [ "${FIDELITY:-1}" = 1 ]; then
   log "fidelity (bench/gpu/fidelity.sh)"
-  OUT="$out/fid" BUILD=build/gpu bash bench/gpu/fidelity.sh > "$out/fidelity.log" 2>&1 || log "fidelity.sh failed"
+  deadline=""; [ -n "${BUDGET_S:-}" ] && deadline=$((start_s + BUDGET_S))
+  OUT="$out/fid" BUILD=build/gpu DEADLINE="$deadline" bash bench/gpu/fidelity.sh > "$out/fidelity.log" 2>&1 || log "fidelity.sh failed"
   cat "$out/fid/fidelity.txt" >> "$out/summary.txt" 2>/dev/null
   for f in fidelity.csv copy.csv torch_peer.csv fidelity.txt fidelity.tar.gz; do cp "$out/fid/$f" "$out/$f" 2>/dev/null; done
   rm -rf "$out/fid"
