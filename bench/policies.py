@@ -174,6 +174,7 @@ def trace_header(path: str) -> dict:
             "experts_per_layer": int(model["experts_per_layer"]),
             "channels": [c["name"] for c in meta.get("channels", [])],
             "gamma": gamma,
+            "acceptance_rate": prov.get("acceptance_rate") if gamma > 0 else None,
         }
     except OSError as e:
         raise InputError(f"{rel(path)}: cannot read: {e.strerror}") from None
@@ -228,9 +229,10 @@ class Sim:
     def __init__(self, path: str, jobs: int):
         self.path, self.jobs, self.count, self.total, self.seconds, self.invocations = path, jobs, 0, 0, 0.0, 0
 
-    def compare(self, trace: str, gpu: str, cache_gb: float | None, policies: list[str]) -> tuple[int, dict | None, str]:
+    def compare(self, trace: str, gpu: str, cache_gb: float | None, policies: list[str],
+                extra: tuple[str, ...] = ()) -> tuple[int, dict | None, str]:
         cmd = [self.path, "compare", "--trace", trace, "--gpu", gpu, "--policies", ",".join(policies),
-               "--json", "-", "--jobs", str(self.jobs)]
+               "--json", "-", "--jobs", str(self.jobs), *extra]
         if cache_gb is not None:
             cmd += ["--cache-gb", f"{cache_gb:.4f}"]
         t0 = time.monotonic()
@@ -419,6 +421,65 @@ def run_ablations(args, sim: Sim, traces: list[str], gpu: str, fraction: float):
     return out, failures
 
 
+# spmoe with the same routing-only predictor on both sides is the check; spmoe as published runs the
+# draft gate on the recorded SD trace but must fall back on the plain one (no draft model ran), so
+# its row mixes SD modelling with a change of predictor (shown, not counted).
+REWINDOW_POLICIES = ["lru", "spmoe:predictor=transition", "spmoe"]
+REWINDOW_COUNTED = ["lru", "spmoe:predictor=transition"]
+REWINDOW_MODES = ["nearby", "continuation"]
+
+
+def run_rewindow(args, sim: Sim, traces: list[str], rows: list[dict]):
+    """Issue 12 item 7's check: each plain trace re-cut by `moesched-sim --gamma G --acceptance-rate R`
+    at its recorded SD sibling's gamma and acceptance rate, against that recorded SD trace, at the
+    sibling's middle budget (from `rows`), for REWINDOW_POLICIES and both --rejected-routing modes.
+    Returns ([{set, gamma, rate, gpu, cache_gb, policy, counted, recorded, <mode>..., predictor...}],
+    failures)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), {})[r["policy"]] = float(r["tpot_ms"])
+    names = {trace_name(t): t for t in traces}
+    out, failures = [], []
+    for s in PROMPT_SETS:
+        plain = names.get(f"{s}-plain")
+        if plain is None:
+            continue
+        for gm in (2, 4, 8):
+            sd = names.get(f"{s}-sd{gm}")
+            if sd is None:
+                continue
+            hdr = trace_header(sd)
+            rate = hdr.get("acceptance_rate")
+            if not hdr["gamma"] or rate is None:
+                log(f"{rel(sd)}: no recorded gamma and acceptance_rate in its provenance; not re-windowed")
+                continue
+            gpus = list(dict.fromkeys(g for (t, g, _) in by if t == trace_name(sd)))
+            for g in gpus:
+                bl = sorted({c for (t, gg, c) in by if t == trace_name(sd) and gg == g}, key=float)
+                c = bl[len(bl) // 2]
+                res = {}
+                runs = [("recorded", sd, ())] + [(m, plain, ("--gamma", str(hdr["gamma"]), "--acceptance-rate",
+                                                             f"{rate:.6f}", "--rejected-routing", m))
+                                                 for m in REWINDOW_MODES]
+                for (m, t, extra) in runs:
+                    rc, doc, err = sim.compare(t, g, float(c), REWINDOW_POLICIES, extra)
+                    if rc != 0 or doc is None:
+                        e = RunError(f"{rel(t)} ({m}; gamma {hdr['gamma']}, rate {rate:.4f}, gpu {g}, cache {c} GB): "
+                                     f"moesched-sim exited {rc}: {err}")
+                        record_failure(args, failures, e)
+                        continue
+                    res[m] = {p: (r["tpot_ms"]["mean"], split_label(p, r["policy"])[1])
+                              for p, r in zip(REWINDOW_POLICIES, doc["records"])}
+                log(f"re-windowed {s}-plain at gamma {hdr['gamma']} on {g} {c} GB")
+                if len(res) != len(runs):
+                    continue
+                for p in REWINDOW_POLICIES:
+                    out.append({"set": s, "gamma": hdr["gamma"], "rate": rate, "gpu": g, "cache_gb": c, "policy": p,
+                                "counted": p in REWINDOW_COUNTED, **{m: res[m][p][0] for m in res},
+                                "pred_recorded": res["recorded"][p][1], "predictor": res["nearby"][p][1]})
+    return out, failures
+
+
 # ---- outputs ----------------------------------------------------------------------------------
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -478,7 +539,8 @@ def git_line() -> str:
         return "not a git checkout"
 
 
-def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: list, points: list, meta: dict) -> str:
+def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: list, points: list, meta: dict,
+                rewindow: list[dict]) -> str:
     L: list[str] = []
     add = L.append
     traces = list(dict.fromkeys(r["trace"] for r in rows))
@@ -599,6 +661,13 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
             f"middle (default) budget: spmoe-SD is faster at {len(wins)} of {len(mid)} (prompt set, gamma, GPU) points "
             f"(target: faster everywhere: **{'met' if len(wins) == len(mid) else 'not met'}**); at all budgets: "
             f"{sum(1 for x in sdplain if x['spmoe'] < x['best_plain'])} of {len(sdplain)}.")
+    counted = [x for x in rewindow if x["counted"]]
+    if counted:
+        ok = [x for x in counted if abs(x["nearby"] / x["recorded"] - 1) <= 0.10]
+        add(f"- SD re-windowing of the plain traces at the recorded gamma and acceptance rate against the recorded SD "
+            f"traces ({', '.join(REWINDOW_COUNTED)}; middle budget): within 10% at **{len(ok)} of {len(counted)}** points "
+            f"(target: all: **{'met' if len(ok) == len(counted) else 'not met'}**); worst "
+            f"{100 * max(abs(x['nearby'] / x['recorded'] - 1) for x in counted):.1f}%.")
     if failures:
         add(f"- **{len(failures)} runs failed** (--keep-going): listed at the end.")
     add("")
@@ -736,6 +805,37 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
     add("")
 
     # ---- SD vs plain
+    add("## SD re-windowing check")
+    add("")
+    add("`moesched-sim --gamma G --acceptance-rate R` re-cuts a plain trace's decoding into SD windows; here each "
+        "`-plain` trace is re-cut at its recorded SD sibling's gamma and acceptance rate (accepted / drafted, from the "
+        "sibling's provenance) and compared with the sibling replayed as recorded, at the sibling's middle budget. "
+        "Rejected drafts take another token's routing (`--rejected-routing nearby`, the default), or the real "
+        "continuation's (`continuation`, shown for comparison). The same prompts decode to the same output only under "
+        "greedy decoding, which the recorder uses. The check counts lru and spmoe with the same routing-only predictor "
+        "on both sides; spmoe as published (last row of each group, not counted) runs the draft gate on the recorded "
+        "SD trace but has to fall back on the plain one, which has no draft_gate channel.")
+    add("")
+    if rewindow:
+        add("| prompts | gamma | rate | gpu | cache GB | policy | recorded SD ms | re-cut (nearby) ms | error | "
+            "re-cut (continuation) ms | error | predictor (recorded / re-cut) |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for x in rewindow:
+            add(f"| {x['set']} | {x['gamma']} | {x['rate']:.3f} | {x['gpu']} | {x['cache_gb']} | {x['policy']}"
+                f"{'' if x['counted'] else ' (not counted)'} | "
+                f"{x['recorded']:.4f} | {x['nearby']:.4f} | {100 * (x['nearby'] / x['recorded'] - 1):+.1f}% | "
+                f"{x['continuation']:.4f} | {100 * (x['continuation'] / x['recorded'] - 1):+.1f}% | "
+                f"{x['pred_recorded']} / {x['predictor']} |")
+        add("")
+        for m in REWINDOW_MODES:
+            for what, sel in (("counted rows", [x for x in rewindow if x["counted"]]), ("all rows", rewindow)):
+                errs = sorted(abs(x[m] / x["recorded"] - 1) for x in sel)
+                add(f"- {m}, {what}: |error| median {100 * errs[len(errs) // 2]:.1f}%, max {100 * errs[-1]:.1f}%, "
+                    f"within 10% at {sum(1 for e in errs if e <= 0.10)} of {len(errs)}.")
+    else:
+        add("No plain trace with a recorded SD sibling in this invocation.")
+    add("")
+
     add("## SD against plain decoding of the same prompts")
     add("")
     add("For each prompt set: spmoe on the recorded SD traces (sd2, sd4, sd8) against the best policy (future-knowing "
@@ -878,6 +978,8 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
     failures += afail
     write_csv(out_csv, rows)
     back = read_csv(out_csv)
+    rewindow, rfail = run_rewindow(args, sim, traces, back)
+    failures += rfail
     cmd = "python3 bench/policies.py" + (" " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     meta = {"command": cmd, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
 "wall_s": time.monotonic() - t0, "sim_s": sim.seconds, "runs": sim.count, "invocations": sim.invocations, "machine": machine_line(),
@@ -885,7 +987,7 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
             "sim_mtime": datetime.datetime.fromtimestamp(os.path.getmtime(sim.path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "matrix_note": matrix_note,
             "fractions": ", ".join(args.fractions.split(",")), "ablation_gpu": args.ablation_gpu,
             "ablation_fraction": args.fractions.split(",")[len(fractions) // 2].strip()}
-    md = generate_md(back, abl, refusals, failures, points, meta)
+    md = generate_md(back, abl, refusals, failures, points, meta, rewindow)
     os.makedirs(os.path.dirname(os.path.abspath(out_md)) or ".", exist_ok=True)
     with open(out_md + ".tmp", "w") as f:
         f.write(md)
@@ -932,7 +1034,7 @@ def self_check(args, sim: Sim, listed: list[str]) -> int:
                 problems.append(f"row {r['policy']}: empty predictor")
         md = open(outs[0][1]).read()
         for sec in ("## Headline", "## TPOT per trace", "## Ablations", "### promoe", "### spmoe", "### moesched",
-                    "## SD against plain"):
+                    "## SD re-windowing check", "## SD against plain"):
             if sec not in md:
                 problems.append(f"md lacks section '{sec}'")
     # a bad input must be an error naming it

@@ -50,7 +50,9 @@ struct ScenarioOptions {
   std::optional<double> cache_gb;        // unset = all the memory the GPU has left for experts
   std::optional<double> bandwidth_gbps;  // unset = the preset's measured curve
   std::uint32_t gamma = 0;               // 0 = replay steps as recorded
-  double acceptance = 0.7;
+  double acceptance = 0.7;               // per draft token (i.i.d. until the first rejection)
+  std::optional<double> acceptance_rate; // accepted / drafted (a model card's); replaces acceptance
+  std::string rejected_routing = "nearby";  // nearby | continuation (WorkloadOptions, RejectedRouting)
   std::uint64_t seed = 1;
   std::uint32_t batch = 1;
   std::uint32_t chunks = 1;
@@ -125,13 +127,25 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
   app.add_option("--train-trace", o.train_trace,
                  "predict:*, moe-infinity: a trace (same model) whose routing the predictor learns before the run "
                  "(a training split; default: learn online only)");
+  app.add_option("--rejected-routing", o.rejected_routing,
+                 "--gamma: routing of rejected drafts: nearby (another token of the request: a recorded rejected "
+                 "draft, else an output token near the window) or continuation (the real continuation's; optimistic)")
+      ->check(CLI::IsMember({"nearby", "continuation"}))
+      ->capture_default_str();
   if (!grid) {
     app.add_option("--cache-gb", o.cache_gb, "expert cache budget in GB (default: everything the GPU has left)");
     app.add_option("--bandwidth-gbps", o.bandwidth_gbps,
                    "replace the host-to-device curve by X GB/s plus the preset's per-copy cost");
     app.add_option("--gamma", o.gamma, "re-cut decoding into SD windows of N drafts (0 = replay steps as recorded)")
         ->capture_default_str();
-    app.add_option("--acceptance", o.acceptance, "per-draft-token acceptance probability for --gamma")->capture_default_str();
+    auto* acc = app.add_option("--acceptance", o.acceptance,
+                               "--gamma: per-draft-token acceptance probability (each draft accepted with this "
+                               "probability until the first rejection)")
+                    ->capture_default_str();
+    app.add_option("--acceptance-rate", o.acceptance_rate,
+                   "--gamma: acceptance rate as model cards and `moesched-trace stats` give it (accepted drafts / "
+                   "drafted tokens); converted to the per-token probability with the same mean")
+        ->excludes(acc);
     app.add_option("--batch", o.batch, "requests decoding together")->capture_default_str();
   }
 }
@@ -150,7 +164,7 @@ struct Scenario {
   std::shared_ptr<const Workload> training;
   /// Prediction tables of the prefetch:CHANNEL policies to run, by channel.
   std::map<std::string, std::shared_ptr<const policy::PredictionTable>, std::less<>> predictions;
-  /// The trace's prediction channels whose recorded predictions replay (none when --gamma re-cuts).
+  /// The trace's prediction channels (their recorded predictions replay, also in re-cut windows).
   std::vector<std::string> channels;
   /// --profile's fitted times (also held by cost's options), or null.
   std::shared_ptr<const profile::MeasuredCosts> measured;
@@ -246,13 +260,27 @@ inline ScenarioBase open_base(const ScenarioOptions& o) {
   return b;
 }
 
+/// The per-token acceptance --gamma re-cuts with: --acceptance, or --acceptance-rate converted.
+inline double per_token(const ScenarioOptions& o) {
+  return o.acceptance_rate && o.gamma > 0 ? per_token_acceptance(*o.acceptance_rate, o.gamma) : o.acceptance;
+}
+
 inline std::shared_ptr<const Workload> build_workload_for(const ScenarioBase& b, const ScenarioOptions& o) {
   const auto& tm = b.trace->meta().model;
   WorkloadOptions wo;
   wo.batch = o.batch;
   wo.prefill = !o.no_prefill;
   wo.max_requests = o.max_requests;
-  if (o.gamma > 0) wo.sd = SdReplay{o.gamma, o.acceptance, o.seed};
+  if (o.acceptance_rate && o.gamma == 0) {
+    throw ConfigError("", "acceptance_rate", to_text(*o.acceptance_rate), "needs --gamma (SD windows to re-cut)");
+  }
+  if (o.acceptance_rate && !(*o.acceptance_rate >= 0.0 && *o.acceptance_rate <= 1.0)) {
+    throw ConfigError("", "acceptance_rate", to_text(*o.acceptance_rate), "must be between 0 and 1");
+  }
+  if (o.gamma > 0) {
+    wo.sd = SdReplay{o.gamma, per_token(o), o.seed,
+                     o.rejected_routing == "continuation" ? RejectedRouting::continuation : RejectedRouting::nearby_token};
+  }
   auto w = std::make_shared<const Workload>(
       build_workload(*b.trace, {tm.moe_layers, tm.experts_per_layer, tm.top_k}, wo));
   if (w->decode_tokens() == 0) {
@@ -376,9 +404,7 @@ using PredictionCache = std::map<std::pair<const Workload*, std::string>, std::s
 inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::vector<std::string>& policies,
                                PredictionCache* cache = nullptr) {
   s.channels.clear();
-  if (s.opt.gamma == 0) {
-    for (const auto& c : b.trace->meta().channels) s.channels.push_back(c.name);
-  }
+  for (const auto& c : b.trace->meta().channels) s.channels.push_back(c.name);
   for (const auto& p : policies) {
     for (const std::string& channel : policy_channels(p, s.channels)) {
       if (s.predictions.contains(channel)) continue;
@@ -406,13 +432,11 @@ inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::ve
 }
 
 /// The policies compare runs by default: the baselines, the oracle, and prefetch:C for every
-/// channel C of the trace when steps replay as recorded.
-inline std::vector<std::string> default_policies(const ScenarioBase& b, const ScenarioOptions& o) {
+/// channel C of the trace (recorded per token, they also follow SD windows re-cut by --gamma).
+inline std::vector<std::string> default_policies(const ScenarioBase& b) {
   std::vector<std::string> out;
   for (auto n : policy_names()) out.emplace_back(n);
-  if (o.gamma == 0) {
-    for (const auto& c : b.trace->meta().channels) out.push_back(std::string(kPrefetchPrefix) + c.name);
-  }
+  for (const auto& c : b.trace->meta().channels) out.push_back(std::string(kPrefetchPrefix) + c.name);
   return out;
 }
 
@@ -486,7 +510,9 @@ inline Json scenario_json(const Scenario& s) {
   j["compute_ahead"] = o.compute_ahead;
   j["d2h_share"] = o.d2h_share;
   j["gamma"] = o.gamma;
-  j["acceptance"] = o.gamma > 0 ? Json(o.acceptance) : Json(nullptr);
+  j["acceptance"] = o.gamma > 0 ? Json(per_token(o)) : Json(nullptr);
+  j["acceptance_rate"] = o.gamma > 0 ? Json(acceptance_rate_of(per_token(o), o.gamma)) : Json(nullptr);
+  j["rejected_routing"] = o.gamma > 0 ? Json(o.rejected_routing) : Json(nullptr);
   j["batch"] = o.batch;
   j["seed"] = o.seed;
   j["context_tokens"] = o.context;
@@ -602,7 +628,10 @@ inline std::string compare_table(const Scenario& s, const std::vector<runtime::R
       s.model.shape.total_experts(), s.model.expert_bytes().megabytes(), to_us(s.cost->expert_copy_time()),
       s.gpu.h2d.asymptotic_bandwidth().gb_per_s(), o.chunks > 1 ? fmt::format(", {} chunks", o.chunks) : "",
       s.workload->request_count(), o.batch, s.workload->decode_tokens(),
-      s.has_draft ? (o.gamma > 0 ? fmt::format(", SD gamma {} acceptance {}", o.gamma, o.acceptance)
+      s.has_draft ? (o.gamma > 0 ? fmt::format(", SD gamma {} acceptance {:.3f} per draft ({:.1f}% of drafts), "
+                                               "rejected drafts routed as {}",
+                                               o.gamma, per_token(o), 100.0 * acceptance_rate_of(per_token(o), o.gamma),
+                                               o.rejected_routing)
                                  : std::string(", SD as recorded"))
                   : "",
       lb.compute_tpot_ms, lb.forced_copies);

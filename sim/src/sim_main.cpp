@@ -94,7 +94,7 @@ struct Prepared {
 Prepared prepare_single(const ScenarioOptions& o, const std::vector<std::string>& policy_args) {
   auto policies = policy_args.empty() ? std::vector<std::string>{} : split_policies(policy_args);
   const ScenarioBase b = open_base(o);
-  if (policies.empty()) policies = default_policies(b, o);
+  if (policies.empty()) policies = default_policies(b);
   Prepared p{prepare(b, build_workload_for(b, o), o), policies};
   attach_predictions(p.scenario, b, p.policies);
   return p;
@@ -387,7 +387,7 @@ int main(int argc, char** argv) {
   sweep->add_option("--cache-gb", grid.cache_gb, "expert cache budgets in GB (default: 6 from the least that works to all that fits)")->delimiter(',');
   sweep->add_option("--bandwidth-gbps", grid.bandwidth_gbps, "host-to-device rates in GB/s (default: the preset's curve)")->delimiter(',');
   sweep->add_option("--gamma", grid.gamma, "SD draft lengths (0 = steps as recorded)")->delimiter(',')->capture_default_str();
-  sweep->add_option("--acceptance", grid.acceptance, "SD per-token acceptance rates")->delimiter(',')->capture_default_str();
+  sweep->add_option("--acceptance", grid.acceptance, "SD per-draft-token acceptance probabilities (i.i.d. until the first rejection; compare --acceptance-rate takes a model card's accepted / drafted)")->delimiter(',')->capture_default_str();
   sweep->add_option("--batch", grid.batch, "requests decoding together")->delimiter(',')->capture_default_str();
   sweep->add_option("--policies", sweep_policies, policies_help("policies, comma-separated:"))->capture_default_str();
   sweep->add_option("--csv", sweep_csv, "write one row per (point, policy) as CSV to FILE");

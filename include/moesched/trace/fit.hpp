@@ -21,6 +21,7 @@
 #include "moesched/io/trace.hpp"
 #include "moesched/trace/stats.hpp"
 #include "moesched/trace/synth.hpp"
+#include "moesched/workload/workload.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -91,12 +92,7 @@ double bisect(F f, double lo, double hi, double target) {
     }
     const std::uint32_t g = p.sd_draft_len;
     if (!lock.acceptance && g > 0) {
-      // E[accepted] / g for per-token acceptance a, accepting until the first rejection
-      p.sd_acceptance = fit_detail::bisect([&](double a) {
-        double e = 0.0, x = 1.0;
-        for (std::uint32_t i = 0; i < g; ++i) e += (x *= a);
-        return e / g;
-      }, 0.0, 1.0, s.acceptance_rate());
+      p.sd_acceptance = per_token_acceptance(s.acceptance_rate(), g);
     }
   }
   for (const auto& c : s.channels) {

@@ -25,12 +25,22 @@
 ///   request's output token sequence is rebuilt (a decode step contributes its token; a recorded
 ///   verify step contributes its first accepted + 1 tokens, the ones that became output), then a
 ///   window at position i verifies tokens i..i+g (g = min(gamma, tokens left - 1)) and accepts `a`
-///   drafts drawn from the acceptance model; the next window starts at i + a + 1. The rejected
-///   drafts of a window are approximated by the real continuation's routing (a draft that was
-///   rejected is a different token, whose routing the trace does not have).
+///   drafts drawn from the acceptance model; the next window starts at i + a + 1.
+/// - Rejected drafts (window positions a + 1..g: the first rejected draft and the drafts after it)
+///   are tokens that are not the continuation, and the trace has no routing of them. With
+///   `RejectedRouting::nearby_token` (the default) each takes the routing of another token of the
+///   same request: one of its recorded rejected drafts when the trace has them (a recorded SD
+///   trace), else an output token within `rejected_radius` positions of the window but outside it;
+///   drawn from their own seeded stream, so the acceptance draws are the same in both modes. With
+///   `RejectedRouting::continuation` they take the real continuation's routing (an optimistic
+///   approximation: the verification step then needs no experts beyond the ones the next
+///   windows need).
 /// - Acceptance model: each draft token is accepted with probability `acceptance`, independently,
 ///   until the first rejection (the i.i.d. model of Leviathan et al.): P(a = j) = p^j (1 - p) for
-///   j < g and P(a = g) = p^g. Seeded, deterministic.
+///   j < g and P(a = g) = p^g. Seeded, deterministic. A model card's acceptance rate (accepted /
+///   drafted, what `moesched-trace stats` reports) is E[a] / g; `per_token_acceptance` converts it.
+/// - Members of re-cut passes carry their trace tokens (`Workload::member_tokens`), so
+///   predictions recorded per token can follow them into the new windows.
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/error.hpp"
@@ -55,12 +65,40 @@ struct RoutingShape {
   std::uint32_t top_k = 0;
 };
 
+/// What routing the rejected drafts of a re-cut window take (see the header comment).
+enum class RejectedRouting : std::uint8_t {
+  nearby_token,  ///< another token of the request: a recorded rejected draft, else a nearby output token
+  continuation,  ///< the real continuation's (optimistic)
+};
+
 /// Re-cut decode streams into SD verification windows (see the header comment).
 struct SdReplay {
   std::uint32_t gamma = 4;    ///< draft tokens per window
   double acceptance = 0.7;    ///< per-draft-token acceptance probability
   std::uint64_t seed = 1;
+  RejectedRouting rejected = RejectedRouting::nearby_token;
+  std::uint32_t rejected_radius = 64;  ///< nearby_token: output positions on each side to draw from
 };
+
+/// E[accepted] / g for per-token acceptance `p` with `g` drafts (accepting until the first
+/// rejection): the acceptance rate a model card reports.
+[[nodiscard]] constexpr double acceptance_rate_of(double p, std::uint32_t g) noexcept {
+  if (g == 0) return 0.0;
+  double e = 0.0, x = 1.0;
+  for (std::uint32_t i = 0; i < g; ++i) e += (x *= p);
+  return e / g;
+}
+
+/// The per-token acceptance probability whose acceptance rate with `g` drafts is `rate`
+/// (the inverse of acceptance_rate_of, by bisection; rate in [0, 1], g >= 1).
+[[nodiscard]] constexpr double per_token_acceptance(double rate, std::uint32_t g) noexcept {
+  double lo = 0.0, hi = 1.0;
+  for (int i = 0; i < 60; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (acceptance_rate_of(mid, g) < rate ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
 
 struct WorkloadOptions {
   std::uint32_t batch = 1;       ///< requests decoding together
@@ -83,6 +121,8 @@ struct PassMember {
   std::uint32_t request = 0;
   std::uint32_t emitted = 0;   ///< output tokens this pass produces for the request
   std::uint64_t step = kNoStep;///< the trace step it replays; kNoStep when SD replay re-cut it
+  std::uint64_t token_begin = 0;///< re-cut members: into Workload::member_tokens
+  std::uint32_t token_count = 0;///< re-cut members: trace tokens run, in window order; else 0
 };
 
 /// One forward pass of the target model.
@@ -111,6 +151,11 @@ class Workload {
   [[nodiscard]] std::span<const PassMember> members(const Pass& p) const noexcept {
     return {members_.data() + p.member_begin, p.member_count};
   }
+  /// The trace tokens a re-cut member runs, in window order (token 0: the last accepted token;
+  /// then the drafts); empty for members that replay a recorded step.
+  [[nodiscard]] std::span<const std::uint64_t> member_tokens(const PassMember& m) const noexcept {
+    return {member_tokens_.data() + m.token_begin, m.token_count};
+  }
   /// Group index of (pass, layer): pass * layers + layer.
   [[nodiscard]] std::uint64_t group(std::uint64_t pass, std::uint32_t layer) const noexcept {
     return pass * shape_.layers + layer;
@@ -135,10 +180,22 @@ class Workload {
 
   // --- building (used by build_workload and by tests that write passes by hand) ---
 
+  /// Stores a re-cut member's trace tokens; returns the member's token_begin.
+  std::uint64_t add_member_tokens(std::span<const std::uint64_t> tokens) {
+    const std::uint64_t begin = member_tokens_.size();
+    member_tokens_.insert(member_tokens_.end(), tokens.begin(), tokens.end());
+    return begin;
+  }
   /// Appends a pass; then call add_layer() once per layer, in layer order.
   void begin_pass(Pass p, std::span<const PassMember> members) {
     p.member_begin = static_cast<std::uint32_t>(members_.size());
     p.member_count = static_cast<std::uint32_t>(members.size());
+    for (const auto& m : members) {
+      if (m.token_begin + m.token_count > member_tokens_.size()) {
+        throw ConfigError("", "member tokens", std::to_string(m.token_begin) + "+" + std::to_string(m.token_count),
+                          "beyond the tokens added with add_member_tokens");
+      }
+    }
     members_.insert(members_.end(), members.begin(), members.end());
     passes_.push_back(p);
     std::uint32_t emitted = 0;
@@ -158,6 +215,7 @@ class Workload {
   RoutingShape shape_{};
   std::vector<Pass> passes_;
   std::vector<PassMember> members_;
+  std::vector<std::uint64_t> member_tokens_;
   std::vector<std::uint64_t> group_begin_;
   std::vector<ExpertUse> uses_;
   std::uint64_t activations_ = 0;
@@ -253,12 +311,32 @@ template <RoutingSource S>
   // 2. SD re-windowing of each request's output token stream.
   if (opt.sd) {
     Rng rng(opt.sd->seed);
+    Rng pick(opt.sd->seed ^ 0x9e3779b97f4a7c15ULL);  // rejected-draft stand-ins: their own stream
+    const std::uint64_t radius = opt.sd->rejected_radius;
     for (auto& r : reqs) {
       std::vector<std::uint64_t> out;
+      // Recorded rejected drafts, with the output position they were drafted at (ascending).
+      std::vector<std::pair<std::uint64_t, std::uint64_t>> drafted_out;
       for (const Unit& u : r.decode) {
         const std::uint32_t n = u.phase == StepPhase::verify ? u.emitted : 1U;
+        const std::uint64_t at = out.size();
         for (std::uint32_t i = 0; i < n; ++i) out.push_back(u.first + i);
+        if (u.phase == StepPhase::verify) {
+          for (std::uint32_t i = n; i < u.tokens; ++i) drafted_out.emplace_back(at + i, u.first + i);
+        }
       }
+      // A token that was not the continuation, for a rejected draft of the window [i, i + g].
+      auto stand_in = [&](std::size_t i, std::uint32_t g, std::uint64_t fallback) {
+        const std::uint64_t lo = i > radius ? i - radius : 0;
+        const std::uint64_t hi = std::min<std::uint64_t>(out.size(), i + g + 1 + radius);
+        const auto first = std::lower_bound(drafted_out.begin(), drafted_out.end(), std::make_pair(lo, std::uint64_t{0}));
+        const auto last = std::lower_bound(first, drafted_out.end(), std::make_pair(hi, std::uint64_t{0}));
+        if (first != last) return (first + static_cast<std::ptrdiff_t>(pick.below(static_cast<std::uint64_t>(last - first))))->second;
+        const std::uint64_t left = i - lo, right = hi - (i + g + 1);
+        if (left + right == 0) return fallback;
+        const std::uint64_t k = pick.below(left + right);
+        return out[k < left ? lo + k : i + g + 1 + (k - left)];
+      };
       std::vector<Unit> windows;
       std::size_t i = 0;
       while (i < out.size()) {
@@ -271,6 +349,9 @@ template <RoutingSource S>
           w = Unit{StepPhase::verify, 0, g + 1, static_cast<std::uint16_t>(g), a + 1,
                    std::vector<std::uint64_t>(out.begin() + static_cast<std::ptrdiff_t>(i),
                                               out.begin() + static_cast<std::ptrdiff_t>(i + g + 1)), kNoStep};
+          if (opt.sd->rejected == RejectedRouting::nearby_token) {
+            for (std::uint32_t j = a + 1; j <= g; ++j) w.token_list[j] = stand_in(i, g, w.token_list[j]);
+          }
         }
         i += w.emitted;
         windows.push_back(std::move(w));
@@ -290,6 +371,7 @@ template <RoutingSource S>
   std::vector<std::uint64_t> context(reqs.size(), 0);
   std::vector<const Unit*> units;
   std::vector<std::size_t> unit_req;
+  std::vector<std::uint64_t> run;  // a re-cut member's tokens
 
   auto emit_pass = [&](StepPhase phase, std::uint64_t batch) {
     Pass p;
@@ -306,7 +388,14 @@ template <RoutingSource S>
       p.attention_pairs += std::uint64_t{u.tokens} * ctx;
       // Decode: the emitted tokens join the context. Prefill: the whole prompt does.
       context[unit_req[m]] += phase == StepPhase::prefill ? u.tokens : u.emitted;
-      members.push_back({reqs[unit_req[m]].id, u.emitted, u.step});
+      PassMember pm{reqs[unit_req[m]].id, u.emitted, u.step, 0, 0};
+      if (u.step == kNoStep) {
+        run.clear();
+        for (std::uint32_t t = 0; t < u.tokens; ++t) run.push_back(u.token_list.empty() ? u.first + t : u.token_list[t]);
+        pm.token_begin = w.add_member_tokens(run);
+        pm.token_count = u.tokens;
+      }
+      members.push_back(pm);
       for (std::uint32_t t = 0; t < u.tokens; ++t) {
         const std::uint64_t tok = u.token_list.empty() ? u.first + t : u.token_list[t];
         src.token_experts(tok, ids.data());
