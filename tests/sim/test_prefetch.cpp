@@ -148,12 +148,49 @@ TEST_CASE("build_predictions: merging, top, draft timing, dropped and refused pr
   CHECK((p1[2].layer == 2 && p1[2].draft_tokens == 2));
   CHECK(std::vector<std::uint16_t>(t.candidates(p1[2]).begin(), t.candidates(p1[2]).end()) == std::vector<std::uint16_t>{1, 0});
 
-  // SD replay re-cuts the steps: no recorded predictions can be replayed.
+  // SD replay re-cuts the steps: a whole-step prediction cannot follow its tokens.
   const Workload sd = build_workload(r, {3, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 0.5}});
-  CHECK(test::thrown_message<ConfigError>([&] { (void)policy::build_predictions(r, 0, sd, {.name = "ch", .max_candidates = 3}); }).find("leave --gamma at 0") != std::string::npos);
+  CHECK(test::thrown_message<ConfigError>([&] { (void)policy::build_predictions(r, 0, sd, {.name = "ch", .max_candidates = 3}); }).find("whole-step prediction") != std::string::npos);
   // Out-of-range candidates are refused, not used as indices.
   r.predictions = {{0, 1, 0, 0, {9}}};
   CHECK(test::thrown_message<ConfigError>([&] { (void)policy::build_predictions(r, 0, w, {.name = "ch", .max_candidates = 3}); }).find("not below experts_per_layer") != std::string::npos);
+}
+
+TEST_CASE("build_predictions: per-token predictions follow their tokens into re-cut SD windows", "[sim][prefetch]") {
+  test::VecRouting r;
+  r.layers = 2;
+  r.top_k = 1;
+  // A recorded verify step (2 drafts, both accepted: tokens 0, 1, 2 are output), then a decode step (token 3).
+  r.add({.request = 0, .phase = StepPhase::verify, .tokens = 3, .draft_len = 2, .accepted = 2}, {0, 0, 1, 1, 2, 2});
+  r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {3, 3});
+  r.predictions = {
+      {0, 1, 0, -1, {0}},  // drafting-timed: the draft ran token 0
+      {0, 1, 1, -1, {1}},  // and token 1
+      {0, 1, 2, 0, {2}},   // layer-timed, token 2: after its layer 0
+      {1, 1, 0, 0, {3}},   // the decode step's token: after layer 0
+  };
+  auto sets = [](const policy::PredictionTable& t, std::uint64_t p) {
+    std::vector<std::tuple<int, int, int, std::vector<std::uint16_t>>> out;  // (after, draft, layer, candidates)
+    for (const auto& s : t.of_pass(p)) {
+      const auto c = t.candidates(s);
+      out.emplace_back(s.after, s.draft_tokens, s.layer, std::vector<std::uint16_t>(c.begin(), c.end()));
+    }
+    return out;
+  };
+  using Sets = std::vector<std::tuple<int, int, int, std::vector<std::uint16_t>>>;
+  // gamma 3, all accepted: one window of tokens 0..3 (positions 0..3). Tokens 0 and 1 keep their
+  // drafting timing at their positions (1 and 2 draft forwards); 2 and 3 are layer-timed.
+  const Workload one = build_workload(r, {2, 4, 1}, {.sd = SdReplay{.gamma = 3, .acceptance = 1.0}});
+  REQUIRE(one.pass_count() == 1);
+  const auto t1 = policy::build_predictions(r, 0, one, {.name = "ch", .max_candidates = 1});
+  CHECK(sets(t1, 0) == Sets{{-1, 1, 1, {0}}, {-1, 2, 1, {1}}, {0, 0, 1, {2, 3}}});
+  // gamma 1: windows {0, 1} and {2, 3}. Token 1 is the first window's last draft, which the draft
+  // never runs: its drafting-timed prediction does not exist there.
+  const Workload two = build_workload(r, {2, 4, 1}, {.sd = SdReplay{.gamma = 1, .acceptance = 1.0}});
+  REQUIRE(two.pass_count() == 2);
+  const auto t2 = policy::build_predictions(r, 0, two, {.name = "ch", .max_candidates = 1});
+  CHECK(sets(t2, 0) == Sets{{-1, 1, 1, {0}}});
+  CHECK(sets(t2, 1) == Sets{{0, 0, 1, {2, 3}}});
 }
 
 namespace {

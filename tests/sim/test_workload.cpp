@@ -143,3 +143,91 @@ TEST_CASE("workload options out of range are refused", "[sim][workload]") {
                        }),
                        "field 'acceptance' = 1.5"));
 }
+
+TEST_CASE("acceptance: a model card's rate and the per-draft-token probability", "[sim][workload]") {
+  CHECK(acceptance_rate_of(0.5, 1) == 0.5);
+  CHECK(acceptance_rate_of(0.5, 2) == 0.375);  // (0.5 + 0.25) / 2
+  CHECK(acceptance_rate_of(0.78, 4) == Approx((0.78 + 0.6084 + 0.474552 + 0.37015056) / 4));
+  CHECK(acceptance_rate_of(0.3, 0) == 0.0);
+  CHECK(per_token_acceptance(0.375, 2) == Approx(0.5).epsilon(1e-12));
+  CHECK(per_token_acceptance(0.4, 1) == Approx(0.4).epsilon(1e-12));
+  CHECK(per_token_acceptance(0.0, 4) == Approx(0.0).margin(1e-12));
+  CHECK(per_token_acceptance(1.0, 4) == Approx(1.0).epsilon(1e-12));
+  for (std::uint32_t g : {1U, 2U, 4U, 8U}) {
+    for (double rate : {0.1, 0.345, 0.558, 0.9}) {
+      const double p = per_token_acceptance(rate, g);
+      CHECK(p >= rate - 1e-12);  // accepting stops at the first rejection: the rate is below p for g > 1
+      CHECK(acceptance_rate_of(p, g) == Approx(rate).epsilon(1e-9));
+    }
+  }
+}
+
+TEST_CASE("SD replay: rejected drafts take other tokens' routing", "[sim][workload]") {
+  const auto r = plain_request();  // decode tokens 3..8 at output positions 0..5
+  auto tokens = [](const Workload& w, std::uint64_t p) {
+    const auto t = w.member_tokens(w.members(w.pass(p))[0]);
+    return std::vector<std::uint64_t>(t.begin(), t.end());
+  };
+  SdReplay sd{.gamma = 2, .acceptance = 0.0};
+  // Window 0 verifies positions 0..2 (tokens 3, 4, 5) and accepts none: positions 1 and 2 are rejected.
+  sd.rejected = RejectedRouting::continuation;
+  const Workload cont = build_workload(r, {1, 4, 1}, {.sd = sd});
+  CHECK(tokens(cont, 1) == std::vector<std::uint64_t>{3, 4, 5});
+  sd.rejected = RejectedRouting::nearby_token;
+  sd.rejected_radius = 1;  // positions [0, 4) outside the window: position 3 alone (token 6)
+  const Workload near = build_workload(r, {1, 4, 1}, {.sd = sd});
+  CHECK(tokens(near, 1) == std::vector<std::uint64_t>{3, 6, 6});
+  CHECK(near.uses(1, 0).size() == 2);  // experts 3 and 6 % 4 = 2; the continuation's would be 3, 0, 1
+  sd.rejected_radius = 64;
+  const Workload wide = build_workload(r, {1, 4, 1}, {.sd = sd});
+  for (std::uint64_t t : {tokens(wide, 1)[1], tokens(wide, 1)[2]}) CHECK((t >= 6 && t <= 8));
+  // The prefill pass replays its recorded step: no tokens carried.
+  CHECK(wide.members(wide.pass(0))[0].step == 0);
+  CHECK(wide.member_tokens(wide.members(wide.pass(0))[0]).empty());
+  // The last window (position 5) has no drafts: a decode pass of token 8.
+  CHECK(wide.pass(wide.pass_count() - 1).phase == StepPhase::decode);
+  CHECK(tokens(wide, wide.pass_count() - 1) == std::vector<std::uint64_t>{8});
+}
+
+TEST_CASE("SD replay: a recorded SD trace's own rejected drafts stand in first", "[sim][workload]") {
+  test::VecRouting r;
+  r.layers = 1;
+  r.top_k = 1;
+  // Verify of 4 tokens (3 drafts), 1 accepted: tokens 0 and 1 are output, 2 and 3 were rejected.
+  r.add({.request = 0, .phase = StepPhase::verify, .tokens = 4, .draft_len = 3, .accepted = 1}, {0, 1, 2, 3});
+  for (std::uint16_t t = 4; t < 10; ++t) r.add({.request = 0, .phase = StepPhase::decode, .tokens = 1}, {std::uint16_t(t % 4)});
+  const Workload w = build_workload(r, {1, 4, 1}, {.sd = SdReplay{.gamma = 2, .acceptance = 0.0}});
+  // Output positions 0..7 (tokens 0, 1, 4..9); windows at 0..5 verify 3 tokens, at 6 two, at 7 one.
+  REQUIRE(w.pass_count() == 8);
+  for (std::uint64_t p = 0; p < 7; ++p) {
+    const auto t = w.member_tokens(w.members(w.pass(p))[0]);
+    REQUIRE(t.size() == (p < 6 ? 3U : 2U));
+    for (std::size_t j = 1; j < t.size(); ++j) CHECK((t[j] == 2 || t[j] == 3));
+  }
+}
+
+TEST_CASE("SD replay: the rejected-draft mode changes routing, never the acceptance draws", "[sim][workload]") {
+  const auto r = test::random_routing(11, 2, 8, 2, 3, 5, 60);
+  WorkloadOptions opt{.sd = SdReplay{.gamma = 4, .acceptance = 0.5, .seed = 3}};
+  const Workload a = build_workload(r, {2, 8, 2}, opt);
+  opt.sd->rejected = RejectedRouting::continuation;
+  const Workload b = build_workload(r, {2, 8, 2}, opt);
+  REQUIRE(a.pass_count() == b.pass_count());
+  bool routing_differs = false;
+  for (std::uint64_t p = 0; p < a.pass_count(); ++p) {
+    REQUIRE(a.pass(p).member_count == b.pass(p).member_count);
+    CHECK(a.pass(p).tokens == b.pass(p).tokens);
+    for (std::uint32_t m = 0; m < a.pass(p).member_count; ++m) {
+      const auto& ma = a.members(a.pass(p))[m];
+      const auto& mb = b.members(b.pass(p))[m];
+      CHECK(ma.emitted == mb.emitted);
+      const auto ta = a.member_tokens(ma), tb = b.member_tokens(mb);
+      REQUIRE(ta.size() == tb.size());
+      // Accepted positions (0..emitted-1) are the continuation in both modes.
+      for (std::uint32_t j = 0; j < ma.emitted && j < ta.size(); ++j) CHECK(ta[j] == tb[j]);
+      for (std::size_t j = ma.emitted; j < ta.size(); ++j) routing_differs = routing_differs || ta[j] != tb[j];
+    }
+  }
+  CHECK(routing_differs);
+  CHECK(a.decode_tokens() == b.decode_tokens());
+}
