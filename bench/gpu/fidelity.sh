@@ -52,7 +52,7 @@ fi
 # one layer's union, under on-demand; the mix model at 0.5 GB holds every expert: no misses)
 RUNS=(
   "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand lru prefetch:skip_gate|0.2|--max-requests 4|"
-  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand lru prefetch:skip_gate prefetch:draft_gate|0.2|--max-requests 4|"
+  "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand lru prefetch:skip_gate prefetch:draft_gate spmoe moesched|0.2|--max-requests 4|"
   "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand|0.06|--max-requests 4|"
   "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand|0.06|--max-requests 4|"
   "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|lru|0.5|--max-requests 4|"

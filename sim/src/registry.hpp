@@ -427,23 +427,36 @@ struct PolicyInputs {
   return m;
 }
 
+/// What a policy run says of itself beside its metrics (visit_policy fills it; label_run applies it).
+struct PolicyRun {
+  std::string name;       ///< the name it was asked by
+  bool composed = false;  ///< a published policy (its label names its predictor)
+  bool fell_back = false; ///< composed, predictor=auto, and the trace had none of its channels
+  std::string predictor;  ///< composed: the predictor that ran
+  std::uint64_t late = 0; ///< predictions that came after their gate
+};
+
 namespace registry_detail {
+
+/// Learns `in.training` (when given) into `predictor`.
 template <class Pred>
-runtime::RunMetrics run_predictive(std::string_view name, Pred predictor, std::uint32_t horizon, const Workload& w,
-                                   const sim::CostModel& cost, const sim::SimOptions& opt, const PolicyInputs& in) {
-  if (in.training != nullptr) {
-    if (in.training->shape().layers != w.shape().layers || in.training->shape().experts != w.shape().experts) {
-      throw ConfigError("", "train_trace", std::to_string(in.training->shape().layers) + " x " +
-                                               std::to_string(in.training->shape().experts),
-                        "differs from the replayed workload's layers x experts");
-    }
-    policy::warm(predictor, *in.training);
+void warm_from(Pred& predictor, const Workload& w, const PolicyInputs& in) {
+  if (in.training == nullptr) return;
+  if (in.training->shape().layers != w.shape().layers || in.training->shape().experts != w.shape().experts) {
+    throw ConfigError("", "train_trace", std::to_string(in.training->shape().layers) + " x " +
+                                             std::to_string(in.training->shape().experts),
+                      "differs from the replayed workload's layers x experts");
   }
+  policy::warm(predictor, *in.training);
+}
+
+template <class Pred, class Run>
+void visit_predictive(Pred predictor, std::uint32_t horizon, const Workload& w, const sim::CostModel& cost,
+                      const PolicyInputs& in, Run&& run) {
+  warm_from(predictor, w, in);
   policy::Predictive<Pred> p(std::move(predictor),
                              {.depth = in.prefetch_depth, .lookahead = in.lookahead, .horizon = horizon, .top = in.predict_top});
-  runtime::RunMetrics m = sim::replay(w, cost, p, opt);
-  m.policy = std::string(name);
-  return m;
+  run(p, cost);
 }
 }  // namespace registry_detail
 
@@ -486,8 +499,18 @@ inline std::uint32_t auto_chunks(const sim::CostModel& cost) {
   return t3 - t1 <= t1 / 50.0 ? 3U : 1U;
 }
 
-inline runtime::RunMetrics run_composed(std::string_view name, const ComposedName& n, const Workload& w,
-                                        const sim::CostModel& cost, const sim::SimOptions& opt, const PolicyInputs& in) {
+/// The copies per expert a published policy's `chunks=` asks for with `cost` (0: the cost model's
+/// own). Only a preset-built cost model is re-chunked (a hand-made one keeps its copy time).
+inline std::uint32_t composed_chunks(const ComposedName& n, const sim::CostModel& cost) {
+  const bool preset_cost = !cost.model().name.empty() && cost.model().expert_bytes() == cost.expert_bytes();
+  std::uint32_t chunks = number(n, "chunks");
+  if (n.get("chunks") == "auto") chunks = preset_cost ? auto_chunks(cost) : 0;
+  return preset_cost ? chunks : 0;
+}
+
+template <class Run>
+PolicyRun visit_composed(std::string_view name, const ComposedName& n, const Workload& w, const sim::CostModel& cost,
+                         const PolicyInputs& in, Run&& run) {
   const std::string pred = n.get("predictor");
   std::vector<policy::TableInput> tables;
   if (pred == "auto" || !routing_predictor_name(pred)) {
@@ -512,20 +535,12 @@ inline runtime::RunMetrics run_composed(std::string_view name, const ComposedNam
   }
   policy::AnyRoutingPredictor fallback = routing_predictor(pred == "auto" ? "transition" : pred);
   const bool no_predictor = pred == "none" || n.get("speculate") == "off";
-  if (in.training != nullptr) {
-    if (in.training->shape().layers != w.shape().layers || in.training->shape().experts != w.shape().experts) {
-      throw ConfigError("", "train_trace", std::to_string(in.training->shape().layers) + " x " +
-                                               std::to_string(in.training->shape().experts),
-                        "differs from the replayed workload's layers x experts");
-    }
-    policy::warm(fallback, *in.training);
-  }
-  // Chunked copies are the copy engine's: a preset-built cost model is rebuilt with the policy's.
-  const bool preset_cost = !cost.model().name.empty() && cost.model().expert_bytes() == cost.expert_bytes();
-  std::uint32_t chunks = number(n, "chunks");
-  if (n.get("chunks") == "auto") chunks = preset_cost ? auto_chunks(cost) : 0;
+  warm_from(fallback, w, in);
+  // Chunked copies are the copy engine's: a preset-built cost model is rebuilt with the policy's
+  // (an executor runs its copies with composed_chunks too).
+  const std::uint32_t chunks = composed_chunks(n, cost);
   std::optional<sim::CostModel> rechunked;
-  if (chunks != 0 && chunks != cost.options().chunks && preset_cost) {
+  if (chunks != 0 && chunks != cost.options().chunks) {
     sim::CostOptions co = cost.options();
     co.chunks = chunks;
     rechunked.emplace(cost.model(), cost.gpu(), co);
@@ -534,31 +549,29 @@ inline runtime::RunMetrics run_composed(std::string_view name, const ComposedNam
   const policy::AnalyticalLatency lat = latency_model(c, w);
   const std::uint32_t top = number(n, "top");
   const std::uint32_t depth = std::max<std::uint32_t>(number(n, "depth"), 1);
-  runtime::RunMetrics m;
-  std::string label;
-  std::uint64_t late = 0;
-  auto run = [&](auto& p) {
+  PolicyRun out{std::string(name), true, false, {}, 0};
+  auto go = [&](auto& p) {
     if (no_predictor) p.drop_predictors();
-    m = sim::replay(w, c, p, opt);
-    label = p.predictor_label();
-    late = p.too_late();
+    run(p, c);
+    out.predictor = p.predictor_label();
+    out.late = p.too_late();
   };
   if (n.base == "mixtral-offloading") {
     policy::MixtralOffloading p(tables, std::move(fallback),
                                 {.speculate = flag(n, "speculate"), .preempt = flag(n, "preempt"), .touch = flag(n, "touch"),
                                  .depth = depth, .lookahead = number(n, "lookahead"), .top = top});
-    run(p);
+    go(p);
   } else if (n.base == "promoe") {
     policy::ProMoE p(tables, std::move(fallback),
                      {.stride = std::max<std::uint32_t>(number(n, "stride"), 1), .preempt = flag(n, "preempt"),
                       .touch = flag(n, "touch"), .depth = depth, .lookahead = number(n, "lookahead"), .top = top});
-    run(p);
+    go(p);
   } else if (n.base == "spmoe") {
     const auto [rule, fixed] = cutoff_rule(n.get("cutoff"));
     policy::SpMoE p(tables, std::move(fallback), lat,
                     {.cutoff = rule, .fixed_cutoff = fixed, .batch = flag(n, "batch"), .beyond = number(n, "beyond"),
                      .preempt = flag(n, "preempt"), .depth = depth, .top = top});
-    run(p);
+    go(p);
   } else {
     const std::string cut = n.get("cutoff");
     const auto [rule, fixed] = cutoff_rule(cut == "off" ? std::string("all") : cut);
@@ -567,69 +580,87 @@ inline runtime::RunMetrics run_composed(std::string_view name, const ComposedNam
                         .cutoff_rule = rule, .fixed_cutoff = fixed, .batch = flag(n, "batch"),
                         .beyond = number(n, "beyond"), .depth = depth, .lookahead = number(n, "lookahead"),
                         .horizon = number(n, "horizon"), .top = top});
-    run(p);
+    go(p);
   }
 
-  if (in.predictor_out != nullptr) *in.predictor_out = label;
-  m.policy = std::string(name);
-  if (in.label_predictor) {
-    const bool fell_back = pred == "auto" && tables.empty() && label != "none";
-    m.policy += " [" + std::string(fell_back ? "fallback " : "") + label + "]";
-  }
-  m.predictions_late = late;
-  return m;
+  out.fell_back = pred == "auto" && tables.empty() && out.predictor != "none";
+  return out;
 }
 
 }  // namespace registry_detail
 
-/// Replays `w` under the policy called `name`.
+/// Builds the policy called `name` for `w` and calls `run(policy, cost)` once with it, `cost`
+/// being the cost model the policy plans with (a published policy's `chunks=` may re-chunk
+/// `cost`; an executor copies with policy_chunks). Every executor runs policies through this:
+/// the simulator (run_policy) and moesched-replay's CUDA backend.
+template <class Run>
+PolicyRun visit_policy(std::string_view name, const Workload& w, const sim::CostModel& cost, const PolicyInputs& in,
+                       Run&& run) {
+  check_policy_name(name);
+  PolicyRun out{std::string(name), false, false, {}, 0};
+  if (name == "on-demand") {
+    policy::OnDemand p;
+    run(p, cost);
+  } else if (name == "lru") {
+    policy::LayerLru p;
+    run(p, cost);
+  } else if (name == "lfu") {
+    policy::Lfu p;
+    run(p, cost);
+  } else if (name == "static") {
+    policy::StaticPopular p(in.profile != nullptr ? *in.profile : expert_use_counts(w), w.max_layer_union());
+    run(p, cost);
+  } else if (name == "oracle") {
+    policy::Oracle p(w);
+    run(p, cost);
+  } else if (name == "predict:popularity") {
+    registry_detail::visit_predictive(policy::PopularityPredictor{}, in.horizon, w, cost, in, run);
+  } else if (name == "predict:transition") {
+    registry_detail::visit_predictive(policy::TransitionPredictor{}, in.horizon, w, cost, in, run);
+  } else if (name == "moe-infinity") {
+    registry_detail::visit_predictive(policy::ActivationMatrixPredictor{}, 0, w, cost, in, run);
+  } else if (const auto composed = parse_composed(name)) {
+    return registry_detail::visit_composed(name, *composed, w, cost, in, run);
+  } else {
+    const std::string_view channel = prefetch_channel(name);
+    if (in.predictions == nullptr || in.predictions->channel() != channel) {
+      throw ConfigError("", "policies", std::string(name), "no predictions of channel '" + std::string(channel) + "' were given");
+    }
+    if (in.predictions->pass_count() != w.pass_count()) {
+      throw ConfigError("", "policies", std::string(name),
+                        "the predictions cover " + std::to_string(in.predictions->pass_count()) + " passes, the workload has " +
+                            std::to_string(w.pass_count()));
+    }
+    policy::Prefetch p(*in.predictions, in.predictor_latency, in.prefetch_depth, in.lookahead, in.predictor_where);
+    run(p, cost);
+    out.late = p.too_late();
+  }
+  return out;
+}
+
+/// The copies per expert the policy called `name` asks the copy engine for (0: the scenario's).
+[[nodiscard]] inline std::uint32_t policy_chunks(std::string_view name, const sim::CostModel& cost) {
+  const auto composed = parse_composed(name);
+  return composed ? registry_detail::composed_chunks(*composed, cost) : 0;
+}
+
+/// Names `m` after the run: the requested name, and for a published policy " [PREDICTOR]" (or
+/// " [fallback PREDICTOR]") when `in.label_predictor`; reports the predictor to in.predictor_out.
+inline void label_run(const PolicyRun& r, const PolicyInputs& in, runtime::RunMetrics& m) {
+  m.policy = r.name;
+  m.predictions_late = r.late;
+  if (!r.composed) return;
+  if (in.predictor_out != nullptr) *in.predictor_out = r.predictor;
+  if (in.label_predictor) m.policy += " [" + std::string(r.fell_back ? "fallback " : "") + r.predictor + "]";
+}
+
+/// Replays `w` under the policy called `name` in the simulator.
 [[nodiscard]] inline runtime::RunMetrics run_policy(std::string_view name, const Workload& w,
                                                     const sim::CostModel& cost, const sim::SimOptions& opt,
                                                     const PolicyInputs& in = {}) {
-  check_policy_name(name);
-  if (name == "on-demand") {
-    policy::OnDemand p;
-    return sim::replay(w, cost, p, opt);
-  }
-  if (name == "lru") {
-    policy::LayerLru p;
-    return sim::replay(w, cost, p, opt);
-  }
-  if (name == "lfu") {
-    policy::Lfu p;
-    return sim::replay(w, cost, p, opt);
-  }
-  if (name == "static") {
-    policy::StaticPopular p(in.profile != nullptr ? *in.profile : expert_use_counts(w), w.max_layer_union());
-    return sim::replay(w, cost, p, opt);
-  }
-  if (name == "oracle") {
-    policy::Oracle p(w);
-    return sim::replay(w, cost, p, opt);
-  }
-  if (name == "predict:popularity") {
-    return registry_detail::run_predictive(name, policy::PopularityPredictor{}, in.horizon, w, cost, opt, in);
-  }
-  if (name == "predict:transition") {
-    return registry_detail::run_predictive(name, policy::TransitionPredictor{}, in.horizon, w, cost, opt, in);
-  }
-  if (name == "moe-infinity") {
-    return registry_detail::run_predictive(name, policy::ActivationMatrixPredictor{}, 0, w, cost, opt, in);
-  }
-  if (const auto composed = parse_composed(name)) return registry_detail::run_composed(name, *composed, w, cost, opt, in);
-  const std::string_view channel = prefetch_channel(name);
-  if (in.predictions == nullptr || in.predictions->channel() != channel) {
-    throw ConfigError("", "policies", std::string(name), "no predictions of channel '" + std::string(channel) + "' were given");
-  }
-  if (in.predictions->pass_count() != w.pass_count()) {
-    throw ConfigError("", "policies", std::string(name),
-                      "the predictions cover " + std::to_string(in.predictions->pass_count()) + " passes, the workload has " +
-                          std::to_string(w.pass_count()));
-  }
-  policy::Prefetch p(*in.predictions, in.predictor_latency, in.prefetch_depth, in.lookahead, in.predictor_where);
-  runtime::RunMetrics m = sim::replay(w, cost, p, opt);
-  m.policy = std::string(name);
-  m.predictions_late = p.too_late();
+  runtime::RunMetrics m;
+  const PolicyRun r = visit_policy(name, w, cost, in, [&](auto& p, const sim::CostModel& c) { m = sim::replay(w, c, p, opt); });
+  label_run(r, in, m);
   return m;
 }
 

@@ -450,7 +450,9 @@ inline sim::SimOptions sim_options(const Scenario& s) {
 }
 
 /// Replays policy `name` on scenario `s` (its predictions attached when it is prefetch:CHANNEL).
-inline runtime::RunMetrics run_scenario_policy(const Scenario& s, const std::string& name, const sim::SimOptions& o) {
+/// What the policy called `name` takes from scenario `s` (its tables, predictor costs, options):
+/// the same for the simulator and for moesched-replay's GPU run.
+inline PolicyInputs policy_inputs(const Scenario& s, const std::string& name) {
   PolicyInputs in;
   const std::string_view channel = prefetch_channel(name);
   if (!channel.empty()) {
@@ -476,7 +478,11 @@ inline runtime::RunMetrics run_scenario_policy(const Scenario& s, const std::str
     in.horizon = s.opt.horizon;
     in.training = s.training.get();
   }
-  return run_policy(name, *s.workload, *s.cost, o, in);
+  return in;
+}
+
+inline runtime::RunMetrics run_scenario_policy(const Scenario& s, const std::string& name, const sim::SimOptions& o) {
+  return run_policy(name, *s.workload, *s.cost, o, policy_inputs(s, name));
 }
 
 // ---------------------------------------------------------------------------------------------

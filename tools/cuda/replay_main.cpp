@@ -13,9 +13,6 @@
 #include "../../sim/src/sim_commands.hpp"
 
 #include <moesched/cuda/backend.cuh>
-#include <moesched/policy/baseline.hpp>
-#include <moesched/policy/oracle.hpp>
-#include <moesched/policy/prefetch.hpp>
 #include <moesched/runtime/driver.hpp>
 #include <moesched/sim/lower_bound.hpp>
 
@@ -44,55 +41,9 @@ struct ReplayOptions {
 };
 
 
-/// Names moesched-replay runs on the GPU: the registry's demand baselines and prefetch:CHANNEL.
-bool replayable(std::string_view name) {
-  return name == "on-demand" || name == "lru" || name == "lfu" || name == "static" || name == "oracle" ||
-         !prefetch_channel(name).empty();
-}
-
-/// Runs `name` through the driver on `backend`; the registry's equivalent for CudaBackend.
-template <class Run>
-runtime::Status with_policy(const std::string& name, const Scenario& s, Run&& run, runtime::RunMetrics& out) {
-  const Workload& w = *s.workload;
-  if (name == "on-demand") {
-    policy::OnDemand p;
-    return run(p, out);
-  }
-  if (name == "lru") {
-    policy::LayerLru p;
-    return run(p, out);
-  }
-  if (name == "lfu") {
-    policy::Lfu p;
-    return run(p, out);
-  }
-  if (name == "static") {
-    policy::StaticPopular p(expert_use_counts(w), w.max_layer_union());
-    return run(p, out);
-  }
-  if (name == "oracle") {
-    policy::Oracle p(w);
-    return run(p, out);
-  }
-  const std::string_view channel = prefetch_channel(name);
-  const auto it = s.predictions.find(channel);
-  if (it == s.predictions.end() || it->second == nullptr) {
-    throw ConfigError("", "policy", name, "the trace has no prediction channel '" + std::string(channel) + "'");
-  }
-  policy::Prefetch p(*it->second, predictor_latency(s.opt, *s.cost, channel), s.opt.prefetch_depth, s.opt.lookahead,
-                     predictor_where(s.opt, channel));
-  const runtime::Status st = run(p, out);
-  out.policy = name;
-  out.predictions_late = p.too_late();
-  return st;
-}
-
 int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   if (!r.json.empty()) check_output_path(r.json, "--json");
   check_policy_name(r.policy);
-  if (!replayable(r.policy)) {
-    throw ConfigError("", "policy", r.policy, "runs in moesched-sim only; moesched-replay runs on-demand, lru, lfu, static, oracle, prefetch:CHANNEL");
-  }
   const ScenarioBase b = open_base(o);
   Scenario s = prepare(b, build_workload_for(b, o), o);
   attach_predictions(s, b, {r.policy});
@@ -102,7 +53,9 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   std::uint32_t max_tokens = 1;
   for (const auto& p : w.passes()) max_tokens = std::max({max_tokens, p.tokens, p.member_count});
   auto cfg = cuda::CudaBackend::from_model(s.model, slots, max_tokens);
-  cfg.chunks = o.chunks;
+  // A published policy's chunks= decides the copy engine's chunks, as it does in the simulator.
+  const std::uint32_t policy_chunks_wanted = policy_chunks(r.policy, *s.cost);
+  cfg.chunks = policy_chunks_wanted != 0 ? policy_chunks_wanted : o.chunks;
   cfg.cpu_workers = o.cpu_workers;
   cfg.copy_window = r.copy_window;
   cfg.host_experts = r.host_experts;
@@ -146,14 +99,14 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
       return 1;
     }
     batched = backend.batched_copies();
-    auto run = [&](auto& pol, runtime::RunMetrics& out) {
+    const PolicyInputs in = policy_inputs(s, r.policy);
+    const PolicyRun ran = visit_policy(r.policy, w, *s.cost, in, [&](auto& pol, const sim::CostModel&) {
       runtime::LayerDriver<cuda::CudaBackend> driver(w, backend, {.check_invariants = false, .compute_ahead = o.compute_ahead});
-      const runtime::Status rs = driver.run(pol);
-      out = driver.metrics();
-      if (!rs) fault = driver.fault_text();
-      return rs;
-    };
-    err = with_policy(r.policy, s, run, real);
+      err = driver.run(pol);
+      real = driver.metrics();
+      if (!err) fault = driver.fault_text();
+    });
+    label_run(ran, in, real);
     if (err && r.verify) err = backend.verify_counts(mismatches, checked);
     if (auto be = backend.error(); !be) err = be;
     if (auto sh = backend.shutdown(); !sh && err) err = sh;
@@ -179,15 +132,13 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
 
   if (r.json != "-") {
     runtime::RunMetrics shown = simulated;
-    shown.policy = r.policy + " (sim)";
-    real.policy = r.policy;
+    shown.policy = simulated.policy + " (sim)";
     std::fputs(compare_table(s, {real, shown}, lb).c_str(), stdout);
     std::fprintf(stdout, "device: %s; %u slots (%.2f GB), %u chunks (%s copies), compute_ahead %u%s\n", device_name.c_str(),
                  slots, (cfg.expert_bytes * slots).gigabytes(), cfg.chunks, batched ? "batched" : "looped", o.compute_ahead,
                  r.verify ? fmt::format(", {} expert kernels verified", checked).c_str() : "");
   }
   if (!r.json.empty()) {
-    real.policy = r.policy;
     Json rec = metrics_json(real, lb, true);
     rec["backend"] = "cuda";
     rec["sim_tpot_ms"] = simulated.tpot_ms.mean;
@@ -196,6 +147,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     scenario["device"] = device_name;
     scenario["host_experts"] = moesched::cuda::CudaBackend::host_expert_count(cfg);
     scenario["copy_submit"] = batched ? "batched" : "loop";
+    scenario["copy_chunks"] = cfg.chunks;
     scenario["copy_piece_bytes"] = cfg.copy_piece_bytes;
     Json records = Json::array();
     records.push_back(std::move(rec));
@@ -218,7 +170,11 @@ int main(int argc, char** argv) {
   o.compute_ahead = 8;
   ReplayOptions r;
   add_scenario_options(app, o, false);
-  app.add_option("--policy", r.policy, "on-demand, lru, lfu, static, oracle or prefetch:CHANNEL")->capture_default_str();
+  app.add_option("--policy", r.policy,
+                 "any policy moesched-sim runs (`moesched-sim compare --help` lists them): on-demand, lru, lfu, static, "
+                 "oracle, prefetch:CHANNEL, predict:popularity, predict:transition, moe-infinity, and the published "
+                 "mixtral-offloading, promoe, spmoe, moesched with their name:key=value options (a chunks= option "
+                 "sets the copy engine's chunks)")->capture_default_str();
   app.add_option("--json", r.json, "write the metrics as JSON here ('-' = only the JSON, on stdout)");
   app.add_option("--copy-window", r.copy_window, "chunks on the copy stream at once, 1..16")->capture_default_str();
   app.add_option("--host-experts", r.host_experts,

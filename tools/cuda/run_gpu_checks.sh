@@ -47,10 +47,12 @@ fi
 REPLAY="$BUILD/tools/cuda/moesched-replay"
 J="$OUT/json"
 mkdir -p "$J"
-for p in lru on-demand; do
+# The published policies run on the GPU through the same registry as in the simulator.
+for p in lru on-demand spmoe moesched promoe; do
   step "replay mix $p" "$OUT/replay.log" "$REPLAY" --trace "$TRACE" --policy "$p" --cache-gb "$CACHE_GB" --json "$J/mix-$p.json"
 done
 step "replay mix lru --verify" "$OUT/replay.log" "$REPLAY" --trace "$TRACE" --policy lru --cache-gb "$CACHE_GB" --verify
+step "replay mix moesched --verify" "$OUT/replay.log" "$REPLAY" --trace "$TRACE" --policy moesched --cache-gb "$CACHE_GB" --verify
 # Real model shapes: Mixtral-8x7B (352 MB experts; 64 host experts aliased: 90 GB would not fit
 # beside the rest) and Qwen3-30B-A3B (many small experts), one request each.
 MIX=traces/synthetic/mixtral-sd4.trace.safetensors
