@@ -67,6 +67,12 @@ namespace moesched::tools {
   return kNames;
 }
 
+/// Offline references beside `oracle` (they read the run's future; not in compare's default list).
+[[nodiscard]] inline std::span<const std::string_view> reference_policy_names() noexcept {
+  static constexpr std::array<std::string_view, 1> kNames{"oracle-aggressive"};
+  return kNames;
+}
+
 /// The published policies, presets of policy::Pipeline that take `:key=value` options.
 [[nodiscard]] inline std::span<const std::string_view> composed_policy_names() noexcept {
   static constexpr std::array<std::string_view, 4> kNames{"mixtral-offloading", "promoe", "spmoe", "moesched"};
@@ -304,6 +310,10 @@ inline std::string_view base_summary(std::string_view name) noexcept {
   if (name == "lfu") return "evict the least frequently used expert (ties: least recently used)";
   if (name == "static") return "pin the most used experts at start, stage misses through LRU slots";
   if (name == "oracle") return "perfect future knowledge: Belady eviction, copies as early as memory allows";
+  if (name == "oracle-aggressive") {
+    return "time-aware offline reference: whenever the link may take more, fetch the next expert the future "
+           "needs in place of the one used furthest ahead, if that use comes later (Cao et al.'s aggressive)";
+  }
   if (name == "predict:popularity") {
     return "prefetch each layer's most used experts (decayed counts, routing only) for the next layers";
   }
@@ -354,11 +364,15 @@ inline void check_policy_name(std::string_view name) {
   for (auto n : predictive_policy_names()) {
     if (n == name) return;
   }
+  for (auto n : reference_policy_names()) {
+    if (n == name) return;
+  }
   if (!prefetch_channel(name).empty()) return;
   if (parse_composed(name)) return;  // throws on a bad option
   std::string list;
   for (auto n : policy_names()) list += (list.empty() ? "" : ", ") + std::string(n);
   for (auto n : predictive_policy_names()) list += ", " + std::string(n);
+  for (auto n : reference_policy_names()) list += ", " + std::string(n);
   throw ConfigError("", "policies", std::string(name), "unknown policy; known: " + list + ", prefetch:CHANNEL");
 }
 
@@ -612,6 +626,9 @@ PolicyRun visit_policy(std::string_view name, const Workload& w, const sim::Cost
     run(p, cost);
   } else if (name == "oracle") {
     policy::Oracle p(w);
+    run(p, cost);
+  } else if (name == "oracle-aggressive") {
+    policy::AggressiveOracle p(w);
     run(p, cost);
   } else if (name == "predict:popularity") {
     registry_detail::visit_predictive(policy::PopularityPredictor{}, in.horizon, w, cost, in, run);

@@ -41,6 +41,7 @@ std::string policies_help(const std::string& head) {
   std::string s = head;
   for (auto n : policy_names()) s += "\n  " + std::string(n) + ": " + std::string(policy_summary(n));
   for (auto n : predictive_policy_names()) s += "\n  " + std::string(n) + ": " + std::string(policy_summary(n));
+  for (auto n : reference_policy_names()) s += "\n  " + std::string(n) + ": " + std::string(policy_summary(n));
   s += "\n  " + std::string(policy_summary("prefetch"));
   return s;
 }

@@ -24,6 +24,7 @@
 #include "moesched/runtime/executor.hpp"
 #include "moesched/workload/workload.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <queue>
@@ -180,5 +181,186 @@ class Oracle {
 };
 
 static_assert(Policy<Oracle, runtime::ArchetypeExecutor>);
+
+/// AggressiveOracle: the time-aware offline reference (the "aggressive" integrated prefetching and
+/// caching algorithm of Cao, Felten, Karlin and Li, 1995), beside Oracle's fewest copies.
+///
+///   moesched::policy::AggressiveOracle oracle(workload);
+///   auto m = moesched::sim::replay(workload, cost, oracle, {.budget = b});
+///
+/// Whenever fewer than `depth` of its prefetches are in flight it fetches the next expert the
+/// future needs that is not held, into a free slot or in place of the held expert whose next use
+/// is furthest away, provided that use comes after the fetched expert's (a fetch never makes a
+/// nearer use miss). So the link never idles while a useful copy exists: it may copy more than
+/// Belady but stalls less when copies, not slots, are the bottleneck. A needed expert still absent
+/// at its gate is copied at high priority in place of the furthest-used evictable expert. Like
+/// Oracle it reads the Workload only; neither is proven optimal (the floor is
+/// moesched/sim/lower_bound.hpp), and a report takes the better of the two as its reference.
+class AggressiveOracle {
+ public:
+  [[nodiscard]] static constexpr std::string_view name() noexcept { return "oracle-aggressive"; }
+  static constexpr std::uint64_t kNever = std::numeric_limits<std::uint64_t>::max();
+
+  explicit AggressiveOracle(const Workload& w, std::uint32_t depth = 2) : w_(&w), depth_(depth == 0 ? 1 : depth) {
+    const auto& uses = w.all_uses();
+    const std::uint32_t per = w.shape().experts;
+    flat_.resize(uses.size());
+    done_.assign(uses.size(), 0);
+    next_.assign(uses.size(), kNever);
+    nu_.assign(std::size_t{w.layers()} * per, kNever);
+    counted_.assign(nu_.size(), 0);
+    for (std::uint64_t g = w.group_count(); g-- > 0;) {
+      const auto layer = static_cast<std::uint32_t>(g % w.layers());
+      for (std::uint64_t u = w.group_begin(g + 1); u-- > w.group_begin(g);) {
+        const std::uint32_t f = layer * per + uses[u].expert;
+        flat_[u] = f;
+        next_[u] = nu_[f];
+        nu_[f] = u;
+      }
+    }
+  }
+  explicit AggressiveOracle(Workload&&, std::uint32_t = 2) = delete;  // keeps a pointer: no temporaries
+
+  template <Executor E>
+  void on_pass_begin(E& e, const PassInfo&) {
+    last_layer_ = kNoLayer;
+    fill(e);
+  }
+  template <Executor E>
+  void on_gate(E& e, std::uint32_t layer, std::span<const ExpertId> needed) {
+    if (layer != last_layer_) {
+      // First call for this layer of this pass: the previous group's uses are done.
+      last_layer_ = layer;
+      const std::uint64_t begin = w_->group_begin(gated_);
+      for (std::uint64_t u = cur_; u < begin; ++u) advance(u);
+      cur_ = begin;
+      end_ = w_->group_begin(++gated_);
+    }
+    for (ExpertId id : needed) {
+      const Residency r = e.residency(id);
+      if (r == Residency::queued || r == Residency::copying) e.promote(id);
+    }
+    for (ExpertId id : needed) {
+      if (e.residency(id) != Residency::absent) continue;
+      if (e.free_slots() == 0) {
+        const std::uint32_t v = victim(e, 0);
+        if (v == kNoExpert) break;  // every slot busy: retried when a copy lands
+        if (!e.evict(ExpertId::from_flat(v, e.experts_per_layer()))) break;
+        scan_ = cur_;  // a demand eviction may uncover an earlier use
+      }
+      if (!e.copy(id, CopyPriority::high)) break;
+      const std::uint32_t f = id.flat(e.experts_per_layer());
+      heap_.push({nu_[f], f});
+    }
+    fill(e);
+  }
+  template <Executor E>
+  void on_expert_done(E& e, ExpertId id) {
+    // Its use in the running group is done: its next use moves on now, not at the next gate.
+    const std::uint32_t f = id.flat(e.experts_per_layer());
+    for (std::uint64_t u = cur_; u < end_; ++u) {
+      if (flat_[u] == f) {
+        advance(u);
+        break;
+      }
+    }
+    fill(e);
+  }
+  template <Executor E>
+  void on_copy_done(E& e, ExpertId id) {
+    auto& c = counted_[id.flat(e.experts_per_layer())];
+    if (c != 0) {
+      c = 0;
+      --outstanding_;
+    }
+    fill(e);
+  }
+  template <Executor E> void on_layer_done(E& e, std::uint32_t) { fill(e); }
+
+ private:
+  static constexpr std::uint32_t kNoLayer = std::numeric_limits<std::uint32_t>::max();
+  static constexpr std::uint32_t kNoExpert = std::numeric_limits<std::uint32_t>::max();
+  using Entry = std::pair<std::uint64_t, std::uint32_t>;  // (next use, flat id), max-heap
+
+  /// Use `u` ran: its expert's next use moves on (once).
+  void advance(std::uint64_t u) {
+    if (done_[u] != 0) return;
+    done_[u] = 1;
+    const std::uint32_t f = flat_[u];
+    nu_[f] = next_[u];
+    heap_.push({nu_[f], f});
+  }
+
+  /// The resident, evictable expert whose next use is furthest and after `after`; kNoExpert if none.
+  template <Executor E>
+  std::uint32_t victim(E& e, std::uint64_t after) {
+    const std::uint32_t per = e.experts_per_layer();
+    std::uint32_t found = kNoExpert;
+    aside_.clear();
+    while (!heap_.empty()) {
+      const Entry top = heap_.top();
+      if (top.first != nu_[top.second]) {  // stale: the next use moved on
+        heap_.pop();
+        continue;
+      }
+      const ExpertId id = ExpertId::from_flat(top.second, per);
+      const Residency r = e.residency(id);
+      if (r == Residency::absent) {  // stale: evicted; pushed again when fetched
+        heap_.pop();
+        continue;
+      }
+      if (top.first <= after && top.first != kNever) break;  // nothing held is needed later than that
+      heap_.pop();
+      aside_.push_back(top);
+      if (r == Residency::resident && e.evictable(id)) {
+        found = top.second;
+        aside_.pop_back();  // the caller evicts it
+        break;
+      }
+    }
+    for (const Entry& a : aside_) heap_.push(a);
+    return found;
+  }
+
+  /// Fetches ahead while the link may take more (see the class comment).
+  template <Executor E>
+  void fill(E& e) {
+    const std::uint32_t per = e.experts_per_layer();
+    const std::uint64_t n = flat_.size();
+    scan_ = std::max(scan_, cur_);
+    while (outstanding_ < depth_) {
+      while (scan_ < n && e.residency(ExpertId::from_flat(flat_[scan_], per)) != Residency::absent) ++scan_;
+      if (scan_ >= n) return;
+      const std::uint32_t f = flat_[scan_];
+      if (e.free_slots() == 0) {
+        const std::uint32_t v = victim(e, scan_);
+        if (v == kNoExpert) return;
+        if (!e.evict(ExpertId::from_flat(v, per))) return;
+      }
+      if (!e.copy(ExpertId::from_flat(f, per), CopyPriority::low)) return;
+      heap_.push({nu_[f], f});
+      counted_[f] = 1;
+      ++outstanding_;
+    }
+  }
+
+  const Workload* w_;
+  std::uint32_t depth_;
+  std::vector<std::uint32_t> flat_;   // per use: flat expert id
+  std::vector<std::uint64_t> next_;   // per use: the same expert's next use, or kNever
+  std::vector<std::uint8_t> done_;    // per use: ran (its expert's next use moved on)
+  std::vector<std::uint64_t> nu_;     // per flat id: next use at or after cur_
+  std::vector<std::uint8_t> counted_; // per flat id: its prefetch counts in outstanding_
+  std::priority_queue<Entry> heap_;   // held experts by next use (lazy: stale entries skipped)
+  std::vector<Entry> aside_;
+  std::uint64_t cur_ = 0;             // first use of the group gated last
+  std::uint64_t end_ = 0;             // its end
+  std::uint64_t gated_ = 0;           // groups gated so far
+  std::uint64_t scan_ = 0;            // uses before it (from cur_) are held or in flight
+  std::uint32_t last_layer_ = kNoLayer;
+  std::uint32_t outstanding_ = 0;
+};
+
+static_assert(Policy<AggressiveOracle, runtime::ArchetypeExecutor>);
 
 }  // namespace moesched::policy
