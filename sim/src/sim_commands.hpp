@@ -49,6 +49,7 @@ struct ScenarioOptions {
   std::vector<std::string> preset_dirs;
   std::optional<double> cache_gb;        // unset = all the memory the GPU has left for experts
   std::optional<double> bandwidth_gbps;  // unset = the preset's measured curve
+  std::optional<double> gpu_memory_gb;   // unset = the preset's memory (emulates a card of this size)
   std::uint32_t gamma = 0;               // 0 = replay steps as recorded
   double acceptance = 0.7;               // per draft token (i.i.d. until the first rejection)
   std::optional<double> acceptance_rate; // accepted / drafted (a model card's); replaces acceptance
@@ -134,6 +135,9 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
       ->capture_default_str();
   if (!grid) {
     app.add_option("--cache-gb", o.cache_gb, "expert cache budget in GB (default: everything the GPU has left)");
+    app.add_option("--gpu-memory-gb", o.gpu_memory_gb,
+                   "emulate a card with this much device memory (GB) instead of the preset's: the memory plan, hence "
+                   "the largest expert cache, follows it (moesched-replay then uses no more on the real GPU)");
     app.add_option("--bandwidth-gbps", o.bandwidth_gbps,
                    "replace the host-to-device curve by X GB/s plus the preset's per-copy cost");
     app.add_option("--gamma", o.gamma, "re-cut decoding into SD windows of N drafts (0 = replay steps as recorded)")
@@ -305,6 +309,7 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
     }
     s.gpu.h2d = TransferCurve::affine(gb_per_s(*o.bandwidth_gbps), b.gpu.h2d.time(Bytes{0}));
   }
+  if (o.gpu_memory_gb) s.gpu.memory = gb_option("gpu_memory_gb", *o.gpu_memory_gb, false);
   (void)gb_option("workspace_gb", o.workspace_gb, false);  // range-checked here, converted below
   if (o.predictor_us) (void)time_option("predictor_us", *o.predictor_us, 1e3, true);
   if (o.prefetch_depth < 1 || o.prefetch_depth > 4096) {
@@ -351,7 +356,8 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
   if (s.has_draft) mo.extra_resident = s.cost->draft_bytes();
   s.plan = plan_memory(s.model, s.gpu, mo);
   if (!s.plan.fits_without_experts) {
-    throw ConfigError(b.gpu.name, "memory_gib", to_text(s.gpu.memory.gigabytes()) + " GB",
+    throw ConfigError(o.gpu_memory_gb ? std::string() : b.gpu.name,
+                      o.gpu_memory_gb ? "gpu_memory_gb" : "memory_gib", to_text(s.gpu.memory.gigabytes()) + " GB",
                       "too small for " + s.model.name + " without any expert: " + plan_text(s.plan));
   }
   const Bytes e = s.model.expert_bytes();
@@ -497,6 +503,7 @@ inline Json scenario_json(const Scenario& s) {
   j["model"] = s.model.name;
   j["dtype"] = std::string(dtype_name(s.model.dtype));
   j["gpu"] = s.gpu.name;
+  j["gpu_memory_gb"] = s.gpu.memory.gigabytes();
   j["cache_gb"] = s.budget.gigabytes();
   j["cache_experts"] = std::min<std::uint64_t>(s.budget.count / s.model.expert_bytes().count, s.model.shape.total_experts());
   j["total_experts"] = s.model.shape.total_experts();

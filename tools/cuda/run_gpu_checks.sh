@@ -42,6 +42,10 @@ if [ -x "$SAN" ]; then
   step memcheck "$OUT/sanitizer.log" timeout 180 "$SAN" --tool memcheck --leak-check full --error-exitcode 9 \
     "$BUILD/tests/test_cuda_backend"
   grep -E "ERROR SUMMARY|LEAK SUMMARY" "$OUT/sanitizer.log" | tail -3 | tee -a "$summary"
+  # racecheck: shared-memory hazards in the project's own kernels (checksums, fills, SiLU x up)
+  step racecheck "$OUT/sanitizer.log" timeout 300 "$SAN" --tool racecheck --error-exitcode 9 \
+    "$BUILD/tests/test_cuda_backend"
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/sanitizer.log" | tail -2 | tee -a "$summary"
 fi
 
 REPLAY="$BUILD/tools/cuda/moesched-replay"

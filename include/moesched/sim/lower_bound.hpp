@@ -15,8 +15,16 @@
 ///     start their whole copy after w starts and finish it before their use, before w ends. The
 ///     link moves one chunk at a time, so span(w) >= (D(w) - k) x t_min, t_min being the least
 ///     link time of one expert copy over every chunking the simulator supports.
-///  3. Windows are disjoint in time and lie inside decode time. A pass's duration counts once per
-///     member in the TPOT sum, so  sum(d_p x m_p) >= sum_w m_min(w) x max(C(w), (D(w) - k) x t_min),
+///  3. Each of those copies is followed by compute that needs it: an expert X first used in group
+///     j of w cannot run before its copy lands, and the groups after j run after X's FFN (a pass's
+///     layers, and successive passes, are sequential). So span(w) >= land(X) + R(X), R(X) = X's
+///     FFN time in group j + the compute of w's groups after j. The best any schedule can do is
+///     hold the k experts with the largest R and copy the rest in decreasing R (the m-th copy lands
+///     no earlier than m x t_min after w starts): with R sorted in decreasing order,
+///     span(w) >= max over m = 1..D(w) - k of (m x t_min + R_(k + m)) (an exchange argument: any
+///     other held set leaves an elementwise larger copied list).
+///  4. Windows are disjoint in time and lie inside decode time. A pass's duration counts once per
+///     member in the TPOT sum, so  sum(d_p x m_p) >= sum_w m_min(w) x max(C(w), the copy bound of 3),
 ///     m_min(w) being the fewest members among the passes w touches.
 /// Any cut gives a valid bound; we take the best of several greedy cuts (close a window when it
 /// has seen k + delta distinct experts, for several deltas) and of the pure compute bound. The bound
@@ -30,6 +38,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -71,6 +80,7 @@ struct LowerBound {
   const double t_min = static_cast<double>(cost.min_expert_copy_time().count());
   const std::uint32_t per = w.shape().experts;
   std::vector<std::uint64_t> stamp(std::size_t{L} * per, 0);
+  std::vector<double> tail;  // per distinct expert of a window: its FFN + the compute after its first group
 
   std::vector<std::uint32_t> deltas{1, 4, 16};
   for (std::uint32_t f : {8U, 4U, 2U}) deltas.push_back(std::max(1U, slots / f));
@@ -100,6 +110,7 @@ struct LowerBound {
         std::uint64_t distinct = 0;
         double comp = 0.0;
         std::uint32_t members = w.pass(g / L).member_count;
+        tail.clear();  // first holds (FFN time - compute up to and including the first group)
         for (; g < g_end; ++g) {
           members = std::min(members, w.pass(g / L).member_count);
           comp += c[g];
@@ -109,6 +120,7 @@ struct LowerBound {
             if (stamp[f] != window_id) {
               stamp[f] = window_id;
               ++distinct;
+              tail.push_back(static_cast<double>(cost.expert_time(u.tokens).count()) - comp);
             }
           }
           if (distinct >= held + delta) {
@@ -118,7 +130,15 @@ struct LowerBound {
         }
         const std::uint64_t must = distinct > held ? distinct - held : 0;
         forced += must;
-        total += members * std::max(comp, static_cast<double>(must) * t_min);
+        double copies = 0.0;
+        if (must > 0) {
+          for (double& r : tail) r += comp;  // FFN + the window's compute after the first group
+          std::sort(tail.begin(), tail.end(), std::greater<>());
+          for (std::uint64_t m = 1; m <= must; ++m) {
+            copies = std::max(copies, static_cast<double>(m) * t_min + tail[held + m - 1]);
+          }
+        }
+        total += members * std::max(comp, copies);
       }
       p = q;
     }
