@@ -9,7 +9,8 @@
 #      shapes; bench/results/fidelity.csv and copy.csv, the relative-error table in the summary,
 #   6. (LINK_PROFILE=1) measure the host<->GPU copy curve and write it as a GPU preset.
 # Usage (on the GPU machine, from the repository root): OUT=dir [BEFORE=.bench-before] bash bench/gpu/run_all.sh
-# CTEST=0 skips ctest; FIDELITY_MODELS="moesched-upcycled-mix" runs fidelity.sh for those models only.
+# CTEST=0 skips ctest; FIDELITY_MODELS="moesched-upcycled-mix" runs fidelity.sh for those models only;
+# RACECHECK=1 runs compute-sanitizer racecheck on the backend's GPU tests (also in QUICK mode).
 # QUICK=1 builds only the CUDA tools and tests and runs only the gpu label (a device call's first
 # check of CUDA work). Results go to $OUT (or ./gpu-out when OUT is unset); at most 8 files come
 # back from the device, so at the end everything but summary.txt, replays.json, fidelity.csv,
@@ -54,6 +55,14 @@ if [ -n "${BEFORE:-}" ] && [ -d "$BEFORE" ]; then
   cat "$out/ab/bench_ab.txt" >> "$out/summary.txt" 2>/dev/null
   cp "$out/ab/bench_ab.txt" "$out/bench_ab.txt" 2>/dev/null
   rm -rf "$out/ab"
+fi
+
+if [ "${RACECHECK:-0}" = 1 ] && [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+  log "compute-sanitizer racecheck of the CUDA backend's tests (RACECHECK=1)"
+  timeout 150 /usr/local/cuda/bin/compute-sanitizer --tool racecheck --error-exitcode 9 build/gpu/tests/test_cuda_backend \
+    > "$out/racecheck.log" 2>&1
+  log "racecheck rc=$?"
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test cases" "$out/racecheck.log" | tail -3 | tee -a "$out/summary.txt"
 fi
 
 if [ "${QUICK:-0}" != 1 ]; then
