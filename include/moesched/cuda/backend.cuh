@@ -114,6 +114,7 @@ cudaError_t launch_silu_mul(__nv_bfloat16* g, const __nv_bfloat16* u, std::size_
 cudaError_t launch_fill_random(__nv_bfloat16* p, std::size_t n, std::uint32_t seed, cudaStream_t stream);
 /// One empty kernel (<<<1, 1>>>): the launch cost alone.
 cudaError_t launch_empty(cudaStream_t stream);
+cudaError_t launch_spin(std::uint64_t ns, cudaStream_t stream);
 /// Checksums `words` (slot_checksum()); counters[0] += (sum != expected[flat]), counters[1] += 1.
 cudaError_t launch_checksum(const std::uint32_t* words, std::size_t n, const std::uint32_t* expected,
                             std::uint32_t flat, std::uint32_t* counters, cudaStream_t stream);
@@ -642,6 +643,14 @@ class CudaBackend {
       case Kernel::empty: return cuda_status(detail::launch_empty(compute_stream_), "empty_kernel");
     }
     return Status::success();
+  }
+  /// Enqueues on compute_stream() one kernel that keeps it busy for about `t` (profiling: orders
+  /// submitted behind it wait in the queue, so their events time the device alone, without the
+  /// host's launch gaps). Same threading rules as enqueue_kernel().
+  runtime::Status hold_compute_stream(Nanoseconds t) {
+    if (!running_) return runtime::Status::fail(runtime::StatusCode::shut_down, "hold_compute_stream");
+    return cuda_status(detail::launch_spin(static_cast<std::uint64_t>(std::max<std::int64_t>(t.count(), 0)), compute_stream_),
+                       "spin_kernel");
   }
   /// The compute stream (null before initialize()); for profiling with enqueue_kernel().
   [[nodiscard]] cudaStream_t compute_stream() const noexcept { return compute_stream_; }

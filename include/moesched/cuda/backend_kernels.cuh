@@ -82,6 +82,22 @@ cudaError_t launch_empty(cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+/// Spins one thread until `ns` nanoseconds of the GPU's global timer have passed.
+__global__ void spin_kernel(std::uint64_t ns) {
+  std::uint64_t start = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  for (;;) {
+    std::uint64_t now = 0;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    if (now - start >= ns) break;
+  }
+}
+
+cudaError_t launch_spin(std::uint64_t ns, cudaStream_t stream) {
+  spin_kernel<<<1, 1, 0, stream>>>(ns);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_checksum(const std::uint32_t* words, std::size_t n, const std::uint32_t* expected,
                             std::uint32_t flat, std::uint32_t* counters, cudaStream_t stream) {
   checksum_kernel<std::uint32_t><<<1, 256, 0, stream>>>(words, n, expected, flat, counters);
