@@ -384,6 +384,7 @@ def run_matrix(args, sim: Sim, traces: list[str], gpus: list[str], fractions: li
             refusals.append((name, g, gb, p, m))
         points.append({"trace": name, "gpu": g, "cache_gb": fmt4(gb), "slots": n, "fraction": f,
                        "total": tot, "expert_mb": eb / 1e6, "bandwidth_gbps": sc.get("bandwidth_gbps"),
+                       "compute_ms": bound.get("compute_only_tpot_ms"),
                        **{ref: refs[ref]["tpot_ms"]["mean"] for ref in REFERENCES}})
         for p in base:
             if p not in recs:
@@ -891,6 +892,21 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
                 add(f"- {s} on {g}: {len(w)} of {len(sel)}" + (f": {desc}" if w else "") + ".")
         wins_any = [x for x in sdplain if x["best_sd"] < x["best_plain"]]
         add(f"- With the best policy on the SD trace instead of spmoe, SD wins at {len(wins_any)} of {len(sdplain)} points.")
+        add("- Compute alone (the lower bound's compute-only TPOT: every expert resident, no copy) per output token, "
+            "plain against SD, middle budget: where SD costs more compute per token than plain decoding, it can only "
+            "win by amortising copies over the verified tokens.")
+        for s_ in PROMPT_SETS:
+            for g in gpus:
+                pl = next((p for p in points if p["trace"] == f"{s_}-plain" and p["gpu"] == g and p.get("compute_ms")), None)
+                sds = [p for gm in (2, 4, 8) for p in points
+                       if p["trace"] == f"{s_}-sd{gm}" and p["gpu"] == g and p.get("compute_ms")]
+                if pl is None or not sds:
+                    continue
+                seen = {}
+                for p in sds:
+                    seen.setdefault(p["trace"], p["compute_ms"])
+                add(f"  - {s_} on {g}: plain {pl['compute_ms']:.4f} ms; " +
+                    ", ".join(f"{t.rsplit('-', 1)[1]} {v:.4f} ({v / pl['compute_ms']:.2f}x)" for t, v in seen.items()) + ".")
     else:
         add("No plain/SD pair of the same prompts in this invocation.")
     add("")
