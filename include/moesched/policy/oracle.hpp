@@ -1,6 +1,7 @@
 #pragma once
-/// Oracle: a policy with perfect knowledge of the future (the whole workload): Belady's
-/// replacement decisions, each copy issued as early as memory allows.
+/// The offline references, policies with perfect knowledge of the future (the whole workload):
+/// Oracle (Belady's replacement decisions, each copy issued as early as memory allows: the fewest
+/// copies) and AggressiveOracle (below: the link never idles while a useful copy exists).
 ///
 ///   moesched::policy::Oracle oracle(workload);
 ///   auto m = moesched::sim::replay(workload, cost, oracle, {.budget = b});
@@ -34,6 +35,28 @@
 #include <vector>
 
 namespace moesched::policy {
+
+namespace oracle_detail {
+/// The prefetches a reference issued ahead and that have not landed (urgent copies never count).
+class AheadCount {
+ public:
+  void reset(std::size_t experts) { counted_.assign(experts, 0); }
+  [[nodiscard]] std::uint32_t count() const noexcept { return count_; }
+  void issued(std::uint32_t flat) {
+    counted_[flat] = 1;
+    ++count_;
+  }
+  void landed(std::uint32_t flat) {
+    if (counted_[flat] == 0) return;
+    counted_[flat] = 0;
+    --count_;
+  }
+
+ private:
+  std::vector<std::uint8_t> counted_;  // per flat id: its copy in flight counts
+  std::uint32_t count_ = 0;
+};
+}  // namespace oracle_detail
 
 class Oracle {
  public:
@@ -82,11 +105,7 @@ class Oracle {
   template <Executor E>
   void on_copy_done(E& e, ExpertId id) {
     // Only the fetches issued ahead count against `depth`; an urgent one never did.
-    auto& c = counted_[id.flat(e.experts_per_layer())];
-    if (c != 0) {
-      c = 0;
-      --outstanding_;
-    }
+    ahead_.landed(id.flat(e.experts_per_layer()));
     issue(e, kNone);
   }
   template <Executor E> void on_layer_done(E& e, std::uint32_t) { issue(e, kNone); }
@@ -97,7 +116,7 @@ class Oracle {
   /// Belady over the use sequence with `slots` slots.
   void plan(std::uint32_t slots) {
     planned_ = true;
-    counted_.assign(std::size_t{w_->layers()} * w_->shape().experts, 0);
+    ahead_.reset(std::size_t{w_->layers()} * w_->shape().experts);
     const auto& uses = w_->all_uses();
     const std::uint32_t per = w_->shape().experts;
     const std::size_t n = std::size_t{w_->layers()} * per;
@@ -152,7 +171,7 @@ class Oracle {
     while (next_ < fetches_.size()) {
       const Fetch& f = fetches_[next_];
       const bool is_urgent = f.expert == urgent;
-      if (outstanding_ >= depth_ && urgent == kNone) return;
+      if (ahead_.count() >= depth_ && urgent == kNone) return;
       if (f.victim != kNone) {
         const ExpertId v = ExpertId::from_flat(f.victim, per);
         if (f.victim_done >= cur_ || !e.evictable(v)) return;  // the victim still has work to do
@@ -160,8 +179,7 @@ class Oracle {
       }
       if (!e.copy(ExpertId::from_flat(f.expert, per), is_urgent ? CopyPriority::high : CopyPriority::low)) return;
       if (!is_urgent) {
-        ++outstanding_;
-        counted_[f.expert] = 1;
+        ahead_.issued(f.expert);
       }
       ++next_;
       if (is_urgent) return;
@@ -176,8 +194,7 @@ class Oracle {
   std::uint64_t group_ = 0;           // groups gated so far
   std::uint64_t cur_ = 0;             // first use not yet gated
   std::uint32_t last_layer_ = kNone;
-  std::uint32_t outstanding_ = 0;     // fetches issued ahead and not landed
-  std::vector<std::uint8_t> counted_; // per flat id: its copy in flight counts in outstanding_
+  oracle_detail::AheadCount ahead_;   // fetches issued ahead and not landed
 };
 
 static_assert(Policy<Oracle, runtime::ArchetypeExecutor>);
@@ -208,7 +225,7 @@ class AggressiveOracle {
     done_.assign(uses.size(), 0);
     next_.assign(uses.size(), kNever);
     nu_.assign(std::size_t{w.layers()} * per, kNever);
-    counted_.assign(nu_.size(), 0);
+    ahead_.reset(nu_.size());
     for (std::uint64_t g = w.group_count(); g-- > 0;) {
       const auto layer = static_cast<std::uint32_t>(g % w.layers());
       for (std::uint64_t u = w.group_begin(g + 1); u-- > w.group_begin(g);) {
@@ -268,11 +285,7 @@ class AggressiveOracle {
   }
   template <Executor E>
   void on_copy_done(E& e, ExpertId id) {
-    auto& c = counted_[id.flat(e.experts_per_layer())];
-    if (c != 0) {
-      c = 0;
-      --outstanding_;
-    }
+    ahead_.landed(id.flat(e.experts_per_layer()));
     fill(e);
   }
   template <Executor E> void on_layer_done(E& e, std::uint32_t) { fill(e); }
@@ -328,7 +341,7 @@ class AggressiveOracle {
     const std::uint32_t per = e.experts_per_layer();
     const std::uint64_t n = flat_.size();
     scan_ = std::max(scan_, cur_);
-    while (outstanding_ < depth_) {
+    while (ahead_.count() < depth_) {
       while (scan_ < n && e.residency(ExpertId::from_flat(flat_[scan_], per)) != Residency::absent) ++scan_;
       if (scan_ >= n) return;
       const std::uint32_t f = flat_[scan_];
@@ -339,8 +352,7 @@ class AggressiveOracle {
       }
       if (!e.copy(ExpertId::from_flat(f, per), CopyPriority::low)) return;
       heap_.push({nu_[f], f});
-      counted_[f] = 1;
-      ++outstanding_;
+      ahead_.issued(f);
     }
   }
 
@@ -350,7 +362,7 @@ class AggressiveOracle {
   std::vector<std::uint64_t> next_;   // per use: the same expert's next use, or kNever
   std::vector<std::uint8_t> done_;    // per use: ran (its expert's next use moved on)
   std::vector<std::uint64_t> nu_;     // per flat id: next use at or after cur_
-  std::vector<std::uint8_t> counted_; // per flat id: its prefetch counts in outstanding_
+  oracle_detail::AheadCount ahead_;   // prefetches issued ahead and not landed
   std::priority_queue<Entry> heap_;   // held experts by next use (lazy: stale entries skipped)
   std::vector<Entry> aside_;
   std::uint64_t cur_ = 0;             // first use of the group gated last
@@ -358,7 +370,6 @@ class AggressiveOracle {
   std::uint64_t gated_ = 0;           // groups gated so far
   std::uint64_t scan_ = 0;            // uses before it (from cur_) are held or in flight
   std::uint32_t last_layer_ = kNoLayer;
-  std::uint32_t outstanding_ = 0;
 };
 
 static_assert(Policy<AggressiveOracle, runtime::ArchetypeExecutor>);
