@@ -127,7 +127,7 @@ PY
       say "replay $model $(basename "$trace") $p $cache GB: $(tail -1 "$W/fidelity.csv") ($((SECONDS - t1)) s)"
       if [ -x "$SIM" ] && [ -s "$W/$model.nohost.profile.json" ]; then
         # shellcheck disable=SC2086
-        "$SIM" compare --trace "$trace" --model "$model" --gpu h200 --policies "$p" --cache-gb "$cache" --chunks 3 \
+        "$SIM" compare --trace "$trace" --model "$model" --gpu h200 --policies "$p" --cache-gb "$cache" --chunks 0 \
           --compute-ahead 8 --profile "$W/$model.nohost.profile.json" $extra --json "$j.nohost" >>"$LOG" 2>&1 &&
           python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["records"][0]["tpot_ms"]["mean"])' "$j.nohost" >>"$W/nohost.csv" ||
           echo nan >>"$W/nohost.csv"

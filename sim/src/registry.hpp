@@ -500,17 +500,14 @@ inline std::pair<policy::CutoffRule, std::uint32_t> cutoff_rule(const std::strin
   return {policy::CutoffRule::fixed, x};
 }
 
-/// `chunks=auto`: 3 (one copy per matrix) when splitting is nearly free, at most 1/50 of a whole
-/// copy's link time (large experts on a bandwidth-bound link), else 1. Splitting pays on every copy,
-/// demand copies included; it saves only where a demand copy finds a speculative one on the link.
+/// `chunks=auto` (and `--chunks 0`): auto_copy_chunks (core/hardware.hpp) on `cost`'s copy times.
 inline std::uint32_t auto_chunks(const sim::CostModel& cost) {
   sim::CostOptions one = cost.options();
   one.chunks = 1;
   sim::CostOptions three = cost.options();
   three.chunks = 3;
-  const auto t1 = static_cast<double>(sim::CostModel(cost.model(), cost.gpu(), one).expert_copy_time().count());
-  const auto t3 = static_cast<double>(sim::CostModel(cost.model(), cost.gpu(), three).expert_copy_time().count());
-  return t3 - t1 <= t1 / 50.0 ? 3U : 1U;
+  return auto_copy_chunks(sim::CostModel(cost.model(), cost.gpu(), one).expert_copy_time(),
+                          sim::CostModel(cost.model(), cost.gpu(), three).expert_copy_time());
 }
 
 /// The copies per expert a published policy's `chunks=` asks for with `cost` (0: the cost model's

@@ -81,7 +81,9 @@ inline void add_scenario_options(CLI::App& app, ScenarioOptions& o, bool grid) {
   app.add_option("--model", o.model, "model preset name or JSON file (default: the trace's model name)");
   app.add_option("--gpu", o.gpu, "GPU preset name or JSON file")->capture_default_str();
   app.add_option("--presets", o.preset_dirs, "extra preset directories");
-  app.add_option("--chunks", o.chunks, "copies per expert: 1 (whole), 3 (one per matrix) or 2..64 equal parts")
+  app.add_option("--chunks", o.chunks,
+                 "copies per expert: 1 (whole), 3 (one per matrix), 2..64 equal parts, or 0 = auto (3 when splitting "
+                 "costs at most 1/50 of a whole copy's link time, else 1)")
       ->capture_default_str();
   app.add_option("--d2h-share", o.d2h_share, "share of time device-to-host traffic runs beside the copies, [0, 1)")
       ->capture_default_str();
@@ -347,6 +349,11 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
     s.measured = b.measured ? b.measured : load_profile(o.profile, s.model);
     co.measured = s.measured;
     s.gpu.h2d = s.measured->copy_h2d;
+  }
+  if (o.chunks == 0) {  // auto: from the copy curve this scenario uses (preset, --bandwidth-gbps or --profile)
+    co.chunks = 1;
+    co.chunks = registry_detail::auto_chunks(sim::CostModel(s.model, s.gpu, co));
+    s.opt.chunks = co.chunks;
   }
   s.cost = std::make_shared<const sim::CostModel>(s.model, s.gpu, co);
   MemoryPlanOptions mo;

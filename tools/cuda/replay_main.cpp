@@ -55,7 +55,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   auto cfg = cuda::CudaBackend::from_model(s.model, slots, max_tokens);
   // A published policy's chunks= decides the copy engine's chunks, as it does in the simulator.
   const std::uint32_t policy_chunks_wanted = policy_chunks(r.policy, *s.cost);
-  cfg.chunks = policy_chunks_wanted != 0 ? policy_chunks_wanted : o.chunks;
+  cfg.chunks = policy_chunks_wanted != 0 ? policy_chunks_wanted : s.opt.chunks;  // --chunks 0 resolved by prepare()
   cfg.cpu_workers = o.cpu_workers;
   cfg.copy_window = r.copy_window;
   cfg.host_experts = r.host_experts;
@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
   CLI::App app{"moesched-replay: replay a routing trace on the GPU under a policy (real copies, real GEMMs)"};
   ScenarioOptions o;
   o.gpu = "h200";
-  o.chunks = 3;
+  o.chunks = 0;  // auto: 3 for large experts, 1 where splitting costs more than 1/50 of a copy
   o.compute_ahead = 8;
   ReplayOptions r;
   add_scenario_options(app, o, false);

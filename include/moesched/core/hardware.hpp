@@ -30,6 +30,14 @@
 namespace moesched {
 
 /// Copy time as a function of copy size (host-to-device or device-to-host).
+/// Copies per expert when the choice is automatic: 3 (one per matrix) when splitting a copy costs
+/// at most 1/50 of a whole copy's link time (large experts on a bandwidth-bound link), else 1.
+/// Splitting pays on every copy, demand copies included; it saves only where a demand copy finds a
+/// speculative one on the link. `whole`: one copy of the expert; `thirds`: its three parts.
+[[nodiscard]] constexpr std::uint32_t auto_copy_chunks(Nanoseconds whole, Nanoseconds thirds) noexcept {
+  return (thirds - whole) * 50 <= whole ? 3U : 1U;
+}
+
 class TransferCurve {
  public:
   /// One knot: a copy of `size` takes `time`.
