@@ -1,12 +1,16 @@
 // PrefetchQueue driven by hand on the archetype executor: depth, de-duplication against resident
 // and in-flight experts, the lookahead, early preemption at the gate, refusal after the gate,
-// replacement, and the layer-clock Belady victim rule.
+// replacement, and the layer-clock Belady victim rule; the utility victims' incremental order
+// (UtilityOrder) against the scan of every held expert, on random operations and inside moesched.
 #include "support/catch.hpp"
 
+#include <moesched/core/random.hpp>
+#include <moesched/policy/moesched_policy.hpp>
 #include <moesched/policy/prefetch_queue.hpp>
 #include <moesched/runtime/archetype.hpp>
 
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 using namespace moesched;
@@ -101,4 +105,182 @@ TEST_CASE("prefetch queue: the lookahead bounds how far ahead copies are issued"
   q.gate(e, 1, g1);
   q.layer_done(e, 1);
   CHECK(e.residency({2, 1}) == Residency::queued);
+}
+
+// ---- UtilityOrder: the incremental order of the `utility` victims against the scan it replaces ----
+
+namespace {
+/// The scan UtilityOrder replaces: every held expert, layers in order, least recently used first,
+/// keeping the first strictly latest next use among those `pass` accepts.
+template <class Pass>
+std::pair<std::uint32_t, double> scan_best(const policy::LayerLru& lru, const policy::UtilityOrder::Context& c,
+                                           std::uint32_t layers, std::uint32_t per, const Pass& pass) {
+  std::uint32_t best = policy::RecencyList::kNone;
+  double worst = -1.0;
+  for (std::uint32_t l = 0; l < layers; ++l) {
+    const policy::RecencyList& list = lru.order(l);
+    for (std::uint32_t v = list.oldest(); v != policy::RecencyList::kNone; v = list.newer(v)) {
+      if (!pass(v)) continue;
+      const double t = c.model->next_use(ExpertId::from_flat(v, per), c.current, c.phase, *c.ledger);
+      if (t > worst) {
+        worst = t;
+        best = v;
+      }
+    }
+  }
+  return {best, worst};
+}
+}  // namespace
+
+TEST_CASE("utility order: the same victims as a scan of every held expert, on random operations",
+          "[policy][prefetch_queue][reuse][property]") {
+  struct Shape {
+    std::uint32_t layers, experts;
+  };
+  for (const Shape shape : {Shape{3, 4}, Shape{5, 8}, Shape{4, 16}}) {
+    for (std::uint64_t seed = 1; seed <= 6; ++seed) {
+      const std::uint32_t L = shape.layers;
+      const std::uint32_t per = shape.experts;
+      Rng rng(seed * 7919 + L);
+      ArchetypeExecutor e(L, per, L * per);
+      policy::LayerLru lru;
+      lru.on_pass_begin(e, PassInfo{});
+      policy::ReuseModel model;
+      model.resize(L, per);
+      policy::PredictionLedger ledger;
+      ledger.resize(L, per);
+      ledger.begin_pass();
+      policy::UtilityOrder order;
+      order.resize(L, per);
+      policy::UtilityOrder::Context c{&model, &ledger, -1, StepPhase::decode};
+      std::vector<std::uint8_t> blocked(std::size_t{L} * per, 0);
+      auto pass = [&](std::uint32_t f) { return blocked[f] == 0; };
+      std::vector<std::pair<std::uint32_t, double>> got;
+      std::uint64_t queries = 0;
+      for (int step = 0; step < 3000; ++step) {
+        const double r = rng.uniform();
+        const auto f = static_cast<std::uint32_t>(rng.below(std::uint64_t{L} * per));
+        const ExpertId id = ExpertId::from_flat(f, per);
+        if (r < 0.30) {  // a copy or a touch
+          lru.touch(id, per);
+          order.touch(f, c);
+        } else if (r < 0.42) {  // an eviction
+          lru.forget(id, per);
+          order.remove(f);
+        } else if (r < 0.47) {  // a gate: the model and the ledger observe it, the running layer moves on
+          if (c.current + 1 == static_cast<std::int64_t>(L)) {
+            ledger.begin_pass();
+            c.current = -1;
+            const double ph = rng.uniform();
+            c.phase = ph < 0.2 ? StepPhase::prefill : (ph < 0.6 ? StepPhase::decode : StepPhase::verify);
+          }
+          const auto layer = static_cast<std::uint32_t>(c.current + 1);
+          std::vector<ExpertId> needed;
+          for (std::uint32_t x = 0; x < per; ++x) {
+            if (rng.chance(0.3)) needed.push_back({static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(x)});
+          }
+          ledger.observe(layer, needed);
+          model.observe(layer, needed, c.phase, ledger);
+          c.current = layer;
+        } else if (r < 0.53) {  // a prediction for a later layer
+          const auto layer = static_cast<std::uint32_t>(rng.below(L));
+          std::vector<runtime::ScoredExpert> ranked;
+          for (std::uint32_t x = 0; x < per; ++x) {
+            if (rng.chance(0.35)) ranked.push_back({static_cast<std::uint16_t>(x), 1.0f});
+          }
+          ledger.record(layer, ranked);
+        } else if (r < 0.56) {  // the lists change behind its back
+          lru.touch(id, per);
+          if (rng.chance(0.5)) lru.forget(ExpertId::from_flat(static_cast<std::uint32_t>(rng.below(std::uint64_t{L} * per)), per), per);
+          order.invalidate();
+        } else if (r < 0.66) {  // evictability changes (in flight, pinned, spared)
+          blocked[f] = blocked[f] == 0 ? 1 : 0;
+        } else if (r < 0.85) {
+          const auto want = scan_best(lru, c, L, per, pass);
+          const auto have = order.best(lru, c, pass);
+          REQUIRE(have.first == want.first);
+          REQUIRE(have.second == want.second);
+          ++queries;
+        } else {
+          // k successive scans, each excluding the picks before it
+          const auto k = static_cast<std::uint32_t>(1 + rng.below(6));
+          order.best_k(lru, c, k, pass, got);
+          std::vector<std::uint8_t> picked(blocked.size(), 0);
+          std::size_t i = 0;
+          for (; i < k; ++i) {
+            const auto want = scan_best(lru, c, L, per, [&](std::uint32_t v) { return pass(v) && picked[v] == 0; });
+            if (want.first == policy::RecencyList::kNone) break;
+            REQUIRE(i < got.size());
+            REQUIRE(got[i].first == want.first);
+            REQUIRE(got[i].second == want.second);
+            picked[want.first] = 1;
+          }
+          REQUIRE(got.size() == i);
+          ++queries;
+        }
+      }
+      CHECK(queries > 500);
+    }
+  }
+}
+
+TEST_CASE("utility order: moesched decides the same with the incremental order as with the scan",
+          "[policy][prefetch_queue][reuse][property]") {
+  struct Shape {
+    std::uint32_t layers, experts, top_k;
+  };
+  for (const Shape s : {Shape{4, 8, 2}, Shape{6, 16, 4}}) {
+    for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+      const std::uint32_t L = s.layers;
+      const policy::AnalyticalLatency lat{.copy_fixed = Nanoseconds{3'000}, .link_bytes_per_ns = 25.0,
+                                          .expert = Bytes{17'300'000}, .dense = Nanoseconds{60'000},
+                                          .expert_ffn = Nanoseconds{35'000}, .top_k = s.top_k,
+                                          .draft_step = Nanoseconds{900'000}};
+      policy::PipelineOptions fast = policy::Moesched::pipeline_options({});
+      policy::PipelineOptions slow = fast;
+      slow.queue.scan_victims = true;
+      policy::Pipeline a({}, policy::AnyRoutingPredictor{policy::TransitionPredictor{2}}, fast, lat);
+      policy::Pipeline b({}, policy::AnyRoutingPredictor{policy::TransitionPredictor{2}}, slow, lat);
+      ArchetypeExecutor ea(L, s.experts, L * s.experts / 3);
+      ArchetypeExecutor eb(L, s.experts, L * s.experts / 3);
+      Rng rng(seed);
+      std::uint64_t pass = 0;
+      for (std::uint32_t step = 0; step < 400 * L; ++step) {
+        const std::uint32_t layer = step % L;
+        if (layer == 0) {
+          const double ph = rng.uniform();
+          const PassInfo info{pass++, ph < 0.1 ? StepPhase::prefill : (ph < 0.7 ? StepPhase::decode : StepPhase::verify),
+                              1, 1, static_cast<std::uint16_t>(ph < 0.85 ? 0 : 2)};
+          a.on_pass_begin(ea, info);
+          b.on_pass_begin(eb, info);
+        }
+        std::vector<ExpertId> need;
+        while (need.size() < s.top_k) {  // skewed: low ids more often
+          const auto x = static_cast<std::uint16_t>(rng.below(1 + rng.below(s.experts)));
+          bool dup = false;
+          for (ExpertId n : need) dup = dup || n.expert == x;
+          if (!dup) need.push_back({static_cast<std::uint16_t>(layer), x});
+        }
+        a.on_gate(ea, layer, need);
+        b.on_gate(eb, layer, need);
+        // copies land now or stay in flight for a while (not evictable meanwhile)
+        if (rng.chance(0.7)) {
+          Control::land_all(ea, [&](ExpertId id) { a.on_copy_done(ea, id); });
+          Control::land_all(eb, [&](ExpertId id) { b.on_copy_done(eb, id); });
+        }
+        for (ExpertId id : need) {
+          a.on_expert_done(ea, id);
+          b.on_expert_done(eb, id);
+        }
+        a.on_layer_done(ea, layer);
+        b.on_layer_done(eb, layer);
+        REQUIRE(Control::copies(ea) == Control::copies(eb));
+        REQUIRE(a.queue().declined() == b.queue().declined());
+        for (std::uint32_t f = 0; f < L * s.experts; ++f) {
+          REQUIRE(ea.residency(ExpertId::from_flat(f, s.experts)) == eb.residency(ExpertId::from_flat(f, s.experts)));
+        }
+      }
+      CHECK(Control::copies(ea) > 100);
+    }
+  }
 }

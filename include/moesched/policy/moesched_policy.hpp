@@ -2,7 +2,7 @@
 /// Moesched: moesched's own policy, a Pipeline preset combining the others' mechanisms with one
 /// utility for eviction and prefetch (the ReuseModel):
 /// - every eviction (demand and prefetch) takes the held expert expected to be needed last, with
-///   probabilities learned online from the gates (its layer's last two turns and its rank in the
+///   probabilities learned online from the gates (its layer's last four turns and its rank in the
 ///   running pass's prediction) and layers as the clock;
 /// - a prediction is prefetched only when its expert is expected to be needed before the expert it
 ///   would evict (no free slot), so a wrong or far guess does not displace a likely one, and

@@ -52,15 +52,20 @@ class PredictionLedger {
     rank_hits_.assign(std::size_t{layers} * kRanks, 0);
     rank_total_.assign(std::size_t{layers} * kRanks, 0);
     pass_ = 0;
+    version_.assign(layers, ++clock_);
   }
   [[nodiscard]] std::uint32_t layers() const noexcept { return layers_; }
 
   /// A new pass: the previous pass's predictions are forgotten (the statistics stay).
-  void begin_pass() noexcept { ++pass_; }
+  void begin_pass() noexcept {
+    ++pass_;
+    ++clock_;
+  }
 
   /// A prediction for `layer` of the running pass: candidates best first.
   void record(std::uint32_t layer, std::span<const runtime::ScoredExpert> ranked) noexcept {
     if (layer >= layers_) return;
+    version_[layer] = ++clock_;
     if (layer_stamp_[layer] != pass_) {
       layer_stamp_[layer] = pass_;
       layer_count_[layer] = 0;
@@ -87,6 +92,13 @@ class PredictionLedger {
     const std::size_t c = id.flat(experts_);
     return pass_ != 0 && stamp_[c] == pass_ ? rank_[c] : kNotPredicted;
   }
+  /// The running pass (1-based; 0 before the first begin_pass()).
+  [[nodiscard]] std::uint64_t pass() const noexcept { return pass_; }
+  /// Changes whenever record(`layer`) ran; with pass(), what has_prediction(`layer`) and the
+  /// rank() of its experts depend on. Values never repeat, across resize() too.
+  [[nodiscard]] std::uint64_t version(std::uint32_t layer) const noexcept { return version_[layer]; }
+  /// Changes whenever any layer's version() or the pass does.
+  [[nodiscard]] std::uint64_t changes() const noexcept { return clock_; }
   /// Distinct experts the running pass's predictions name for `layer`.
   [[nodiscard]] std::uint32_t predicted_count(std::uint32_t layer) const noexcept {
     return has_prediction(layer) ? layer_count_[layer] : 0;
@@ -153,6 +165,8 @@ class PredictionLedger {
   std::vector<std::uint64_t> observed_;   // per layer: pass of its last scored gate
   std::vector<std::uint64_t> hits_, needed_, predicted_, passes_;
   std::vector<std::uint64_t> rank_hits_, rank_total_;  // [layer * kRanks + rank]
+  std::vector<std::uint64_t> version_;    // per layer: clock_ at its last record() (or resize())
+  std::uint64_t clock_ = 0;
 };
 
 }  // namespace moesched::policy

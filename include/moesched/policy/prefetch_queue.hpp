@@ -75,6 +75,363 @@ struct PrefetchQueueOptions {
   PrefetchVictim victim = PrefetchVictim::layer_clock;
   bool preempt = true;          ///< early preemption at the gate
   bool touch = true;            ///< a resident or in-flight candidate is touched in the LRU
+  /// `utility`: find each victim by a scan of every held expert instead of the incremental
+  /// UtilityOrder (the reference the tests compare it with; same decisions, slower).
+  bool scan_victims = false;
+};
+
+/// UtilityOrder: the held experts of every layer in the order the `utility` victim rule reads
+/// them, kept incrementally, so that a victim costs O(layers) instead of a scan of every held
+/// expert computing its expected next use.
+///
+///   moesched::policy::UtilityOrder order;  order.resize(layers, experts);
+///   lru.touch(id, per);  order.touch(id.flat(per), ctx);     // mirror every change of the LRU lists
+///   lru.forget(id, per); order.remove(id.flat(per));
+///   auto [flat, next_use] = order.best(lru, ctx, [&](std::uint32_t f) { return evictable(f); });
+///
+/// Per layer, its held experts sorted by the odds term of ReuseModel::next_use (1 / p - 1, p
+/// from the expert's reuse-model state: the turn distance is the same for the whole layer), ties
+/// least recently used first. An expert's state changes only when the model observes its layer
+/// or the ledger records a prediction for it (their per-layer versions say so), when the running
+/// layer passes it (its prediction is no longer read) or with the phase: such a layer is sorted
+/// again at the next query, O(its held experts). best() reads each layer's first entry (its
+/// latest next use) and walks only layers that could beat the best so far.
+/// best() returns exactly what a scan of every held expert would (layers in order, each least
+/// recently used first, keeping the first strictly latest ReuseModel::next_use among those
+/// `pass` accepts): the same doubles are compared (ReuseModel's expected_layers over the same
+/// odds), and entries of a layer whose next uses round to the same double are ordered by recency.
+/// Nothing allocates after resize().
+class UtilityOrder {
+ public:
+  /// What the order is read against: the model, the ledger, the last gated layer of the running
+  /// pass (-1 before its first gate) and the pass's phase.
+  struct Context {
+    const ReuseModel* model = nullptr;
+    const PredictionLedger* ledger = nullptr;
+    std::int64_t current = -1;
+    StepPhase phase = StepPhase::decode;
+  };
+
+  void resize(std::uint32_t layers, std::uint32_t experts) {
+    L_ = layers;
+    E_ = experts;
+    const std::size_t cells = std::size_t{layers} * experts;
+    ids_.assign(cells, 0);
+    odds_.assign(cells, 0.0);
+    n_.assign(layers, 0);
+    in_.assign(cells, 0);
+    stamp_.assign(cells, 0);
+    key_.assign(layers, Key{});
+    dirty_.assign(layers, 1);
+    gen_.assign(layers, 1);
+    memo_key_.assign(layers, MemoKey{~std::uint64_t{0}, 0});
+    memo_.assign(std::size_t{layers} * kStates, 0.0);
+    memo_gen_.assign(std::size_t{layers} * kStates, 0);
+    scratch_ids_.assign(experts, 0);
+    scratch_states_.assign(experts, 0);
+    any_dirty_ = true;
+    restamp_ = true;
+  }
+  [[nodiscard]] bool sized() const noexcept { return !n_.empty(); }
+
+  /// The LRU lists changed in ways not told (touch/remove): everything is rebuilt from them at
+  /// the next query.
+  void invalidate() noexcept { restamp_ = true; }
+  /// Flat id `f` became the most recently used of its layer (inserted when not held).
+  void touch(std::uint32_t f, const Context& c) {
+    stamp_[f] = ++clock_;
+    if (restamp_) return;
+    const std::uint32_t l = f / E_;
+    if (dirty_[l] != 0) return;
+    if (c.model == nullptr || c.model != model_ || c.ledger != ledger_) {
+      mark_dirty(l);
+      return;
+    }
+    // Every key was checked at the last query: unchanged if nothing it reads changed since.
+    if (!(seen(c) == seen_) && !(key(l, c) == key_[l])) {
+      mark_dirty(l);  // sorted again (with `f`) at the next query
+      return;
+    }
+    if (in_[f] != 0) erase(l, f);
+    insert(l, f, odds(l, c.model->state(ExpertId::from_flat(f, E_), key_[l].joint != 0, *c.ledger), c));
+  }
+  /// Flat id `f` left its layer's LRU list.
+  void remove(std::uint32_t f) {
+    if (restamp_) return;
+    const std::uint32_t l = f / E_;
+    if (dirty_[l] != 0 || in_[f] == 0) return;
+    erase(l, f);
+  }
+
+  /// The held expert (of `lru`'s lists) with the latest next use that `pass(flat id)` accepts,
+  /// ties to the lowest layer then the least recently used, with its next use; {kNone, -1} when
+  /// `pass` accepts none.
+  template <class Pass>
+  std::pair<std::uint32_t, double> best(const LayerLru& lru, const Context& c, const Pass& pass) {
+    sync(lru, c);
+    const ReuseModel& m = *c.model;
+    std::uint32_t best = RecencyList::kNone;
+    double worst = -1.0;
+    for (std::uint32_t l = 0; l < L_; ++l) {
+      const std::uint32_t n = n_[l];
+      if (n == 0) continue;
+      const std::uint32_t* ids = ids_.data() + std::size_t{l} * E_;
+      const double* x = odds_.data() + std::size_t{l} * E_;
+      const std::int64_t d = m.turn_distance(l, c.current);
+      if (!(m.expected_layers(d, x[0]) > worst)) continue;  // nothing of this layer can be later
+      std::uint32_t i = 0;
+      while (i < n && !pass(ids[i])) ++i;
+      if (i == n) continue;
+      const double t = m.expected_layers(d, x[i]);
+      if (!(t > worst)) continue;
+      // Later entries of the same odds are more recently used; one of other odds whose next use
+      // rounds to the same double competes by recency.
+      std::uint32_t pick = ids[i];
+      for (std::uint32_t j = i + 1; j < n; ++j) {
+        if (x[j] == x[i]) continue;
+        if (m.expected_layers(d, x[j]) != t) break;
+        if (stamp_[ids[j]] < stamp_[pick] && pass(ids[j])) pick = ids[j];
+      }
+      best = pick;
+      worst = t;
+    }
+    return {best, worst};
+  }
+  /// The `k` best (best() order) that `pass` accepts, best first, into `out` (fewer when `pass`
+  /// accepts fewer): what k best() calls would return, each one's pick excluded from the next.
+  template <class Pass>
+  void best_k(const LayerLru& lru, const Context& c, std::uint32_t k, const Pass& pass,
+              std::vector<std::pair<std::uint32_t, double>>& out) {
+    out.clear();
+    if (k == 0) return;
+    sync(lru, c);
+    const ReuseModel& m = *c.model;
+    for (std::uint32_t l = 0; l < L_; ++l) {
+      const std::uint32_t n = n_[l];
+      const std::uint32_t* ids = ids_.data() + std::size_t{l} * E_;
+      const double* x = odds_.data() + std::size_t{l} * E_;
+      const std::int64_t d = m.turn_distance(l, c.current);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const double t = m.expected_layers(d, x[i]);
+        if (out.size() == k) {  // nothing later in this layer enters (ties: lower layers first)
+          if (t < out.back().second || (t == out.back().second && out.back().first / E_ < l)) break;
+        }
+        if (!pass(ids[i])) continue;
+        // After every pick at least as good: a later next use, or the same from a lower layer or
+        // less recently used in this one.
+        const std::uint64_t st = stamp_[ids[i]];
+        std::size_t at = out.size();
+        while (at > 0 && (out[at - 1].second < t ||
+                          (out[at - 1].second == t && out[at - 1].first / E_ == l && stamp_[out[at - 1].first] > st))) {
+          --at;
+        }
+        if (at >= k) {  // lost on recency: so do the later (more recently used) ones of its odds
+          while (i + 1 < n && x[i + 1] == x[i]) ++i;
+          continue;
+        }
+        if (out.size() == k) out.pop_back();
+        out.insert(out.begin() + static_cast<std::ptrdiff_t>(at), {ids[i], t});
+      }
+    }
+  }
+
+ private:
+  static constexpr std::uint32_t kStates = ReuseModel::kStates;
+  /// What the keys of every layer are computed from (sync() checks them only when it changed).
+  struct Seen {
+    std::uint64_t model = ~std::uint64_t{0};
+    std::uint64_t ledger = ~std::uint64_t{0};
+    std::int64_t current = -2;
+    StepPhase phase = StepPhase::decode;
+    friend bool operator==(const Seen&, const Seen&) = default;
+  };
+  [[nodiscard]] static Seen seen(const Context& c) noexcept {
+    return {c.model->changes(), c.ledger->changes(), c.current, c.phase};
+  }
+  /// What a layer's states and odds are computed from (see the class comment).
+  struct Key {
+    std::uint64_t reuse = 0;   // ReuseModel::version(layer)
+    std::uint64_t pass = 0;    // joint: the ledger's pass and the layer's version
+    std::uint64_t ledger = 0;
+    std::uint8_t joint = 0;
+    std::uint8_t phase = 0;
+    friend bool operator==(const Key&, const Key&) = default;
+  };
+  [[nodiscard]] static Key key(std::uint32_t l, const Context& c) noexcept {
+    Key k;
+    k.reuse = c.model->version(l);
+    k.phase = static_cast<std::uint8_t>(c.phase);
+    if (ReuseModel::joint(l, c.current, *c.ledger)) {
+      k.joint = 1;
+      k.pass = c.ledger->pass();
+      k.ledger = c.ledger->version(l);
+    }
+    return k;
+  }
+  void mark_dirty(std::uint32_t l) noexcept {
+    dirty_[l] = 1;
+    any_dirty_ = true;
+  }
+  /// The odds term of an expert of layer `l` in `state` (memoised per sort of the layer).
+  double odds(std::uint32_t l, std::uint32_t state, const Context& c) {
+    const std::size_t i = std::size_t{l} * kStates + state;
+    if (memo_gen_[i] != gen_[l]) {
+      memo_gen_[i] = gen_[l];
+      memo_[i] = 1.0 / c.model->state_probability(l, state, c.phase) - 1.0;
+    }
+    return memo_[i];
+  }
+  /// Inserts `f` as the most recently used of its odds: after every entry with odds >= x.
+  void insert(std::uint32_t l, std::uint32_t f, double x) {
+    std::uint32_t* ids = ids_.data() + std::size_t{l} * E_;
+    double* odds = odds_.data() + std::size_t{l} * E_;
+    std::uint32_t i = n_[l];
+    while (i > 0 && odds[i - 1] < x) {
+      ids[i] = ids[i - 1];
+      odds[i] = odds[i - 1];
+      --i;
+    }
+    ids[i] = f;
+    odds[i] = x;
+    ++n_[l];
+    in_[f] = 1;
+  }
+  void erase(std::uint32_t l, std::uint32_t f) {
+    std::uint32_t* ids = ids_.data() + std::size_t{l} * E_;
+    double* odds = odds_.data() + std::size_t{l} * E_;
+    const std::uint32_t n = n_[l];
+    std::uint32_t i = 0;
+    while (ids[i] != f) ++i;
+    for (; i + 1 < n; ++i) {
+      ids[i] = ids[i + 1];
+      odds[i] = odds[i + 1];
+    }
+    n_[l] = n - 1;
+    in_[f] = 0;
+  }
+  /// Brings every layer up to date before a query.
+  void sync(const LayerLru& lru, const Context& c) {
+    if (restamp_) {
+      restamp_ = false;
+      for (std::uint32_t l = 0; l < L_; ++l) {
+        const RecencyList& list = lru.order(l);
+        for (std::uint32_t v = list.oldest(); v != RecencyList::kNone; v = list.newer(v)) stamp_[v] = ++clock_;
+        mark_dirty(l);
+      }
+    }
+    if (c.model != model_ || c.ledger != ledger_) {
+      model_ = c.model;
+      ledger_ = c.ledger;
+      for (std::uint32_t l = 0; l < L_; ++l) mark_dirty(l);
+    }
+    const Seen now = seen(c);
+    if (now == seen_ && !any_dirty_) return;
+    const bool check_keys = !(now == seen_);
+    for (std::uint32_t l = 0; l < L_; ++l) {
+      if (dirty_[l] != 0) {
+        sort_layer(lru, l, key(l, c), c);
+      } else if (check_keys) {
+        const Key k = key(l, c);
+        if (!(k == key_[l])) sort_layer(lru, l, k, c);
+      }
+    }
+    seen_ = now;
+    any_dirty_ = false;
+  }
+  /// Layer `l` from its LRU list: states, odds, sorted (odds descending, then least recently used).
+  void sort_layer(const LayerLru& lru, std::uint32_t l, const Key& k, const Context& c) {
+    key_[l] = k;
+    dirty_[l] = 0;
+    if (!(memo_key_[l] == MemoKey{k.reuse, k.phase})) {  // the odds change with the counts and the phase
+      memo_key_[l] = MemoKey{k.reuse, k.phase};
+      ++gen_[l];
+    }
+    std::uint32_t* ids = ids_.data() + std::size_t{l} * E_;
+    double* odds_out = odds_.data() + std::size_t{l} * E_;
+    for (std::uint32_t i = 0; i < n_[l]; ++i) in_[ids[i]] = 0;
+    ++sorts_;
+    // The states of the held experts, least recently used first; the distinct ones by odds.
+    std::uint32_t n = 0;
+    std::uint32_t distinct = 0;
+    const RecencyList& list = lru.order(l);
+    for (std::uint32_t v = list.oldest(); v != RecencyList::kNone; v = list.newer(v)) {
+      const std::uint32_t s = c.model->state(ExpertId::from_flat(v, E_), k.joint != 0, *c.ledger);
+      (void)odds(l, s, c);
+      if (seen_gen_[s] != sorts_) {
+        seen_gen_[s] = sorts_;
+        count_[s] = 0;
+        states_[distinct++] = static_cast<std::uint8_t>(s);
+      }
+      ++count_[s];
+      scratch_ids_[n] = v;
+      scratch_states_[n] = static_cast<std::uint8_t>(s);
+      ++n;
+    }
+    const double* memo = memo_.data() + std::size_t{l} * kStates;
+    for (std::uint32_t i = 1; i < distinct; ++i) {  // insertion sort: a handful of states
+      const std::uint8_t s = states_[i];
+      std::uint32_t j = i;
+      while (j > 0 && memo[states_[j - 1]] < memo[s]) {
+        states_[j] = states_[j - 1];
+        --j;
+      }
+      states_[j] = s;
+    }
+    // States of equal odds share one run (kept least recently used first); runs by odds.
+    std::uint32_t pos = 0;
+    std::uint32_t runs = 0;
+    for (std::uint32_t i = 0; i < distinct; ++runs) {
+      start_[runs] = pos;
+      std::uint32_t j = i;
+      for (; j < distinct && memo[states_[j]] == memo[states_[i]]; ++j) {
+        run_of_[states_[j]] = static_cast<std::uint8_t>(runs);
+        pos += count_[states_[j]];
+      }
+      i = j;
+    }
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uint8_t s = scratch_states_[i];
+      const std::uint32_t at = start_[run_of_[s]]++;
+      ids[at] = scratch_ids_[i];
+      odds_out[at] = memo[s];
+      in_[scratch_ids_[i]] = 1;
+    }
+    n_[l] = n;
+  }
+
+
+  std::uint32_t L_ = 0;
+  std::uint32_t E_ = 0;
+  std::vector<std::uint32_t> ids_;    // [layer * E + i]: held flat ids, sorted (see sort_layer)
+  std::vector<double> odds_;          // beside ids_: each one's odds term
+  std::vector<std::uint32_t> n_;      // per layer: entries
+  std::vector<std::uint8_t> in_;      // per flat id: in its layer's entries
+  std::vector<std::uint64_t> stamp_;  // per flat id: when last touched (the LRU order)
+  std::vector<Key> key_;              // per layer: what its entries were sorted under
+  std::vector<std::uint8_t> dirty_;   // per layer: entries stale whatever the key
+  std::vector<std::uint64_t> gen_;    // per layer: sorts so far (memo_gen_ matches: memo_ valid)
+  std::vector<double> memo_;          // [layer * kStates + state]: odds
+  std::vector<std::uint64_t> memo_gen_;
+  std::vector<std::uint32_t> scratch_ids_;
+  std::vector<std::uint8_t> scratch_states_;
+  std::uint32_t count_[kStates] = {};
+  std::uint32_t start_[kStates] = {};   // per run of equal odds: next free entry
+  std::uint8_t run_of_[kStates] = {};
+  std::uint64_t seen_gen_[kStates] = {};  // == sorts_: the state was met in this sort
+  std::uint64_t sorts_ = 0;
+  struct MemoKey {
+    std::uint64_t reuse = 0;
+    std::uint8_t phase = 0;
+    friend bool operator==(const MemoKey&, const MemoKey&) = default;
+  };
+  std::vector<MemoKey> memo_key_;     // per layer: what memo_ was computed under
+  std::uint8_t states_[kStates] = {};
+  std::uint64_t clock_ = 0;
+  const ReuseModel* model_ = nullptr;
+  const PredictionLedger* ledger_ = nullptr;
+  Seen seen_;
+  bool any_dirty_ = true;
+  bool restamp_ = true;
 };
 
 class PrefetchQueue {
@@ -145,6 +502,7 @@ class PrefetchQueue {
       for (auto& q : low_) q.reserve(per);
       needed_.reserve(per);
       victims_.reserve(per);
+      if (opt_.victim == PrefetchVictim::utility && !opt_.scan_victims) order_.resize(e.layers(), per);
     }
     pass_ = pass.index;
     layer_ = -1;
@@ -213,7 +571,7 @@ class PrefetchQueue {
     const std::uint32_t per = e.experts_per_layer();
     if (opt_.victim == PrefetchVictim::utility && reuse_ != nullptr) {
       for (ExpertId id : needed) {
-        if (e.residency(id) != Residency::absent) cache_.touch(id, per);
+        if (e.residency(id) != Residency::absent) touch(id, per);
       }
       // One scan for the gate's evictions: the worst `absent` held experts in the order repeated
       // utility_victim(e, true) calls would return them (each eviction and demand copy in
@@ -235,13 +593,14 @@ class PrefetchQueue {
           },
           [&](ExpertId id, bool in) {
             if (in) {
-              cache_.touch(id, per);
+              touch(id, per);
             } else {
               forget(e, id.flat(per));
             }
           });
       return;
     }
+    if (order_.sized()) order_.invalidate();  // the lists change behind its back
     cache_.demand(
         e, layer, needed, [&](std::uint32_t held) { return unused_prefetch(held, per); },
         [&](std::uint32_t evicted) { marks_[evicted] = 0; });
@@ -292,7 +651,7 @@ class PrefetchQueue {
         const ExpertId id{static_cast<std::uint16_t>(l), q[i]};
         const std::uint32_t f = id.flat(per);
         if (e.residency(id) != Residency::absent) {
-          if (opt_.touch) cache_.touch(id, per);
+          if (opt_.touch) touch(id, per);
           continue;
         }
         if (opt_.victim == PrefetchVictim::utility && reuse_ != nullptr && load_ > 0.0 &&
@@ -324,7 +683,7 @@ class PrefetchQueue {
         }
         if (!e.copy(id, CopyPriority::low)) break;
         ++copies_;
-        cache_.touch(id, per);
+        touch(id, per);
         marks_[f] = mark;
         low_flight_[f] = 1;
         ++low_count_;
@@ -372,7 +731,32 @@ class PrefetchQueue {
   /// The evictable held expert expected to be needed last (ties: the least recently used of the
   /// lowest layer), sparing this pass's unused prefetches when `spare`; with its expected next use.
   template <Executor E>
-  [[nodiscard]] std::pair<std::uint32_t, double> utility_victim(const E& e, bool spare) const {
+  [[nodiscard]] std::pair<std::uint32_t, double> utility_victim(const E& e, bool spare) {
+    if (opt_.scan_victims) return scan_victim(e, spare);
+    const std::uint32_t per = e.experts_per_layer();
+    return order_.best(cache_, context(), [&](std::uint32_t v) {
+      return !(spare && unused_prefetch(v, per)) && e.evictable(ExpertId::from_flat(v, per));
+    });
+  }
+  /// The `k` evictable held experts expected to be needed last, this pass's unused prefetches
+  /// spared, worst first, in the order k successive utility_victim(e, true) calls (each followed by
+  /// that victim's eviction) would return them: by next use, descending, ties in scan order.
+  template <Executor E>
+  void utility_victims(const E& e, std::uint32_t k, std::vector<std::pair<std::uint32_t, double>>& out) {
+    if (opt_.scan_victims) {
+      scan_victims(e, k, out);
+      return;
+    }
+    out.clear();
+    if (k == 0) return;
+    const std::uint32_t per = e.experts_per_layer();
+    order_.best_k(
+        cache_, context(), k,
+        [&](std::uint32_t v) { return !unused_prefetch(v, per) && e.evictable(ExpertId::from_flat(v, per)); }, out);
+  }
+  /// utility_victim() by a scan of every held expert (the reference: scan_victims).
+  template <Executor E>
+  [[nodiscard]] std::pair<std::uint32_t, double> scan_victim(const E& e, bool spare) const {
     const std::uint32_t per = e.experts_per_layer();
     std::uint32_t best = RecencyList::kNone;
     double worst = -1.0;
@@ -390,11 +774,9 @@ class PrefetchQueue {
     }
     return {best, worst};
   }
-  /// The `k` evictable held experts expected to be needed last, this pass's unused prefetches
-  /// spared, worst first, in the order k successive utility_victim(e, true) calls (each followed by
-  /// that victim's eviction) would return them: by next use, descending, ties in scan order.
+  /// utility_victims() by one scan of every held expert (the reference: scan_victims).
   template <Executor E>
-  void utility_victims(const E& e, std::uint32_t k, std::vector<std::pair<std::uint32_t, double>>& out) const {
+  void scan_victims(const E& e, std::uint32_t k, std::vector<std::pair<std::uint32_t, double>>& out) const {
     out.clear();
     if (k == 0) return;
     const std::uint32_t per = e.experts_per_layer();
@@ -412,6 +794,12 @@ class PrefetchQueue {
         out.insert(out.begin() + static_cast<std::ptrdiff_t>(i), {v, t});
       }
     }
+  }
+  [[nodiscard]] UtilityOrder::Context context() const noexcept { return {reuse_, ledger_, layer_, phase_}; }
+  /// `id` becomes its layer's most recently used (the cache and, for `utility`, its order).
+  void touch(ExpertId id, std::uint32_t per) {
+    cache_.touch(id, per);
+    if (order_.sized()) order_.touch(id.flat(per), context());
   }
   /// Flat id `held` was prefetched for a layer of this pass still to run.
   [[nodiscard]] bool unused_prefetch(std::uint32_t held, std::uint32_t per) const noexcept {
@@ -434,6 +822,7 @@ class PrefetchQueue {
   template <Executor E>
   void forget(const E& e, std::uint32_t f) {
     cache_.forget(ExpertId::from_flat(f, e.experts_per_layer()), e.experts_per_layer());
+    if (order_.sized()) order_.remove(f);
     marks_[f] = 0;
   }
 
@@ -449,6 +838,7 @@ class PrefetchQueue {
   std::uint64_t copies_ = 0;
   double load_ = 0.0;
   LayerLru cache_;
+  UtilityOrder order_;                               // `utility`: the held experts by next use
   std::vector<std::uint64_t> marks_;                 // pass + 1 while prefetched and not yet used
   std::vector<std::uint8_t> low_flight_;             // a low copy is queued or moving
   std::vector<std::vector<std::uint32_t>> low_;      // per layer: low copies submitted for it

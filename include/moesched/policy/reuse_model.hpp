@@ -12,7 +12,7 @@
 ///   reuse.next_use({3, 5}, 1, StepPhase::decode, ledger);            // layers until L3/E5 is used
 ///
 /// The model, per MoE layer and pass phase (prefill, decode, verify): an expert's state is whether
-/// its layer's gate asked for it at each of the layer's last two turns (4 histories) and, when the
+/// its layer's gate asked for it at each of the layer's last four turns (16 histories) and, when the
 /// running pass has a prediction for the layer, the expert's rank in it (0, 1, 2, 3 or more, or not
 /// predicted). P(needed | state) is counted at every gate with a uniform prior (one use, one
 /// non-use): nothing is fitted offline, and no weight or decay is chosen by hand. A layer whose
@@ -49,6 +49,7 @@ class ReuseModel {
     marginal_.assign(std::size_t{layers} * kPhases * kHistories, Count{});
     joint_.assign(std::size_t{layers} * kPhases * kHistories * kBuckets, Count{});
     stamp_ = 0;
+    version_.assign(layers, ++clock_);
   }
   [[nodiscard]] std::uint32_t layers() const noexcept { return layers_; }
 
@@ -58,6 +59,7 @@ class ReuseModel {
   void observe(std::uint32_t layer, std::span<const ExpertId> needed, StepPhase phase, const PredictionLedger& ledger) noexcept {
     if (layer >= layers_) return;
     ++stamp_;
+    version_[layer] = ++clock_;
     for (ExpertId id : needed) {
       if (id.expert < experts_) mark_[id.expert] = stamp_;
     }
@@ -84,25 +86,61 @@ class ReuseModel {
   /// `current` (-1 before its first gate); `phase` is taken for that turn.
   [[nodiscard]] double probability(ExpertId id, std::int64_t current, StepPhase phase,
                                    const PredictionLedger& ledger) const noexcept {
-    const std::uint32_t layer = id.layer;
-    const std::uint32_t hist = history_[id.flat(experts_)];
-    const std::uint32_t ph = phase_index(phase);
-    const bool this_pass = static_cast<std::int64_t>(layer) > current;
-    if (this_pass && ledger.has_prediction(layer)) {
-      const Count& j = joint_[joint_index(layer, ph, hist, bucket(ledger.rank(id)))];
-      return j.probability();
-    }
-    return marginal_[marginal_index(layer, ph, hist)].probability();
+    return state_probability(id.layer, state(id, current, ledger), phase);
   }
 
   /// Expected MoE layers until `id` is next needed (see the header comment).
   [[nodiscard]] double next_use(ExpertId id, std::int64_t current, StepPhase phase, const PredictionLedger& ledger) const noexcept {
-    const auto L = static_cast<std::int64_t>(layers_);
-    const std::int64_t layer = id.layer;
-    const std::int64_t d = layer > current ? layer - current : layer - current + L;
     const double p = probability(id, current, phase, ledger);
-    return static_cast<double>(d) + static_cast<double>(L) * (1.0 / p - 1.0);
+    return expected_layers(turn_distance(id.layer, current), 1.0 / p - 1.0);
   }
+
+  // ---- the pieces of next_use(), for incremental orders (PrefetchQueue's utility victims) ----
+  // next_use(id) == expected_layers(turn_distance(id.layer, current), odds) with
+  // odds = 1 / state_probability(id.layer, state(id, current, ledger), phase) - 1, computed by
+  // the same expressions: an order kept over these pieces compares the very same doubles.
+
+  /// States an expert can be in: kHistories x kBuckets with its layer's prediction (joint), then
+  /// kHistories without (marginal).
+  static constexpr std::uint32_t kStates = kHistories * kBuckets + kHistories;
+  /// Whether `layer`'s experts are read with the running pass's prediction (joint counts): the
+  /// layer is still to run (after `current`) and has a prediction.
+  [[nodiscard]] static bool joint(std::uint32_t layer, std::int64_t current, const PredictionLedger& ledger) noexcept {
+    return static_cast<std::int64_t>(layer) > current && ledger.has_prediction(layer);
+  }
+  /// `id`'s state (0 .. kStates - 1): all that probability() reads of it besides its layer.
+  [[nodiscard]] std::uint32_t state(ExpertId id, std::int64_t current, const PredictionLedger& ledger) const noexcept {
+    return state(id, joint(id.layer, current, ledger), ledger);
+  }
+  /// As above, with joint(id.layer, current, ledger) given.
+  [[nodiscard]] std::uint32_t state(ExpertId id, bool joint, const PredictionLedger& ledger) const noexcept {
+    const std::uint32_t hist = history_[id.flat(experts_)];
+    if (joint) return hist * kBuckets + bucket(ledger.rank(id));
+    return kHistories * kBuckets + hist;
+  }
+  /// P(needed at the next turn) of an expert of `layer` in `state` (see state()).
+  [[nodiscard]] double state_probability(std::uint32_t layer, std::uint32_t state, StepPhase phase) const noexcept {
+    const std::uint32_t ph = phase_index(phase);
+    if (state < kHistories * kBuckets) {
+      return joint_[joint_index(layer, ph, state / kBuckets, state % kBuckets)].probability();
+    }
+    return marginal_[marginal_index(layer, ph, state - kHistories * kBuckets)].probability();
+  }
+  /// Layers until `layer` runs again (1..L) when the pass has gated up to `current`.
+  [[nodiscard]] std::int64_t turn_distance(std::uint32_t layer, std::int64_t current) const noexcept {
+    const auto L = static_cast<std::int64_t>(layers_);
+    const std::int64_t l = layer;
+    return l > current ? l - current : l - current + L;
+  }
+  /// d + L x odds: the expected layers until next use at turn distance d, odds = 1 / p - 1.
+  [[nodiscard]] double expected_layers(std::int64_t d, double odds) const noexcept {
+    return static_cast<double>(d) + static_cast<double>(static_cast<std::int64_t>(layers_)) * odds;
+  }
+  /// Changes whenever observe(`layer`) ran (its counts and its experts' histories moved on);
+  /// values never repeat, across resize() too.
+  [[nodiscard]] std::uint64_t version(std::uint32_t layer) const noexcept { return version_[layer]; }
+  /// Changes whenever any layer's version() does.
+  [[nodiscard]] std::uint64_t changes() const noexcept { return clock_; }
 
   /// The history bits of `id` (bit 0: asked at its layer's last turn; bit 1: at the one before).
   [[nodiscard]] std::uint32_t history(ExpertId id) const noexcept { return history_[id.flat(experts_)]; }
@@ -139,6 +177,8 @@ class ReuseModel {
   std::uint64_t stamp_ = 0;
   std::vector<Count> marginal_;        // [layer][phase][history]
   std::vector<Count> joint_;           // [layer][phase][history][bucket]
+  std::vector<std::uint64_t> version_; // per layer: clock_ at its last observe() (or resize())
+  std::uint64_t clock_ = 0;
 };
 
 }  // namespace moesched::policy

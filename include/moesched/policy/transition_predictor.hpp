@@ -65,12 +65,6 @@ class TransitionCounts {
   /// that sum, or to_count when `from` is empty) and returns how many. O(experts x (|from| +
   /// out.size())), no allocation.
   std::uint32_t rank(std::span<const std::uint16_t> from, std::span<runtime::ScoredExpert> out) const noexcept {
-    auto sum = [&](std::uint16_t y) {
-      std::uint64_t s = 0;
-      for (std::uint16_t x : from) s += co_[std::size_t{x} * experts_ + y];
-      return s;
-    };
-    // Scores are computed once per candidate; the order compares the cached values.
     std::uint32_t n = 0;
     auto better_key = [&](std::uint64_t sa, std::uint16_t a, std::uint64_t sb, std::uint16_t b) {
       if (sa != sb) return sa > sb;
@@ -81,24 +75,45 @@ class TransitionCounts {
     // out[i].score holds the exact sum only as a float; keep exact sums beside it.
     std::uint64_t kept[kMaxKept];
     const std::uint32_t limit = cap < kMaxKept ? cap : kMaxKept;
-    for (std::uint32_t y = 0; y < experts_ && limit > 0; ++y) {
-      const auto ey = static_cast<std::uint16_t>(y);
-      const std::uint64_t s = sum(ey);
-      if (n == limit && !better_key(s, ey, kept[n - 1], out[n - 1].expert)) continue;
-      std::uint32_t i = n < limit ? n++ : limit - 1;
-      while (i > 0 && better_key(s, ey, kept[i - 1], out[i - 1].expert)) {
-        out[i] = out[i - 1];
-        kept[i] = kept[i - 1];
-        --i;
+    if (limit == 0) return 0;
+    // The sums of a block of candidates, row by row (contiguous, so it vectorises), then the
+    // block's candidates offered in id order.
+    std::uint64_t sums[kBlock];
+    for (std::uint32_t y0 = 0; y0 < experts_; y0 += kBlock) {
+      const std::uint32_t m = experts_ - y0 < kBlock ? experts_ - y0 : kBlock;
+      for (std::uint32_t c = 0; c < m; ++c) sums[c] = 0;
+#if defined(__GNUC__) || defined(__clang__)
+      for (std::uint16_t x : from) {  // the rows lie far apart in a large table: ask for all at once
+        const std::uint32_t* row = co_.data() + std::size_t{x} * experts_ + y0;
+        for (std::uint32_t c = 0; c < m; c += 16) __builtin_prefetch(row + c);
       }
-      out[i] = {ey, static_cast<float>(from.empty() ? to_[y] : s)};
-      kept[i] = s;
+#endif
+      for (std::uint16_t x : from) {
+        const std::uint32_t* row = co_.data() + std::size_t{x} * experts_ + y0;
+        for (std::uint32_t c = 0; c < m; ++c) sums[c] += row[c];
+      }
+      for (std::uint32_t c = 0; c < m; ++c) {
+        const std::uint32_t y = y0 + c;
+        const auto ey = static_cast<std::uint16_t>(y);
+        const std::uint64_t s = sums[c];
+        if (n == limit && !better_key(s, ey, kept[n - 1], out[n - 1].expert)) continue;
+        std::uint32_t i = n < limit ? n++ : limit - 1;
+        while (i > 0 && better_key(s, ey, kept[i - 1], out[i - 1].expert)) {
+          out[i] = out[i - 1];
+          kept[i] = kept[i - 1];
+          --i;
+        }
+        out[i] = {ey, static_cast<float>(from.empty() ? to_[y] : s)};
+        kept[i] = s;
+      }
     }
     return n;
   }
 
   /// Most candidates rank() writes.
   static constexpr std::uint32_t kMaxKept = 1024;
+  /// Candidates whose sums rank() computes at once.
+  static constexpr std::uint32_t kBlock = 256;
 
  private:
   std::uint32_t experts_ = 0;
