@@ -59,7 +59,7 @@ fi
 
 if [ "${RACECHECK:-0}" = 1 ] && [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
   log "compute-sanitizer racecheck of the CUDA backend's tests (RACECHECK=1)"
-  timeout 150 /usr/local/cuda/bin/compute-sanitizer --tool racecheck --error-exitcode 9 build/gpu/tests/test_cuda_backend \
+  timeout "${RACECHECK_S:-300}" /usr/local/cuda/bin/compute-sanitizer --tool racecheck --error-exitcode 9 build/gpu/tests/test_cuda_backend \
     > "$out/racecheck.log" 2>&1
   log "racecheck rc=$?"
   grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test cases" "$out/racecheck.log" | tail -3 | tee -a "$out/summary.txt"

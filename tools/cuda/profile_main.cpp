@@ -149,6 +149,9 @@ struct HostSample {
 };
 constexpr int kHostBurst = 8;
 HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, int repeats) {
+  // Launch and notify compare host times with event times: pair the clocks afresh (they drift by
+  // tens of microseconds over the seconds the device timings took).
+  check(b.reanchor());
   std::vector<double> submit;
   std::vector<double> launch;
   std::vector<double> notify;

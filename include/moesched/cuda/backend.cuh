@@ -652,6 +652,16 @@ class CudaBackend {
     return cuda_status(detail::launch_spin(static_cast<std::uint64_t>(std::max<std::int64_t>(t.count(), 0)), compute_stream_),
                        "spin_kernel");
   }
+  /// Pairs the device clock with the host clock again (the anchor event that maps event times to
+  /// now()'s clock). The two clocks drift apart, tens of microseconds over a few seconds: a caller
+  /// that times host-side delays against event times (moesched-profile's launch and notify
+  /// delays) re-anchors right before. Precondition: nothing submitted is in flight (every
+  /// completion received); on the driving thread.
+  runtime::Status reanchor() {
+    if (!running_) return runtime::Status::fail(runtime::StatusCode::shut_down, "reanchor");
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaStreamSynchronize(compute_stream_), "cudaStreamSynchronize"));
+    return set_anchor();
+  }
   /// The compute stream (null before initialize()); for profiling with enqueue_kernel().
   [[nodiscard]] cudaStream_t compute_stream() const noexcept { return compute_stream_; }
 
@@ -798,6 +808,10 @@ class CudaBackend {
     MOESCHED_CUDA_BACKEND_RETURN_IF_(head(1));
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaStreamSynchronize(compute_stream_), "cudaStreamSynchronize"));
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventCreate(&anchor_), "cudaEventCreate"));
+    return set_anchor();
+  }
+  /// Records the anchor on the idle compute stream and pairs it with now().
+  runtime::Status set_anchor() {
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(anchor_, compute_stream_), "cudaEventRecord"));
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventSynchronize(anchor_), "cudaEventSynchronize"));
     anchor_host_ = now();
