@@ -445,11 +445,19 @@ inline void attach_predictions(Scenario& s, const ScenarioBase& b, const std::ve
 }
 
 /// The policies compare runs by default: the baselines, the oracle, and prefetch:C for every
-/// channel C of the trace (recorded per token, they also follow SD windows re-cut by --gamma).
-inline std::vector<std::string> default_policies(const ScenarioBase& b) {
+/// channel C of the trace; with --gamma, only the channels whose predictions are all per token
+/// (they follow their tokens into the re-cut windows; whole-step ones cannot).
+inline std::vector<std::string> default_policies(const ScenarioBase& b, const ScenarioOptions& o) {
   std::vector<std::string> out;
   for (auto n : policy_names()) out.emplace_back(n);
-  for (const auto& c : b.trace->meta().channels) out.push_back(std::string(kPrefetchPrefix) + c.name);
+  const auto& channels = b.trace->meta().channels;
+  for (std::uint32_t c = 0; c < channels.size(); ++c) {
+    bool per_token = true;
+    for (std::uint64_t i = 0; o.gamma > 0 && per_token && i < b.trace->prediction_count(c); ++i) {
+      per_token = b.trace->prediction(c, i).token >= 0;
+    }
+    if (per_token) out.push_back(std::string(kPrefetchPrefix) + channels[c].name);
+  }
   return out;
 }
 

@@ -95,7 +95,7 @@ struct Prepared {
 Prepared prepare_single(const ScenarioOptions& o, const std::vector<std::string>& policy_args) {
   auto policies = policy_args.empty() ? std::vector<std::string>{} : split_policies(policy_args);
   const ScenarioBase b = open_base(o);
-  if (policies.empty()) policies = default_policies(b);
+  if (policies.empty()) policies = default_policies(b, o);
   Prepared p{prepare(b, build_workload_for(b, o), o), policies};
   attach_predictions(p.scenario, b, p.policies);
   return p;
