@@ -328,6 +328,7 @@ inline Scenario prepare(const ScenarioBase& b, std::shared_ptr<const Workload> w
     ScenarioOptions to = o;
     to.trace = o.train_trace;
     to.gamma = 0;
+    to.acceptance_rate.reset();  // the training split replays as recorded
     to.profile.clear();  // costs are the replayed scenario's
     const ScenarioBase tb = open_base(to);
     if (tb.model.name != b.model.name) {

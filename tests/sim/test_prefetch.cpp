@@ -168,6 +168,7 @@ TEST_CASE("build_predictions: per-token predictions follow their tokens into re-
       {0, 1, 1, -1, {1}},  // and token 1
       {0, 1, 2, 0, {2}},   // layer-timed, token 2: after its layer 0
       {1, 1, 0, 0, {3}},   // the decode step's token: after layer 0
+      {1, 0, 0, -1, {2}},  // and before its step (from the previous token's forward)
   };
   auto sets = [](const policy::PredictionTable& t, std::uint64_t p) {
     std::vector<std::tuple<int, int, int, std::vector<std::uint16_t>>> out;  // (after, draft, layer, candidates)
@@ -183,14 +184,15 @@ TEST_CASE("build_predictions: per-token predictions follow their tokens into re-
   const Workload one = build_workload(r, {2, 4, 1}, {.sd = SdReplay{.gamma = 3, .acceptance = 1.0}});
   REQUIRE(one.pass_count() == 1);
   const auto t1 = policy::build_predictions(r, 0, one, {.name = "ch", .max_candidates = 1});
-  CHECK(sets(t1, 0) == Sets{{-1, 1, 1, {0}}, {-1, 2, 1, {1}}, {0, 0, 1, {2, 3}}});
+  // Token 3 at position 3: its before-the-step prediction exists once 3 drafts ran.
+  CHECK(sets(t1, 0) == Sets{{-1, 1, 1, {0}}, {-1, 2, 1, {1}}, {-1, 3, 0, {2}}, {0, 0, 1, {2, 3}}});
   // gamma 1: windows {0, 1} and {2, 3}. Token 1 is the first window's last draft, which the draft
   // never runs: its drafting-timed prediction does not exist there.
   const Workload two = build_workload(r, {2, 4, 1}, {.sd = SdReplay{.gamma = 1, .acceptance = 1.0}});
   REQUIRE(two.pass_count() == 2);
   const auto t2 = policy::build_predictions(r, 0, two, {.name = "ch", .max_candidates = 1});
   CHECK(sets(t2, 0) == Sets{{-1, 1, 1, {0}}});
-  CHECK(sets(t2, 1) == Sets{{0, 0, 1, {2, 3}}});
+  CHECK(sets(t2, 1) == Sets{{-1, 1, 0, {2}}, {0, 0, 1, {2, 3}}});  // token 3 is the window's draft 1
 }
 
 namespace {

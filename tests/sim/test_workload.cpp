@@ -206,6 +206,36 @@ TEST_CASE("SD replay: a recorded SD trace's own rejected drafts stand in first",
   }
 }
 
+TEST_CASE("SD replay: stand-ins come from recorded drafts near the window, however the steps overlap", "[sim][workload]") {
+  // Recorded verify steps of 4 drafts that accept none: step k emits its token 5k alone (output
+  // position k) and records drafts 5k+1..5k+4 at positions k+1..k+4, so successive steps' draft
+  // positions overlap (not in ascending order as recorded).
+  test::VecRouting r;
+  r.layers = 1;
+  r.top_k = 1;
+  for (std::uint16_t k = 0; k < 12; ++k) {
+    r.add({.request = 0, .phase = StepPhase::verify, .tokens = 5, .draft_len = 4, .accepted = 0},
+          {0, 1, 2, 3, std::uint16_t(k % 4)});
+  }
+  SdReplay sd{.gamma = 2, .acceptance = 0.0};
+  sd.rejected_radius = 1;
+  const Workload w = build_workload(r, {1, 4, 1}, {.sd = sd});
+  std::size_t i = 0;  // each window accepts nothing: window p starts at output position p
+  std::size_t checked = 0;
+  for (std::uint64_t p = 0; p < w.pass_count(); ++p, ++i) {
+    const auto t = w.member_tokens(w.members(w.pass(p))[0]);
+    const std::size_t g = t.size() - 1;
+    for (std::size_t j = 1; j < t.size(); ++j) {
+      REQUIRE(t[j] % 5 != 0);              // a recorded draft, not an output token
+      const std::size_t pos = t[j] / 5 + t[j] % 5;  // where it was drafted
+      CHECK(pos + 1 >= i);                 // within 1 position of the window [i, i + g]
+      CHECK(pos <= i + g + 1);
+      ++checked;
+    }
+  }
+  CHECK(checked > 10);
+}
+
 TEST_CASE("SD replay: the rejected-draft mode changes routing, never the acceptance draws", "[sim][workload]") {
   const auto r = test::random_routing(11, 2, 8, 2, 3, 5, 60);
   WorkloadOptions opt{.sd = SdReplay{.gamma = 4, .acceptance = 0.5, .seed = 3}};

@@ -23,8 +23,9 @@
 ///   predicted, which does not depend on the window. Layer-timed ones (`available_after = l`)
 ///   keep their layer; drafting-timed ones (-1 on a recorded verify step) exist once the new
 ///   window's draft has run the token's position + 1 forwards, and not at all for a position the
-///   new draft does not run (the last draft, a window without drafts); other -1 ones at the pass
-///   start.
+///   new draft does not run (the last draft, a window without drafts); other -1 ones (from the
+///   previous token's forward) once the draft has run the token's position forwards (position 0:
+///   the pass start).
 ///   Whole-step predictions (token -1) cannot be split among windows: ConfigError.
 
 #include "moesched/core/error.hpp"
@@ -132,6 +133,10 @@ template <PredictionSource S>
             if (after < 0 && st.phase == StepPhase::verify) {
               // Computed while drafting: the new window's draft runs positions 0..g-1 only.
               if (pos < g) take(i, after, static_cast<std::uint32_t>(pr.layer), static_cast<std::uint16_t>(pos + 1));
+            } else if (after < 0) {
+              // Before its step (from the previous token's forward): a draft at position pos
+              // exists once the new window's draft has run pos forwards.
+              take(i, after, static_cast<std::uint32_t>(pr.layer), static_cast<std::uint16_t>(pos));
             } else {
               take(i, after, static_cast<std::uint32_t>(pr.layer), 0);
             }

@@ -315,7 +315,7 @@ template <RoutingSource S>
     const std::uint64_t radius = opt.sd->rejected_radius;
     for (auto& r : reqs) {
       std::vector<std::uint64_t> out;
-      // Recorded rejected drafts, with the output position they were drafted at (ascending).
+      // Recorded rejected drafts, with the output position they were drafted at.
       std::vector<std::pair<std::uint64_t, std::uint64_t>> drafted_out;
       for (const Unit& u : r.decode) {
         const std::uint32_t n = u.phase == StepPhase::verify ? u.emitted : 1U;
@@ -325,6 +325,8 @@ template <RoutingSource S>
           for (std::uint32_t i = n; i < u.tokens; ++i) drafted_out.emplace_back(at + i, u.first + i);
         }
       }
+      // A step's drafts can reach past the next step's start: order by position for the searches.
+      std::sort(drafted_out.begin(), drafted_out.end());
       // A token that was not the continuation, for a rejected draft of the window [i, i + g].
       auto stand_in = [&](std::size_t i, std::uint32_t g, std::uint64_t fallback) {
         const std::uint64_t lo = i > radius ? i - radius : 0;
