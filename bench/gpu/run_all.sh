@@ -10,7 +10,8 @@
 #   6. (LINK_PROFILE=1) measure the host<->GPU copy curve and write it as a GPU preset.
 # Usage (on the GPU machine, from the repository root): OUT=dir [BEFORE=.bench-before] bash bench/gpu/run_all.sh
 # CTEST=0 skips ctest; FIDELITY_MODELS="moesched-upcycled-mix" runs fidelity.sh for those models only;
-# RACECHECK=1 runs compute-sanitizer racecheck on the backend's GPU tests (also in QUICK mode).
+# RACECHECK=1 runs compute-sanitizer racecheck on the backend's GPU tests after fidelity, one test case per
+# sanitizer run (RACECHECK_S for all, RACECHECK_CASE_S per case; also in QUICK mode).
 # QUICK=1 builds only the CUDA tools and tests and runs only the gpu label (a device call's first
 # check of CUDA work). Results go to $OUT (or ./gpu-out when OUT is unset); at most 8 files come
 # back from the device, so at the end everything but summary.txt, replays.json, fidelity.csv,
@@ -57,14 +58,6 @@ if [ -n "${BEFORE:-}" ] && [ -d "$BEFORE" ]; then
   rm -rf "$out/ab"
 fi
 
-if [ "${RACECHECK:-0}" = 1 ] && [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
-  log "compute-sanitizer racecheck of the CUDA backend's tests (RACECHECK=1)"
-  timeout "${RACECHECK_S:-300}" /usr/local/cuda/bin/compute-sanitizer --tool racecheck --error-exitcode 9 build/gpu/tests/test_cuda_backend \
-    > "$out/racecheck.log" 2>&1
-  log "racecheck rc=$?"
-  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|test cases" "$out/racecheck.log" | tail -3 | tee -a "$out/summary.txt"
-fi
-
 if [ "${QUICK:-0}" != 1 ]; then
   log "CUDA backend checks and replays"
   OUT="$out/cuda" BUILD=build/gpu bash tools/cuda/run_gpu_checks.sh > /dev/null 2>&1
@@ -82,6 +75,25 @@ if [ "${FIDELITY:-1}" = 1 ]; then
   cat "$out/fid/fidelity.txt" >> "$out/summary.txt" 2>/dev/null
   for f in fidelity.csv copy.csv torch_peer.csv fidelity.txt fidelity.tar.gz; do cp "$out/fid/$f" "$out/$f" 2>/dev/null; done
   rm -rf "$out/fid"
+fi
+
+if [ "${RACECHECK:-0}" = 1 ] && [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+  # One test case per sanitizer run, each with its own limit, so a case that dies or hangs under the
+  # sanitizer is named (a whole-program run once ended abnormally with its output lost in a buffer).
+  log "compute-sanitizer racecheck of the CUDA backend's tests, one case at a time (RACECHECK=1)"
+  rc_all=0; rdeadline=$(( $(date +%s) + ${RACECHECK_S:-240} ))
+  while IFS= read -r tc; do
+    [ -n "$tc" ] || continue
+    if [ "$(date +%s)" -ge "$rdeadline" ]; then log "racecheck: out of time before '$tc'"; rc_all=1; break; fi
+    echo "### $tc" >> "$out/racecheck.log"
+    timeout "${RACECHECK_CASE_S:-60}" /usr/local/cuda/bin/compute-sanitizer --tool racecheck --error-exitcode 9 \
+      build/gpu/tests/test_cuda_backend "$tc" >> "$out/racecheck.log" 2>&1
+    rc=$?
+    summary=$(tail -n 40 "$out/racecheck.log" | grep -E "RACECHECK SUMMARY" | tail -1)
+    log "racecheck rc=$rc: $tc ${summary:+($summary)}"
+    [ "$rc" = 0 ] || rc_all=1
+  done < <(build/gpu/tests/test_cuda_backend --list-tests --verbosity quiet 2>/dev/null)
+  log "racecheck all cases: $([ "$rc_all" = 0 ] && echo clean || echo 'NOT clean (see racecheck.log)')"
 fi
 
 if [ "${LINK_PROFILE:-0}" = 1 ]; then
