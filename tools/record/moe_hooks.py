@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 FFN_NAMES = ("mlp", "block_sparse_moe", "feed_forward", "moe", "ffn")
+ATTN_NAMES = ("self_attn", "attention", "attn", "self_attention")
 
 
 class LayoutError(RuntimeError):
@@ -44,6 +45,16 @@ def find_decoder_layers(model):
             return mod
     raise LayoutError(f"{type(model).__name__}: no decoder-layer list found (looked for model.layers and any "
                       f"'*layers' ModuleList of num_hidden_layers={n} entries)")
+
+
+def find_attention(layer, what, index):
+    """The layer's attention module (its input is the pre-attention, post-norm hidden state)."""
+    for name in ATTN_NAMES:
+        mod = getattr(layer, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    raise LayoutError(f"{what}: decoder layer {index} ({type(layer).__name__}) has no attention child named one of "
+                      f"{ATTN_NAMES}; hidden state 'attn_input' needs it")
 
 
 def is_moe_block(mod):
@@ -143,16 +154,22 @@ class TargetHooks:
     """Forward hooks on every MoE layer of the target. After each forward:
     moe_input[m]  [N, H]  the MoE block's input (after the post-attention norm)
     index[m]      [N, K]  experts chosen (long), weights[m] [N, K] their gate weights (float32)
-    layer_output[m] [N, H] output of the decoder layer holding MoE layer m (when asked for)."""
+    layer_output[m] [N, H] output of the decoder layer holding MoE layer m (when asked for)
+    attn_input[m] [N, H] input of that decoder layer's attention, after its input norm (when asked for)."""
 
-    def __init__(self, layout, layer_output=False):
+    def __init__(self, layout, layer_output=False, attn_input=False):
         self.layout = layout
         L = layout.moe_layers
         self.moe_input = [None] * L
         self.index = [None] * L
         self.weights = [None] * L
         self.layer_output = [None] * L
+        self.attn_input = [None] * L
         self.handles = []
+        if attn_input:  # find every attention first, so a missing one fails before any hook is placed
+            attns = [find_attention(layout.layers[d], layout.what, d) for d in layout.moe_decoder]
+            for m, att in enumerate(attns):
+                self.handles.append(_pre_hook(att, functools.partial(self._attn_in, m)))
         for m, blk in enumerate(layout.moe_blocks):
             self.handles.append(_pre_hook(blk, functools.partial(self._block_in, m)))
             self.handles.append(_pre_hook(blk.experts, functools.partial(self._experts_in, m)))
@@ -162,7 +179,8 @@ class TargetHooks:
 
     def clear(self):
         L = self.layout.moe_layers
-        self.moe_input, self.index, self.weights, self.layer_output = [None] * L, [None] * L, [None] * L, [None] * L
+        self.moe_input, self.index, self.weights = [None] * L, [None] * L, [None] * L
+        self.layer_output, self.attn_input = [None] * L, [None] * L
 
     def remove(self):
         for h in self.handles:
@@ -190,6 +208,12 @@ class TargetHooks:
             w = w.gather(1, idx)
         self.index[m] = idx.detach().long()
         self.weights[m] = w.detach().float()
+
+    def _attn_in(self, m, module, args, kwargs):
+        x = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+        if x is None:
+            raise LayoutError(f"MoE layer {m}: {type(module).__name__} was called without a hidden-state argument")
+        self.attn_input[m] = _flat(x.detach(), self.layout.hidden_size)
 
     def _layer_out(self, m, module, args, output):
         y = output[0] if isinstance(output, (tuple, list)) else output

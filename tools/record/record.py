@@ -33,9 +33,23 @@ Prediction channels (--channels; each prediction lists --candidates experts, ran
   mlp_strideS  (with --mlp-predictor FILE from train_predictor.py; ProMoE) a 2-layer MLP per
                layer reads the output of the decoder layer of MoE layer l and scores MoE layer
                l+S's experts. available_after = l.
+  preattn_linear (with --linear-predictor FILE from train_predictor.py --kind linear; after
+               arXiv 2511.10676) two linear maps per layer read the input of the attention of MoE
+               layer l's decoder layer (after its input norm) and score MoE layer l's experts.
+               available_after = l - 1 (-1 for layer 0: known before the step).
 By default every channel the mode and options allow is recorded, for decode and verify steps
 (add --channels-in-prefill for prefill steps too). Candidate scores are the router's score
 (softmax probability; sigmoid score for DeepSeek-V3-style routers) or the MLP's sigmoid.
+
+Hidden states (--hidden; F16, one row per token of every step, all MoE layers):
+  moe_input        input of each MoE block (after the post-attention norm): skip_gate's input
+  layer_output     output of the decoder layer holding each MoE layer: the MLP predictor's input
+  attn_input       input of that decoder layer's attention (after the input norm): preattn_linear's
+  draft_moe_input  (sd only) the draft's feed-forward input at the matching layer, for verify-step
+                   tokens 0..gamma-1 (draft_gate's input); zero in every other row
+With --gates-out FILE the target's routers are written too (format "moesched-gates": tensors
+l{m}.weight [experts, hidden] float32 per MoE layer, a "config" JSON in the metadata), so
+`moesched-trace predict` can recompute skip_gate and draft_gate from the stored hidden states.
 
 Prompts (--prompts): a .jsonl file with one object per line, {"text": "...", "id": "..."} ("id"
 optional), or any other file with one prompt per line.
@@ -150,24 +164,35 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-class MlpPredictor:
-    """The per-layer 2-layer MLPs written by train_predictor.py (a safetensors file)."""
+class LearnedPredictor:
+    """The per-layer predictors written by train_predictor.py (a safetensors file): kind "mlp"
+    (ProMoE: standardise, Linear, GELU, Linear) or "linear" (standardise, Linear, Linear)."""
 
-    def __init__(self, path, layout, device):
+    SOURCE = {"mlp": "layer_output", "linear": "attn_input"}
+
+    def __init__(self, path, layout, device, option, kind):
         import torch
         if not os.path.isfile(path):
-            raise UsageError(f"--mlp-predictor {path}: no such file")
+            raise UsageError(f"{option} {path}: no such file")
         md, tensors = mt.read_safetensors(path, mmap=False)
         if md.get("format") != "moesched-mlp-predictor":
-            raise UsageError(f"--mlp-predictor {path}: __metadata__.format is {md.get('format')!r}, "
+            raise UsageError(f"{option} {path}: __metadata__.format is {md.get('format')!r}, "
                              f"not 'moesched-mlp-predictor'")
         self.config = json.loads(md["config"])
         c = self.config
+        self.kind = c.get("kind", "mlp")
+        if self.kind != kind:
+            raise UsageError(f"{option} {path}: field 'kind' = {self.kind!r}: this option takes kind {kind!r}")
+        if c.get("hidden_state", self.SOURCE[kind]) != self.SOURCE[kind]:
+            raise UsageError(f"{option} {path}: field 'hidden_state' = {c.get('hidden_state')!r}: kind {kind!r} "
+                             f"reads {self.SOURCE[kind]!r}")
         for field, want in (("experts", layout.experts), ("hidden_size", layout.hidden_size),
                             ("moe_layers", layout.moe_layers)):
             if int(c[field]) != want:
-                raise UsageError(f"--mlp-predictor {path}: field '{field}' = {c[field]}: the model has {want}")
+                raise UsageError(f"{option} {path}: field '{field}' = {c[field]}: the model has {want}")
         self.stride = int(c["stride"])
+        self.source = self.SOURCE[kind]
+        self.channel = f"mlp_stride{self.stride}" if kind == "mlp" else "preattn_linear"
         self.layers = []  # (source layer, target layer, params)
         for src in c["source_layers"]:
             p = {k: torch.from_numpy(np.array(tensors[f"l{src}.{k}"][1], dtype=np.float32)).to(device)
@@ -179,7 +204,9 @@ class MlpPredictor:
     def predict(self, p, x, candidates):
         import torch
         z = (x.float() - p["mean"]) / p["std"]
-        h = torch.nn.functional.gelu(z @ p["w1"].T + p["b1"])
+        h = z @ p["w1"].T + p["b1"]
+        if self.kind == "mlp":
+            h = torch.nn.functional.gelu(h)
         logits = h @ p["w2"].T + p["b2"]
         top = torch.topk(logits, candidates, dim=1)
         return top.indices, top.values.sigmoid()
@@ -213,10 +240,15 @@ class Recorder:
         self.candidates = args.candidates or K
         if not 1 <= self.candidates <= E:
             raise UsageError(f"--candidates {self.candidates}: must be between 1 and the expert count ({E})")
-        self.predictor = MlpPredictor(args.mlp_predictor, self.layout, args.device) if args.mlp_predictor else None
+        self.predictors = []
+        if args.mlp_predictor:
+            self.predictors.append(LearnedPredictor(args.mlp_predictor, self.layout, args.device, "--mlp-predictor", "mlp"))
+        if args.linear_predictor:
+            self.predictors.append(LearnedPredictor(args.linear_predictor, self.layout, args.device,
+                                                    "--linear-predictor", "linear"))
         self.channels = self._channel_list()
-        want_out = self.predictor is not None or "layer_output" in args.hidden
-        self.hooks = TargetHooks(self.layout, layer_output=want_out)
+        sources = {p.source for p in self.predictors} | set(args.hidden)
+        self.hooks = TargetHooks(self.layout, layer_output="layer_output" in sources, attn_input="attn_input" in sources)
         self.draft_layout = self.draft_hooks = None
         if draft is not None:
             self.draft_layout = Layout(draft, "--draft")
@@ -224,6 +256,9 @@ class Recorder:
                 raise UsageError(f"--draft {args.draft}: hidden_size {self.draft_layout.hidden_size} differs from the "
                                  f"target's {self.layout.hidden_size}; the draft_gate channel needs equal widths "
                                  f"(leave it out with --channels)")
+            if self.draft_layout.hidden_size != self.layout.hidden_size and "draft_moe_input" in args.hidden:
+                raise UsageError(f"--hidden draft_moe_input: the draft's hidden_size {self.draft_layout.hidden_size} "
+                                 f"differs from the target's {self.layout.hidden_size}")
             Lt, Ld = self.layout.num_layers, self.draft_layout.num_layers
             self.draft_layer = [d if Lt == Ld else round(d * (Ld - 1) / max(1, Lt - 1)) for d in self.layout.moe_decoder]
             self.draft_hooks = FfnInputHooks(self.draft_layout)
@@ -244,8 +279,7 @@ class Recorder:
         allowed = ["skip_gate"]
         if a.mode == "sd":
             allowed.append("draft_gate")
-        if self.predictor is not None:
-            allowed.append(f"mlp_stride{self.predictor.stride}")
+        allowed += [p.channel for p in self.predictors]
         if a.channels is None:
             return allowed
         out = []
@@ -255,7 +289,8 @@ class Recorder:
                 continue
             if c not in allowed:
                 why = ("needs --mode sd" if c == "draft_gate" else
-                       "needs --mlp-predictor FILE" if c.startswith("mlp_stride") else "unknown channel")
+                       "needs --mlp-predictor FILE" if c.startswith("mlp_stride") else
+                       "needs --linear-predictor FILE" if c == "preattn_linear" else "unknown channel")
                 raise UsageError(f"--channels: '{c}': {why} (available here: {', '.join(allowed)})")
             out.append(c)
         return out
@@ -305,18 +340,27 @@ class Recorder:
             self.hidden["layer_output"].append(torch.stack(h.layer_output, 1).half())
         if "moe_input" in self.hidden:
             self.hidden["moe_input"].append(torch.stack(h.moe_input, 1).half())
+        if "attn_input" in self.hidden:
+            self.hidden["attn_input"].append(torch.stack(h.attn_input, 1).half())
+        if "draft_moe_input" in self.hidden:  # rows 0..gamma-1 of a verify step; zero elsewhere
+            rows = torch.zeros(n, self.layout.moe_layers, self.layout.hidden_size, dtype=torch.float16,
+                               device=h.moe_input[0].device)
+            for j, per_layer in enumerate(draft_hidden or []):
+                rows[j] = torch.cat(per_layer, 0).half()
+            self.hidden["draft_moe_input"].append(rows)
         L, C, blocks = self.layout.moe_layers, self.candidates, self.layout.moe_blocks
         if phase != PREFILL or self.args.channels_in_prefill:
             if "skip_gate" in self.channels:
                 for m in range(L - 1):
                     e, s = ranked_candidates(blocks[m + 1], h.moe_input[m], C)
                     self._add_predictions("skip_gate", step, m + 1, e, s, m)
-            if self.predictor is not None:
-                name = f"mlp_stride{self.predictor.stride}"
-                if name in self.channels:
-                    for src, tgt, p in self.predictor.layers:
-                        e, s = self.predictor.predict(p, h.layer_output[src], C)
-                        self._add_predictions(name, step, tgt, e, s, src)
+            for pred in self.predictors:
+                if pred.channel in self.channels:
+                    source = h.layer_output if pred.source == "layer_output" else h.attn_input
+                    after = 0 if pred.source == "layer_output" else -1  # attn_input of l exists once l-1 ran
+                    for src, tgt, p in pred.layers:
+                        e, s = pred.predict(p, source[src], C)
+                        self._add_predictions(pred.channel, step, tgt, e, s, src + after)
         if draft_hidden is not None and "draft_gate" in self.channels:
             g = len(draft_hidden)
             for m in range(L):
@@ -430,8 +474,10 @@ class Recorder:
                 "target": self.layout.describe(),
                 "draft": self.draft_layout.describe() if self.draft_layout else None,
                 "draft_layer_for_moe_layer": self.draft_layer if self.draft_layout else None,
-                "mlp_predictor": ({"file": os.path.basename(self.predictor.path), "sha256": self.predictor.sha256,
-                                   "config": self.predictor.config} if self.predictor else None),
+                "mlp_predictor": next(({"file": os.path.basename(p.path), "sha256": p.sha256, "config": p.config}
+                                       for p in self.predictors if p.kind == "mlp"), None),
+                "linear_predictor": next(({"file": os.path.basename(p.path), "sha256": p.sha256, "config": p.config}
+                                          for p in self.predictors if p.kind == "linear"), None),
                 "candidates": self.candidates,
                 "channels_in_prefill": bool(a.channels_in_prefill),
                 "verify_steps": int(len(verify)),
@@ -445,6 +491,24 @@ class Recorder:
         return tr
 
 
+def write_gates(path, layout, model_name):
+    """The target's routers as a "moesched-gates" safetensors file: l{m}.weight [E, H] float32 (and
+    l{m}.bias, l{m}.score_bias when the router has them); config says how scores are formed."""
+    tensors, scoring = {}, "softmax"
+    for m, blk in enumerate(layout.moe_blocks):
+        gate = blk.gate
+        tensors[f"l{m}.weight"] = ("F32", gate.weight.detach().float().cpu().numpy())
+        if getattr(gate, "bias", None) is not None:
+            tensors[f"l{m}.bias"] = ("F32", gate.bias.detach().float().cpu().numpy())
+        if getattr(gate, "e_score_correction_bias", None) is not None:
+            tensors[f"l{m}.score_bias"] = ("F32", gate.e_score_correction_bias.detach().float().cpu().numpy())
+            scoring = "sigmoid"
+    config = {"model": model_name, "moe_layers": layout.moe_layers, "experts": layout.experts,
+              "hidden_size": layout.hidden_size, "top_k": layout.top_k, "scoring": scoring,
+              "source": layout.describe()}
+    mt.write_safetensors(path, tensors, {"format": "moesched-gates", "config": json.dumps(config)})
+
+
 CHANNEL_TEXT = {
     "skip_gate": "router of MoE layer l+1 applied to MoE layer l's input, per token; available after layer l",
     "draft_gate": "SP-MoE: the target's router of layer l applied to the draft's post-attention hidden state "
@@ -452,10 +516,15 @@ CHANNEL_TEXT = {
                   "the verify step",
     "mlp_stride": "ProMoE: per-layer 2-layer MLP on the decoder-layer output of MoE layer l predicts layer "
                   "l+stride; available after layer l",
+    "preattn_linear": "two linear maps on the pre-attention (post input-norm) hidden state of MoE layer l's "
+                      "decoder layer predict layer l; available after layer l-1",
 }
 HIDDEN_TEXT = {
     "layer_output": "output of the decoder layer holding each MoE layer (the residual stream after it)",
     "moe_input": "input of each MoE block (after the post-attention norm)",
+    "attn_input": "input of the attention of the decoder layer holding each MoE layer (after its input norm)",
+    "draft_moe_input": "the draft's feed-forward input at the decoder layer matching each MoE layer, for "
+                       "verify-step tokens 0..gamma-1 (the tokens the draft processed); zero in every other row",
 }
 
 
@@ -478,9 +547,13 @@ def parse_args(argv=None):
     ap.add_argument("--channels", metavar="LIST", help="comma-separated channels to record (default: every one the "
                     "mode allows: skip_gate, draft_gate with --mode sd, mlp_strideS with --mlp-predictor)")
     ap.add_argument("--mlp-predictor", metavar="FILE", help="predictor from train_predictor.py: adds mlp_strideS")
+    ap.add_argument("--linear-predictor", metavar="FILE",
+                    help="predictor from train_predictor.py --kind linear: adds preattn_linear")
+    ap.add_argument("--gates-out", metavar="FILE", help="also write the target's routers (format moesched-gates)")
     ap.add_argument("--candidates", type=int, default=0, help="experts listed per prediction (default: top_k)")
     ap.add_argument("--channels-in-prefill", action="store_true", help="also record predictions for prefill steps")
-    ap.add_argument("--hidden", default="", metavar="LIST", help="hidden states to store (F16): layer_output, moe_input")
+    ap.add_argument("--hidden", default="", metavar="LIST", help="hidden states to store (F16): layer_output, "
+                    "moe_input, attn_input, draft_moe_input (sd only)")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and compute (default float32)")
     ap.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     ap.add_argument("--model-name", help="model.name in the trace (default: the --model folder name)")
@@ -495,6 +568,8 @@ def parse_args(argv=None):
     for h in a.hidden:
         if h not in HIDDEN_TEXT:
             raise UsageError(f"--hidden: '{h}': unknown (choose from {', '.join(HIDDEN_TEXT)})")
+    if "draft_moe_input" in a.hidden and a.mode != "sd":
+        raise UsageError(f"--hidden draft_moe_input: needs --mode sd (mode is {a.mode})")
     if a.mode == "sd" and not a.draft:
         raise UsageError("--mode sd needs --draft DIR")
     if a.mode != "sd" and a.draft:
@@ -505,9 +580,10 @@ def parse_args(argv=None):
         if getattr(a, name) < 0 or (name == "max_new_tokens" and a.max_new_tokens < 1):
             raise UsageError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be "
                              f"{'>= 1' if name == 'max_new_tokens' else '>= 0'}")
-    out_dir = os.path.dirname(os.path.abspath(a.output))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"-o {a.output}: folder {out_dir} does not exist")
+    for opt, path in (("-o", a.output), ("--gates-out", a.gates_out)):
+        out_dir = os.path.dirname(os.path.abspath(path)) if path else None
+        if out_dir and not os.path.isdir(out_dir):
+            raise UsageError(f"{opt} {path}: folder {out_dir} does not exist")
     return a
 
 
@@ -544,6 +620,8 @@ def main(argv=None):
                       f"output tokens, {steps} steps so far, {time.time() - t0:.1f} s", file=sys.stderr)
         tr = rec.finish(prompts, time.time() - t0)
         mt.write(a.output, tr)
+        if a.gates_out:
+            write_gates(a.gates_out, rec.layout, tr.meta["model"]["name"])
         if not a.quiet:
             p = tr.meta["provenance"]
             acc = f", acceptance {p['acceptance_rate']:.3f} (mean {p['mean_accepted']:.2f} of {a.gamma})" \

@@ -2,7 +2,7 @@
 # The whole GPU procedure, end to end on one GPU, from the repository root:
 #
 #   bash tools/record/prepare_corpus.sh          # once, on a Debian machine (needs apt): the corpus
-#   bash tools/record/run_gpu.sh [full|smoke] [PACK.tar.gz]
+#   bash tools/record/run_gpu.sh [full|smoke|hidden] [PACK.tar.gz]
 #
 # 1. train_models.py: tokenizer, dense draft, Mixtral-like "mix" and fine-grained "fg" targets
 #    (tools/record/work/models/);
@@ -15,6 +15,11 @@
 # Each stage's seconds go to tools/record/work/timings.tsv. With PACK, everything but the model
 # weights is packed into that tarball after every stage (so a run cut short still returns what
 # it made). "smoke" runs every code path at a tiny size in about a minute.
+# "hidden" trains the same models, then writes traces/real/hidden/: one speculative-decoding trace
+# (gamma 4, prose) per target with every hidden state the predictors read (moe_input, layer_output,
+# attn_input, draft_moe_input), the target's routers (--gates-out), the ProMoE MLP and the
+# pre-attention linear predictor, so that `moesched-trace predict` can be checked against the
+# channels the recorder computed (tests/predict). Kept small: one request.
 set -euo pipefail
 self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
@@ -26,6 +31,7 @@ else
   pack="${2:-}"
   T=traces/real
   [ "$size" = smoke ] && T=$W/smoke-traces
+  [ "$size" = hidden ] && T=traces/real/hidden
 fi
 mkdir -p "$W" "$T"
 export PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
@@ -73,6 +79,33 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "tok
 EOF
 
 stage train "$PY" tools/record/train_models.py --corpus tools/record/corpus --out "$W/models" "${train[@]}"
+if [ "$size" = hidden ]; then
+  check mock-models "$PY" tools/record/test_mock_models.py
+  for kind in mix fg; do
+    name="moesched-upcycled-$kind"
+    stage "predictor-data-$kind" "$PY" tools/record/record.py --model "$W/models/$kind" \
+      --prompts "$W/models/predictor-train.jsonl" --mode prefill --prompt-tokens 256 --hidden layer_output,attn_input \
+      --channels skip_gate --model-name "$name" --dataset "training passages (predictor-train.jsonl)" \
+      -o "$W/pred-$kind-train.trace.safetensors" --quiet
+    stage "predictor-mlp-$kind" "$PY" tools/record/train_predictor.py --trace "$W/pred-$kind-train.trace.safetensors" \
+      -o "$T/$kind.mlp.safetensors" --report "$T/$kind.mlp.json" --steps 800
+    stage "predictor-linear-$kind" "$PY" tools/record/train_predictor.py --kind linear --hidden-dim 128 \
+      --trace "$W/pred-$kind-train.trace.safetensors" -o "$T/$kind.linear.safetensors" --report "$T/$kind.linear.json" \
+      --steps 800
+    stage "record-$kind-prose-sd4-hidden" "$PY" tools/record/record.py --model "$W/models/$kind" \
+      --prompts "$W/models/prompts-prose.jsonl" --mode sd --draft "$W/models/draft" --gamma 4 --prompt-tokens 48 \
+      --max-requests 1 --max-new-tokens 96 --ignore-eos --hidden moe_input,layer_output,attn_input,draft_moe_input \
+      --mlp-predictor "$T/$kind.mlp.safetensors" --linear-predictor "$T/$kind.linear.safetensors" \
+      --gates-out "$T/$kind.gates.safetensors" --model-name "$name" \
+      --dataset "held-out King James Bible chapters (Debian bible-kjv-text), prompts-prose.jsonl" \
+      -o "$T/$kind-prose-sd4.trace.safetensors"
+    check "validate-$kind" "$PY" tools/record/test_record.py validate "$T/$kind-prose-sd4.trace.safetensors"
+  done
+  do_pack
+  echo "run_gpu.sh: done (hidden)"
+  cat "$W/timings.tsv"
+  exit 0
+fi
 cp "$W/models/prompts-code.jsonl" "$W/models/prompts-prose.jsonl" "$T/"
 cp "$W/models/tokenizer/tokenizer.json" "$T/tokenizer.json"
 

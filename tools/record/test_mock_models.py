@@ -97,11 +97,10 @@ class Dense(torch.nn.Module):
         return torch.tanh(self.w(x))
 
 
-class Layer(torch.nn.Module):
-    def __init__(self, h, mlp, idx):
+class Attention(torch.nn.Module):
+    def __init__(self, h, idx):
         super().__init__()
         self.q, self.kp, self.vp = (torch.nn.Linear(h, h, bias=False) for _ in range(3))
-        self.mlp = mlp
         self.idx = idx
 
     def forward(self, x, cache):
@@ -113,7 +112,17 @@ class Layer(torch.nn.Module):
         n, m = x.shape[1], k.shape[1]
         mask = torch.ones(n, m, dtype=torch.bool).tril(m - n)
         att = (q @ k.transpose(1, 2) / x.shape[-1] ** 0.5).masked_fill(~mask, float("-inf")).softmax(-1)
-        x = x + att @ v
+        return att @ v
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, h, mlp, idx):
+        super().__init__()
+        self.self_attn = Attention(h, idx)
+        self.mlp = mlp
+
+    def forward(self, x, cache):
+        x = x + self.self_attn(F.layer_norm(x, x.shape[-1:]) * 1.5, cache)
         x = x + self.mlp(F.layer_norm(x, x.shape[-1:]))
         return x
 
@@ -145,8 +154,96 @@ def args_for(mode, gamma, out):
     return types.SimpleNamespace(
         model="mock", draft="mock-draft" if mode == "sd" else None, prompts="mock", output=out, mode=mode,
         gamma=gamma, max_new_tokens=20, prompt_tokens=0, max_requests=0, ignore_eos=True, channels=None,
-        mlp_predictor=None, candidates=0, channels_in_prefill=False, hidden=[], dtype="float32", device="cpu",
+        mlp_predictor=None, linear_predictor=None, gates_out=None, candidates=0, channels_in_prefill=False, hidden=[], dtype="float32", device="cpu",
         model_name="mock", dataset="mock", notes="", seed=0, quiet=True, argv=["mock"])
+
+
+def ranked(scores, c):
+    """Top-c experts per row by score, ties to the lower id (what moesched-trace predict computes)."""
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)
+    top = order[:, :c]
+    return top, np.take_along_axis(scores, top, 1)
+
+
+def softmax(x):
+    z = np.exp(x - x.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def hidden_state_checks(record, target, draft, prompts, tmp, check):
+    """The hidden states and weight files the C++ predictors read reproduce the recorded channels:
+    skip_gate and draft_gate from --gates-out and moe_input / draft_moe_input, preattn_linear from
+    a linear predictor file and attn_input (recomputed here in numpy from the files alone)."""
+    L, E, H, K = 3, 6, 24, 2
+    rng = np.random.default_rng(7)
+    lin = {}
+    for m in range(L):
+        lin.update({f"l{m}.mean": ("F32", rng.normal(0, 0.1, H).astype(np.float32)),
+                    f"l{m}.std": ("F32", rng.uniform(0.5, 1.5, H).astype(np.float32)),
+                    f"l{m}.w1": ("F32", rng.normal(0, 0.3, (5, H)).astype(np.float32)),
+                    f"l{m}.b1": ("F32", rng.normal(0, 0.1, 5).astype(np.float32)),
+                    f"l{m}.w2": ("F32", rng.normal(0, 0.5, (E, 5)).astype(np.float32)),
+                    f"l{m}.b2": ("F32", rng.normal(0, 0.1, E).astype(np.float32))})
+    import json
+    cfg = {"kind": "linear", "stride": 0, "source_layers": list(range(L)), "hidden_state": "attn_input",
+           "hidden_size": H, "experts": E, "top_k": K, "moe_layers": L, "hidden_dim": 5}
+    lin_path = os.path.join(tmp, "linear.safetensors")
+    mt.write_safetensors(lin_path, lin, {"format": "moesched-mlp-predictor", "config": json.dumps(cfg)})
+    out = os.path.join(tmp, "hidden.trace.safetensors")
+    gates_path = os.path.join(tmp, "gates.safetensors")
+    a = args_for("sd", 3, out)
+    a.hidden = ["moe_input", "layer_output", "attn_input", "draft_moe_input"]
+    a.linear_predictor = lin_path
+    a.gates_out = gates_path
+    rec = record.Recorder(a, target, draft, None, lambda ids: "")
+    for r, (_, ids) in enumerate(prompts):
+        rec.run_request(r, ids)
+    tr = rec.finish(prompts, 0.0)
+    mt.write(out, tr)
+    record.write_gates(gates_path, rec.layout, "mock")
+    t = mt.read(out, mmap=False)
+    hid = {h["name"]: np.asarray(h["values"], np.float32) for h in t.hidden}
+    check(sorted(hid) == sorted(a.hidden) and all(v.shape == (len(t.token_ids), L, H) for v in hid.values()),
+          f"hidden states stored: {[(k, v.shape) for k, v in hid.items()]}")
+    md, g = mt.read_safetensors(gates_path, mmap=False)
+    gcfg = json.loads(md["config"])
+    check(md["format"] == "moesched-gates" and (gcfg["moe_layers"], gcfg["experts"], gcfg["hidden_size"]) == (L, E, H)
+          and gcfg["scoring"] == "softmax", f"gates file config {gcfg}")
+    W = [np.asarray(g[f"l{m}.weight"][1], np.float32) for m in range(L)]
+    first = t.step_first_token().astype(np.int64)
+    chans = {c["name"]: c for c in t.channels}
+    check(sorted(chans) == ["draft_gate", "preattn_linear", "skip_gate"], f"channels {sorted(chans)}")
+
+    def agree(name, source, weights_of, after_of):
+        c = chans[name]
+        rows = first[c["step"].astype(np.int64)] + c["token"].astype(np.int64)
+        layers = c["layer"].astype(np.int64)
+        same, worst = 0, 0.0
+        for i in range(len(rows)):
+            scores = weights_of(layers[i], hid[source][rows[i], layers[i] - (1 if name == "skip_gate" else 0)])
+            e, sc = ranked(scores[None, :], c["experts"].shape[1])
+            same += int((np.sort(e[0]) == np.sort(c["experts"][i].astype(np.int64))).all())
+            worst = max(worst, float(np.abs(sc[0] - np.asarray(c["scores"][i], np.float32)).max()))
+        ok_after = (c["available_after"].astype(np.int64) == after_of(layers)).all()
+        check(same >= 0.98 * len(rows) and worst < 2e-2 and ok_after,
+              f"{name} recomputed from '{source}' and the weight file: {same}/{len(rows)} equal sets, "
+              f"max score difference {worst:.4f}, available_after ok {ok_after}")
+
+    agree("skip_gate", "moe_input", lambda m, x: softmax((W[m] @ x)[None, :])[0], lambda ls: ls - 1)
+    agree("draft_gate", "draft_moe_input", lambda m, x: softmax((W[m] @ x)[None, :])[0], lambda ls: np.full_like(ls, -1))
+
+    def linear(m, x):
+        p = {k: np.asarray(lin[f"l{m}.{k}"][1], np.float32) for k in ("mean", "std", "w1", "b1", "w2", "b2")}
+        z = (x - p["mean"]) / p["std"]
+        return 1 / (1 + np.exp(-(p["w2"] @ (p["w1"] @ z + p["b1"]) + p["b2"])))
+    agree("preattn_linear", "attn_input", linear, lambda ls: ls - 1)
+    # draft_moe_input is zero outside verify rows 0..gamma-1, and set inside them
+    d = hid["draft_moe_input"]
+    inside = np.zeros(len(d), bool)
+    for s_ in np.nonzero(t.step_phase == 2)[0]:
+        inside[first[s_]:first[s_] + int(t.step_draft_len[s_])] = True
+    check(not d[~inside].any() and (np.abs(d[inside]).sum(axis=(1, 2)) > 0).all(),
+          "draft_moe_input is set exactly in verify rows 0..gamma-1")
 
 
 def main():
@@ -162,7 +259,7 @@ def main():
         draft.head.bias.copy_(target.head.bias)
         for dl, tl in zip(draft.model.layers, target.model.layers):
             for name in ("q", "kp", "vp"):
-                getattr(dl, name).weight.copy_(getattr(tl, name).weight)
+                getattr(dl.self_attn, name).weight.copy_(getattr(tl.self_attn, name).weight)
     # drafts that agree always (a copy of the target) and often (the target with noisy weights),
     # so that full acceptance (the draft then catches up two tokens) and partial acceptance occur
     import copy
@@ -237,6 +334,7 @@ def main():
                 check((np.sort(truth, 1) == np.sort(dg["experts"], 1)).all(),
                       "a draft equal to the target: draft_gate predicts the target's experts exactly")
             print(f"gamma {g}, {dname} draft: acceptance {acc:.2f}")
+        hidden_state_checks(record, target, noisy, prompts, tmp, check)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

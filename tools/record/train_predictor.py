@@ -13,8 +13,15 @@ same token. Ranked by logit, the top candidates are the prediction. Requests who
 mod 10 (or --val-fraction of them) are held out and the held-out recall of the true top-k within
 the predicted top-k is reported per layer.
 
+--kind linear trains the pre-attention linear predictor instead (after arXiv 2511.10676): per MoE
+layer l, two linear maps (no activation between them) on the input of the attention of l's decoder
+layer (hidden state "attn_input", after the input norm) score layer l's own experts (stride 0 by
+default); record.py --linear-predictor turns it into channel preattn_linear, usable once layer l-1
+has run (layer 0's input is known before the step).
+
 Writes a safetensors file (format "moesched-mlp-predictor": tensors l{l}.mean/std/w1/b1/w2/b2
-in float32, and a "config" JSON in the metadata) and, with --report, a JSON summary.
+in float32, and a "config" JSON in the metadata with "kind": "mlp" or "linear") and, with --report,
+a JSON summary.
 """
 
 import argparse
@@ -36,7 +43,7 @@ def fail(msg):
     sys.exit(2)
 
 
-def load(paths):
+def load(paths, source):
     xs, ys, reqs, meta = [], [], [], None
     offset = 0
     for path in paths:
@@ -46,13 +53,13 @@ def load(paths):
             t = mt.read(path, mmap=False)
         except (mt.TraceError, KeyError, ValueError) as e:
             fail(f"--trace {path}: {e}")
-        hs = [h for h in t.hidden if h["name"] == "layer_output"]
+        hs = [h for h in t.hidden if h["name"] == source]
         if not hs:
-            fail(f"--trace {path}: no 'layer_output' hidden states (record with --hidden layer_output)")
+            fail(f"--trace {path}: no '{source}' hidden states (record with --hidden {source})")
         h = hs[0]
         m = t.meta["model"]
         if h["layers"] != list(range(m["moe_layers"])):
-            fail(f"--trace {path}: hidden state 'layer_output' covers layers {h['layers']}, need all "
+            fail(f"--trace {path}: hidden state '{source}' covers layers {h['layers']}, need all "
                  f"{m['moe_layers']}")
         if meta is not None and (meta["experts_per_layer"], meta["moe_layers"], meta["hidden_size"]) != \
                 (m["experts_per_layer"], m["moe_layers"], h["hidden_size"]):
@@ -71,9 +78,13 @@ def load(paths):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", action="append", required=True, metavar="FILE",
-                    help="trace with hidden state 'layer_output' (repeat for several)")
+                    help="trace with hidden state 'layer_output' (--kind mlp) or 'attn_input' (--kind linear); "
+                    "repeat for several")
     ap.add_argument("-o", "--output", required=True, metavar="FILE", help="predictor to write (.safetensors)")
-    ap.add_argument("--stride", type=int, default=2, help="predict layer l+stride from layer l (default 2)")
+    ap.add_argument("--kind", choices=("mlp", "linear"), default="mlp",
+                    help="mlp: ProMoE's MLP on layer_output (default); linear: two linear maps on attn_input")
+    ap.add_argument("--stride", type=int, default=None,
+                    help="predict layer l+stride from layer l (default 2 for mlp, 0 for linear)")
     ap.add_argument("--hidden-dim", type=int, default=512, help="width of the MLP's hidden layer (default 512)")
     ap.add_argument("--steps", type=int, default=800, help="optimiser steps per layer (default 800)")
     ap.add_argument("--batch", type=int, default=1024, help="tokens per step (default 1024)")
@@ -84,8 +95,11 @@ def main(argv=None):
     ap.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     ap.add_argument("--report", metavar="FILE", help="write a JSON summary (per-layer held-out recall, sizes, time)")
     a = ap.parse_args(argv)
-    if a.stride < 1:
-        fail(f"--stride {a.stride}: must be >= 1")
+    if a.stride is None:
+        a.stride = 2 if a.kind == "mlp" else 0
+    if a.stride < (1 if a.kind == "mlp" else 0):
+        fail(f"--stride {a.stride}: must be >= {1 if a.kind == 'mlp' else 0} for --kind {a.kind}")
+    source = "layer_output" if a.kind == "mlp" else "attn_input"
     for name in ("hidden_dim", "steps", "batch", "val_every"):
         if getattr(a, name) < 1:
             fail(f"--{name.replace('_', '-')} {getattr(a, name)}: must be >= 1")
@@ -94,7 +108,7 @@ def main(argv=None):
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(a.seed)
     t0 = time.time()
-    X, Y, R, meta = load(a.trace)
+    X, Y, R, meta = load(a.trace, source)
     L, E, K, H = meta["moe_layers"], meta["experts_per_layer"], meta["top_k"], meta["hidden_size"]
     if L <= a.stride:
         fail(f"--stride {a.stride}: the model has only {L} MoE layers")
@@ -115,7 +129,8 @@ def main(argv=None):
         std = x_tr.std(0).clamp_min(1e-4)
         target = torch.zeros(len(Xt), E, device=dev)
         target.scatter_(1, Yt[:, tgt], 1.0)
-        net = torch.nn.Sequential(torch.nn.Linear(H, a.hidden_dim), torch.nn.GELU(),
+        middle = torch.nn.GELU() if a.kind == "mlp" else torch.nn.Identity()
+        net = torch.nn.Sequential(torch.nn.Linear(H, a.hidden_dim), middle,
                                   torch.nn.Linear(a.hidden_dim, E)).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=a.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
@@ -141,7 +156,7 @@ def main(argv=None):
         print(f"train_predictor: layer {src} -> {tgt}: held-out recall@{K} {per_layer[-1]['heldout_recall']:.3f} "
               f"(train {per_layer[-1]['train_recall']:.3f})", file=sys.stderr)
     params = (H * a.hidden_dim + a.hidden_dim + a.hidden_dim * E + E) * (L - a.stride)
-    config = {"stride": a.stride, "source_layers": list(range(L - a.stride)), "hidden_state": "layer_output",
+    config = {"kind": a.kind, "stride": a.stride, "source_layers": list(range(L - a.stride)), "hidden_state": source,
               "hidden_size": H, "experts": E, "top_k": K, "moe_layers": L, "hidden_dim": a.hidden_dim,
               "model": meta["name"], "trained_on": [os.path.basename(p) for p in a.trace],
               "train_tokens": int((~val).sum()), "heldout_tokens": int(val.sum()), "steps": a.steps,
