@@ -49,12 +49,14 @@ fi
 
 # model | trace | gamma | policies | cache GB where experts miss | scenario extras (replay and sim) | replay-only extras
 # (gamma is the trace's SD window: sd4 = 4, plain = 0; every-miss runs use the smallest budget,
-# one layer's union, under on-demand; the mix model at 0.5 GB holds every expert: no misses)
+# one layer's union, under on-demand, and for the mix model also under oracle-aggressive, which
+# copies ahead so the link never waits for a gate: its TPOT against the larger of link and compute
+# time is the executor's overlap check; the mix model at 0.5 GB holds every expert: no misses)
 RUNS=(
   "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand lru prefetch:skip_gate|0.2|--max-requests 4|"
   "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand lru prefetch:skip_gate prefetch:draft_gate spmoe moesched|0.2|--max-requests 4|"
   "moesched-upcycled-mix|traces/real/mix-prose-sd4.trace.safetensors|4|on-demand|0.06|--max-requests 4|"
-  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand|0.06|--max-requests 4|"
+  "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|on-demand oracle-aggressive|0.06|--max-requests 4|"
   "moesched-upcycled-mix|traces/real/mix-prose-plain.trace.safetensors|0|lru|0.5|--max-requests 4|"
   "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand lru prefetch:synthetic_skip_gate|16|--max-requests 1|--host-experts 512"
   "qwen3-30b-a3b|traces/synthetic/qwen3-plain.trace.safetensors|0|on-demand|0.98|--max-requests 1|--host-experts 512"
