@@ -78,7 +78,11 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "tok
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")
 EOF
 
-stage train "$PY" tools/record/train_models.py --corpus tools/record/corpus --out "$W/models" "${train[@]}"
+if [ "${REUSE_MODELS:-0}" = 1 ] && [ -f "$W/models/fg/config.json" ] && [ -f "$W/models/predictor-train.jsonl" ]; then
+  echo "=== train: skipped (REUSE_MODELS=1 and $W/models holds a trained pair)"
+else
+  stage train "$PY" tools/record/train_models.py --corpus tools/record/corpus --out "$W/models" "${train[@]}"
+fi
 if [ "$size" = hidden ]; then
   check mock-models "$PY" tools/record/test_mock_models.py
   for kind in mix fg; do
@@ -88,13 +92,13 @@ if [ "$size" = hidden ]; then
       --channels skip_gate --model-name "$name" --dataset "training passages (predictor-train.jsonl)" \
       -o "$W/pred-$kind-train.trace.safetensors" --quiet
     stage "predictor-mlp-$kind" "$PY" tools/record/train_predictor.py --trace "$W/pred-$kind-train.trace.safetensors" \
-      -o "$T/$kind.mlp.safetensors" --report "$T/$kind.mlp.json" --steps 800
-    stage "predictor-linear-$kind" "$PY" tools/record/train_predictor.py --kind linear --hidden-dim 128 \
+      -o "$T/$kind.mlp.safetensors" --report "$T/$kind.mlp.json" --steps 800 --hidden-dim 256
+    stage "predictor-linear-$kind" "$PY" tools/record/train_predictor.py --kind linear --hidden-dim 64 \
       --trace "$W/pred-$kind-train.trace.safetensors" -o "$T/$kind.linear.safetensors" --report "$T/$kind.linear.json" \
       --steps 800
     stage "record-$kind-prose-sd4-hidden" "$PY" tools/record/record.py --model "$W/models/$kind" \
-      --prompts "$W/models/prompts-prose.jsonl" --mode sd --draft "$W/models/draft" --gamma 4 --prompt-tokens 48 \
-      --max-requests 1 --max-new-tokens 96 --ignore-eos --hidden moe_input,layer_output,attn_input,draft_moe_input \
+      --prompts "$W/models/prompts-prose.jsonl" --mode sd --draft "$W/models/draft" --gamma 4 --prompt-tokens 32 \
+      --max-requests 1 --max-new-tokens 80 --ignore-eos --hidden moe_input,layer_output,attn_input,draft_moe_input \
       --mlp-predictor "$T/$kind.mlp.safetensors" --linear-predictor "$T/$kind.linear.safetensors" \
       --gates-out "$T/$kind.gates.safetensors" --model-name "$name" \
       --dataset "held-out King James Bible chapters (Debian bible-kjv-text), prompts-prose.jsonl" \
