@@ -2,19 +2,24 @@
 #   core <- workload <- runtime (executor, jobs, driver) <- policy      (policies see the executor only)
 #                              ^- sim (a backend), host (a backend), cuda (a backend)
 #   core <- profile (measured GPU times, std-only; sim's cost model reads them) <- fit (Eigen fits)
-# fit/ (Eigen) is reached only by the tools and io-level code: never by a backend nvcc compiles.
+#   core, runtime/jobs.hpp, io, trace <- predict (Eigen: hidden-state predictors on the CPU)
+# fit/ and predict/ (Eigen) are reached only by the tools and io-level code: never by a backend
+# nvcc compiles, nor by a policy (a policy sees a predictor through a PredictorJob).
 # A header may include only the folders to its left; policies never reach the driver, the
 # machine or a backend, and no backend reaches a policy or another backend.
 # Run: cmake -DINCLUDE_DIR=<include> -P check_layering.cmake
-set(forbid_core "moesched/(workload|runtime|policy|sim|host|cuda|io|trace|profile|fit)/")
-set(forbid_profile "moesched/(workload|runtime|policy|sim|host|cuda|io|trace|fit)/")
-set(forbid_fit "moesched/(workload|runtime|policy|sim|host|cuda|io|trace)/")
-set(forbid_workload "moesched/(runtime|policy|sim|host|cuda|io|trace|profile|fit)/")
-set(forbid_runtime "moesched/(policy|sim|host|cuda|io|trace|fit)/")
-set(forbid_policy "moesched/(sim|host|cuda|io|trace|fit)/|moesched/runtime/(driver|machine|backend|completion_queue)[.]hpp")
-set(forbid_sim "moesched/(policy|host|cuda|io|fit)/")
-set(forbid_host "moesched/(policy|sim|cuda|io|trace|fit)/")
-set(forbid_cuda "moesched/(policy|sim|host|fit)/")
+set(forbid_core "moesched/(workload|runtime|policy|sim|host|cuda|io|trace|profile|fit|predict)/")
+set(forbid_profile "moesched/(workload|runtime|policy|sim|host|cuda|io|trace|fit|predict)/")
+set(forbid_fit "moesched/(workload|runtime|policy|sim|host|cuda|io|trace|predict)/")
+set(forbid_workload "moesched/(runtime|policy|sim|host|cuda|io|trace|profile|fit|predict)/")
+set(forbid_runtime "moesched/(policy|sim|host|cuda|io|trace|fit|predict)/")
+set(forbid_policy "moesched/(sim|host|cuda|io|trace|fit|predict)/|moesched/runtime/(driver|machine|backend|completion_queue)[.]hpp")
+set(forbid_sim "moesched/(policy|host|cuda|io|fit|predict)/")
+set(forbid_host "moesched/(policy|sim|cuda|io|trace|fit|predict)/")
+set(forbid_predict "moesched/(workload|policy|sim|host|cuda|fit|profile)/|moesched/runtime/(archetype|backend|completion_queue|copy_queue|driver|executor|job_workers|machine|metrics|status|timeline)[.]hpp")
+set(forbid_io "moesched/(fit|predict)/")     # io and trace stay free of Eigen
+set(forbid_trace "moesched/(fit|predict)/")
+set(forbid_cuda "moesched/(policy|sim|host|fit|predict)/")
 file(GLOB_RECURSE headers "${INCLUDE_DIR}/moesched/*.hpp" "${INCLUDE_DIR}/moesched/*.cuh")
 set(bad "")
 foreach(h IN LISTS headers)

@@ -1,4 +1,4 @@
-# The umbrella header includes every standard-library-only header (all but io/, trace/, fit/, cuda/).
+# The umbrella header includes every standard-library-only header (all but io/, trace/, fit/, predict/, cuda/).
 # Run: cmake -DINCLUDE_DIR=<include> -P umbrella_complete.cmake
 get_filename_component(INCLUDE_DIR "${INCLUDE_DIR}" ABSOLUTE)
 file(READ "${INCLUDE_DIR}/moesched/moesched.hpp" umbrella)
@@ -9,7 +9,7 @@ if(n LESS 10)
 endif()
 set(missing "")
 foreach(h IN LISTS headers)
-  if(h MATCHES "^moesched/(io|trace|cuda|fit)/" OR h STREQUAL "moesched/moesched.hpp")
+  if(h MATCHES "^moesched/(io|trace|cuda|fit|predict)/" OR h STREQUAL "moesched/moesched.hpp")
     continue()
   endif()
   string(FIND "${umbrella}" "#include \"${h}\"" at)
