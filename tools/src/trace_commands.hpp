@@ -5,6 +5,7 @@
 #include "table.hpp"
 
 #include <moesched/io/trace.hpp>
+#include <moesched/predict/channel.hpp>
 #include <moesched/trace/fit.hpp>
 #include <moesched/trace/import.hpp>
 #include <moesched/trace/stats.hpp>
@@ -16,6 +17,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -396,6 +398,121 @@ inline int run_merge(const MergeOptions& o) {
   const auto w = trace::merge(ptrs, o.inputs);
   w.write(o.output);
   fmt::print("wrote {}: {} requests, {} steps, {} tokens from {} traces\n", o.output, w.meta().request_count, w.step_count(), w.token_count(), o.inputs.size());
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+struct PredictOptions {
+  std::string input, output, gates, mlp, linear, as, compare, json;
+  std::vector<std::string> channels;
+  std::uint32_t candidates = 0;
+  bool in_prefill = false, replace = false;
+};
+inline void add_predict_options(CLI::App& app, PredictOptions& o) {
+  app.add_option("input", o.input, "trace file with hidden states (record.py --hidden ...)")->required();
+  app.add_option("-o,--output", o.output, "trace file to write: the input plus the computed channels")->type_name("FILE");
+  app.add_option("--channel", o.channels, "channel to compute (repeatable): skip_gate, draft_gate, mlp, linear")
+      ->required()
+      ->check(CLI::IsMember({"skip_gate", "draft_gate", "mlp", "linear"}));
+  app.add_option("--gates", o.gates, "routers of the model (format moesched-gates: record.py --gates-out); skip_gate, draft_gate")->type_name("FILE");
+  app.add_option("--mlp", o.mlp, "learned predictor of kind mlp (train_predictor.py); the mlp channel")->type_name("FILE");
+  app.add_option("--linear", o.linear, "learned predictor of kind linear (train_predictor.py --kind linear); the linear channel")->type_name("FILE");
+  app.add_option("--as", o.as, "name of the computed channel (one --channel only; default: skip_gate, draft_gate, mlp_strideS, preattn_linear)")->type_name("NAME");
+  app.add_option("--candidates", o.candidates, "ranked candidates per prediction (default: the model's top_k)")->type_name("C");
+  app.add_flag("--in-prefill", o.in_prefill, "predict in prefill steps too (record.py --channels-in-prefill)");
+  app.add_flag("--replace", o.replace, "replace a channel of the same name in the trace (else that is an error)");
+  app.add_option("--compare", o.compare, "print the agreement of the computed channel (one --channel only) with channel NAME of the trace")->type_name("NAME");
+  app.add_option("--json", o.json, "with --compare: also write the agreement as JSON to FILE ('-' = stdout, no table)")->type_name("FILE");
+  app.footer(
+      "Recomputes prediction channels from the hidden states a trace carries, exactly as tools/record/record.py\n"
+      "records them (T rows of a hidden state = the trace's tokens in step order; C = --candidates):\n"
+      "  skip_gate   router l+1 on hidden 'moe_input' of layer l, every token of each decode and verify step;\n"
+      "              available after layer l (needs --gates)\n"
+      "  draft_gate  router l on hidden 'draft_moe_input' of layer l, tokens 0..draft_len-1 of each verify step;\n"
+      "              available before the step (needs --gates)\n"
+      "  mlp         the MLP of each source layer l on hidden 'layer_output' of l predicts layer l+stride;\n"
+      "              channel mlp_strideS, available after layer l (needs --mlp)\n"
+      "  linear      the linear maps on hidden 'attn_input' of layer l predict layer l; channel preattn_linear,\n"
+      "              available after layer l-1 (needs --linear)\n"
+      "Candidates are ranked by score, ties to the lower expert id; scores are stored as F16.\n"
+      "--compare NAME: the share of predictions (matched by step, layer, token) whose candidate sets are equal,\n"
+      "the mean overlap of their top-k sets, and the largest |score difference| of an expert both list.\n"
+      "Example:\n"
+      "  moesched-trace predict run.trace.safetensors --gates gates.safetensors --channel skip_gate \\\n"
+      "      --as skip_gate_cpu --compare skip_gate -o run+cpu.trace.safetensors");
+}
+
+inline int run_predict(const PredictOptions& o) {
+  if (o.output.empty() && o.compare.empty()) {
+    throw ConfigError("", "--output", "", "nothing to do: give -o FILE (write the trace with the channels) or --compare NAME");
+  }
+  if (!o.output.empty()) check_trace_output(o.output);
+  if (!o.json.empty()) {
+    if (o.compare.empty()) throw ConfigError("", "--json", o.json, "needs --compare NAME");
+    check_output_path(o.json, "--json");
+  }
+  if (o.channels.size() > 1 && !o.as.empty()) throw ConfigError("", "--as", o.as, "names one channel; give one --channel");
+  if (o.channels.size() > 1 && !o.compare.empty()) throw ConfigError("", "--compare", o.compare, "compares one channel; give one --channel");
+  auto needs = [](const std::string& file, const std::string& channel, const char* option, const char* what) {
+    if (file.empty()) throw ConfigError("", "--channel", channel, std::string("needs ") + option + " FILE (" + what + ")");
+  };
+  for (const auto& c : o.channels) {
+    if (c == "skip_gate" || c == "draft_gate") needs(o.gates, c, "--gates", "a moesched-gates file: record.py --gates-out");
+    if (c == "mlp") needs(o.mlp, c, "--mlp", "a moesched-mlp-predictor file of kind mlp: train_predictor.py");
+    if (c == "linear") needs(o.linear, c, "--linear", "a moesched-mlp-predictor file of kind linear: train_predictor.py --kind linear");
+  }
+  const auto t = io::Trace::open(o.input);
+  std::shared_ptr<const predict::GateSet> gates;
+  if (!o.gates.empty()) gates = std::make_shared<const predict::GateSet>(predict::read_gates(o.gates));
+  auto learned = [](const std::string& file, predict::LearnedKind want, const char* option) {
+    auto s = std::make_shared<const predict::LearnedSet>(predict::read_learned(file));
+    if (s->kind != want) {
+      throw ConfigError(file, "__metadata__.config.kind", s->kind == predict::LearnedKind::mlp ? "\"mlp\"" : "\"linear\"",
+                        std::string(option) + " takes a predictor of kind " + (want == predict::LearnedKind::mlp ? "mlp" : "linear"));
+    }
+    return s;
+  };
+  predict::ChannelOptions co;
+  co.candidates = o.candidates;
+  co.in_prefill = o.in_prefill;
+  co.name = o.as;
+  std::vector<predict::ChannelData> computed;
+  for (const auto& c : o.channels) {
+    if (c == "skip_gate") computed.push_back(predict::skip_gate_channel(t, gates, co));
+    if (c == "draft_gate") computed.push_back(predict::draft_gate_channel(t, gates, co));
+    if (c == "mlp") computed.push_back(predict::learned_channel(t, learned(o.mlp, predict::LearnedKind::mlp, "--mlp"), co));
+    if (c == "linear") computed.push_back(predict::learned_channel(t, learned(o.linear, predict::LearnedKind::linear, "--linear"), co));
+  }
+  const bool quiet = o.json == "-";
+  if (!quiet) {
+    for (const auto& ch : computed) {
+      fmt::print("computed {}: {} predictions, {} candidates each\n", ch.desc.name, ch.size(), ch.desc.max_candidates);
+    }
+  }
+  if (!o.compare.empty()) {
+    const auto recorded = predict::channel_from_trace(t, t.channel_index(o.compare));
+    const auto a = predict::compare(computed[0], recorded, t.meta().model.top_k);
+    if (!quiet) {
+      TextTable tt({"computed", "recorded", "matched", "only computed", "only recorded", "equal sets", "equal order",
+                    fmt::format("top-{} overlap", a.top_k), "max |score diff|", "mean |score diff|", "available_after differs"});
+      tt.add({computed[0].desc.name, o.compare, std::to_string(a.matched), std::to_string(a.only_a), std::to_string(a.only_b),
+              pct(a.equal_set_fraction()), pct(a.equal_order_fraction()), pct(a.mean_topk_overlap()), fmt::format("{:.4g}", a.max_score_diff),
+              fmt::format("{:.4g}", a.mean_score_diff()), std::to_string(a.available_after_differs)});
+      fmt::print("\n{}", tt.render());
+    }
+    if (!o.json.empty()) {
+      auto j = a.to_json();
+      j["computed"] = computed[0].desc.name;
+      j["recorded"] = o.compare;
+      j["trace"] = o.input;
+      write_text_file(o.json, j.dump(2) + "\n");
+    }
+  }
+  if (!o.output.empty()) {
+    const auto w = predict::with_channels(t, computed, o.replace);
+    w.write(o.output);
+    if (!quiet) fmt::print("wrote {}: {} steps, {} channels\n", o.output, w.step_count(), w.meta().channels.size());
+  }
   return 0;
 }
 

@@ -1,4 +1,4 @@
-// moesched-trace: routing traces: import, inspect, validate, cut, combine, analyse, generate.
+// moesched-trace: routing traces: import, inspect, validate, cut, combine, analyse, generate, predict.
 //
 //   moesched-trace info run.trace.safetensors
 //   moesched-trace validate traces/*.safetensors
@@ -8,6 +8,7 @@
 //   moesched-trace import routes.json.gz -o run.trace.safetensors --field request=dataset,problem_id --json report.json
 //   moesched-trace slice run.trace.safetensors -o part.trace.safetensors --requests 0-3 --layers 0-7
 //   moesched-trace merge a.trace.safetensors b.trace.safetensors -o both.trace.safetensors
+//   moesched-trace predict run.trace.safetensors --gates gates.safetensors --channel skip_gate --as cpu --compare skip_gate -o out.trace.safetensors
 //
 // Exit codes: 0 success, 1 a file is invalid (validate), 2 bad input or options.
 #include "output.hpp"
@@ -67,6 +68,11 @@ int main(int argc, char** argv) {
   tools::MergeOptions mo;
   tools::add_merge_options(*merge, mo);
 
+  auto* predict = app.add_subcommand("predict", "recompute prediction channels (skip_gate, draft_gate, learned MLP or linear) from the "
+                                              "trace's hidden states and weight files; compare them with recorded channels");
+  tools::PredictOptions po;
+  tools::add_predict_options(*predict, po);
+
   CLI11_PARSE(app, argc, argv);
 
   return tools::guarded_main("moesched-trace", [&] {
@@ -77,6 +83,7 @@ int main(int argc, char** argv) {
     if (import->parsed()) return tools::run_import(io_opts);
     if (slice->parsed()) return tools::run_slice(sl);
     if (merge->parsed()) return tools::run_merge(mo);
+    if (predict->parsed()) return tools::run_predict(po);
     return 0;
   });
 }
