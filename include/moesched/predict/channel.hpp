@@ -167,6 +167,63 @@ inline ChannelData start(const io::Trace& t, const ChannelOptions& o, const std:
   return ch;
 }
 
+/// One predictor of a channel: the hidden-state slot it reads, the layer it predicts, when.
+template <class P>
+struct Source {
+  P predictor;
+  std::uint32_t slot = 0;
+  std::uint16_t layer = 0;
+  std::int16_t available_after = 0;
+};
+
+/// The one loop every channel shares: for each step, its first `tokens_of(step)` tokens (0 skips
+/// the step) through every source, appended in (layer, token) order (sources that predict one
+/// layer are merged by token).
+template <class P, class TokensOf>
+void fill(const io::Trace& t, const HiddenAccess& h, std::uint32_t hidden_size, std::vector<Source<P>>& sources,
+          TokensOf&& tokens_of, ChannelData& ch) {
+  struct Made {
+    std::uint16_t layer;
+    std::int32_t token;
+    std::int16_t after;
+    std::size_t first;  // into ranked
+    std::uint32_t n;
+  };
+  std::vector<float> row(hidden_size);
+  std::vector<runtime::ScoredExpert> out(ch.desc.max_candidates);
+  std::vector<Made> made;
+  std::vector<runtime::ScoredExpert> ranked;
+  for (std::uint64_t s = 0; s < t.step_count(); ++s) {
+    const StepInfo st = t.step(s);
+    const std::uint32_t tokens = tokens_of(st);
+    if (tokens == 0) continue;
+    made.clear();
+    ranked.clear();
+    for (Source<P>& src : sources) {
+      for (std::uint32_t k = 0; k < tokens; ++k) {
+        read_row(t, h, st.first_token + k, src.slot, row);
+        const std::uint32_t n = src.predictor.rank(row, out);
+        made.push_back({src.layer, static_cast<std::int32_t>(k), src.available_after, ranked.size(), n});
+        ranked.insert(ranked.end(), out.begin(), out.begin() + n);
+      }
+    }
+    std::stable_sort(made.begin(), made.end(),
+                     [](const Made& a, const Made& b) { return std::tie(a.layer, a.token) < std::tie(b.layer, b.token); });
+    for (const Made& m : made) {
+      push(ch, {static_cast<std::uint32_t>(s), m.layer, m.token, m.after},
+           std::span<const runtime::ScoredExpert>(ranked.data() + m.first, m.n));
+    }
+  }
+}
+
+/// Tokens predicted in a step: every token of steps that are not prefill (prefill too with
+/// in_prefill).
+[[nodiscard]] inline auto every_token(const ChannelOptions& o) {
+  return [in_prefill = o.in_prefill](const StepInfo& st) -> std::uint32_t {
+    return st.phase == StepPhase::prefill && !in_prefill ? 0 : st.tokens;
+  };
+}
+
 }  // namespace channel_detail
 
 /// skip_gate: router l+1 on `moe_input` of layer l, every token of each non-prefill step.
@@ -179,26 +236,12 @@ inline ChannelData start(const io::Trace& t, const ChannelOptions& o, const std:
                          "(recomputed by moesched-trace predict from hidden state moe_input)");
   ch.provenance["gates"] = gates->source;
   const HiddenAccess h = find_hidden(t, HiddenState::moe_input, gates->hidden_size, gates->source);
-  std::vector<GatePredictor> preds;
-  std::vector<std::uint32_t> slots;
+  std::vector<Source<GatePredictor>> sources;
   for (std::uint32_t m = 0; m + 1 < L; ++m) {
-    preds.push_back(GatePredictor::skip_gate(gates, m));
-    slots.push_back(slot_of(t, h, m));
+    sources.push_back({GatePredictor::skip_gate(gates, m), slot_of(t, h, m), static_cast<std::uint16_t>(m + 1),
+                       static_cast<std::int16_t>(m)});
   }
-  std::vector<float> row(gates->hidden_size);
-  std::vector<runtime::ScoredExpert> out(ch.desc.max_candidates);
-  for (std::uint64_t s = 0; s < t.step_count(); ++s) {
-    const StepInfo st = t.step(s);
-    if (st.phase == StepPhase::prefill && !o.in_prefill) continue;
-    for (std::uint32_t m = 0; m + 1 < L; ++m) {
-      for (std::uint32_t k = 0; k < st.tokens; ++k) {
-        read_row(t, h, st.first_token + k, slots[m], row);
-        const std::uint32_t n = preds[m].rank(row, out);
-        push(ch, {static_cast<std::uint32_t>(s), static_cast<std::uint16_t>(m + 1), static_cast<std::int32_t>(k), static_cast<std::int16_t>(m)},
-             std::span<const runtime::ScoredExpert>(out.data(), n));
-      }
-    }
-  }
+  fill(t, h, gates->hidden_size, sources, every_token(o), ch);
   return ch;
 }
 
@@ -213,26 +256,13 @@ inline ChannelData start(const io::Trace& t, const ChannelOptions& o, const std:
                          "(recomputed by moesched-trace predict from hidden state draft_moe_input)");
   ch.provenance["gates"] = gates->source;
   const HiddenAccess h = find_hidden(t, HiddenState::draft_moe_input, gates->hidden_size, gates->source);
-  std::vector<GatePredictor> preds;
-  std::vector<std::uint32_t> slots;
+  std::vector<Source<GatePredictor>> sources;
   for (std::uint32_t m = 0; m < L; ++m) {
-    preds.push_back(GatePredictor::draft_gate(gates, m));
-    slots.push_back(slot_of(t, h, m));
+    sources.push_back({GatePredictor::draft_gate(gates, m), slot_of(t, h, m), static_cast<std::uint16_t>(m), std::int16_t{-1}});
   }
-  std::vector<float> row(gates->hidden_size);
-  std::vector<runtime::ScoredExpert> out(ch.desc.max_candidates);
-  for (std::uint64_t s = 0; s < t.step_count(); ++s) {
-    const StepInfo st = t.step(s);
-    if (st.phase != StepPhase::verify) continue;
-    for (std::uint32_t m = 0; m < L; ++m) {
-      for (std::uint32_t j = 0; j < st.draft_len; ++j) {
-        read_row(t, h, st.first_token + j, slots[m], row);
-        const std::uint32_t n = preds[m].rank(row, out);
-        push(ch, {static_cast<std::uint32_t>(s), static_cast<std::uint16_t>(m), static_cast<std::int32_t>(j), std::int16_t{-1}},
-             std::span<const runtime::ScoredExpert>(out.data(), n));
-      }
-    }
-  }
+  // the tokens the draft processed: 0..draft_len-1 of each verify step
+  fill(t, h, gates->hidden_size, sources,
+       [](const StepInfo& st) -> std::uint32_t { return st.phase == StepPhase::verify ? st.draft_len : 0; }, ch);
   return ch;
 }
 
@@ -256,38 +286,15 @@ inline ChannelData start(const io::Trace& t, const ChannelOptions& o, const std:
                              std::string(" (recomputed by moesched-trace predict from hidden state ") + hname + ")");
   ch.provenance["learned"] = set->source;
   const HiddenAccess h = find_hidden(t, set->hidden_state, set->hidden_size, set->source);
-  std::vector<LearnedPredictor> preds;
-  std::vector<std::uint32_t> slots;
-  std::vector<std::int16_t> after;
+  std::vector<Source<LearnedPredictor>> sources;
   for (std::size_t i = 0; i < set->layers.size(); ++i) {
-    preds.emplace_back(set, i);
     const std::uint32_t src = set->layers[i].source_layer;
-    slots.push_back(slot_of(t, h, src));
     // attn_input of layer l exists once layer l-1 ran (-1: before the step)
-    after.push_back(static_cast<std::int16_t>(set->hidden_state == HiddenState::attn_input ? static_cast<int>(src) - 1 : static_cast<int>(src)));
+    const int after = set->hidden_state == HiddenState::attn_input ? static_cast<int>(src) - 1 : static_cast<int>(src);
+    sources.push_back({LearnedPredictor(set, i), slot_of(t, h, src), static_cast<std::uint16_t>(set->layers[i].target_layer),
+                       static_cast<std::int16_t>(after)});
   }
-  std::vector<float> row(set->hidden_size);
-  std::vector<runtime::ScoredExpert> out(ch.desc.max_candidates);
-  // predictions of one step: (layer, token) order; layers ascend with the entries, and two
-  // entries with one target layer (a file may list them) are merged by token below
-  std::vector<std::tuple<std::uint16_t, std::int32_t, std::int16_t, std::vector<runtime::ScoredExpert>>> step_preds;
-  for (std::uint64_t s = 0; s < t.step_count(); ++s) {
-    const StepInfo st = t.step(s);
-    if (st.phase == StepPhase::prefill && !o.in_prefill) continue;
-    step_preds.clear();
-    for (std::size_t i = 0; i < preds.size(); ++i) {
-      for (std::uint32_t k = 0; k < st.tokens; ++k) {
-        read_row(t, h, st.first_token + k, slots[i], row);
-        const std::uint32_t n = preds[i].rank(row, out);
-        step_preds.emplace_back(static_cast<std::uint16_t>(preds[i].predicts()), static_cast<std::int32_t>(k), after[i],
-                                std::vector<runtime::ScoredExpert>(out.begin(), out.begin() + n));
-      }
-    }
-    std::stable_sort(step_preds.begin(), step_preds.end(), [](const auto& a, const auto& b) {
-      return std::make_tuple(std::get<0>(a), std::get<1>(a)) < std::make_tuple(std::get<0>(b), std::get<1>(b));
-    });
-    for (const auto& [layer, token, av, ranked] : step_preds) push(ch, {static_cast<std::uint32_t>(s), layer, token, av}, ranked);
-  }
+  fill(t, h, set->hidden_size, sources, every_token(o), ch);
   return ch;
 }
 
