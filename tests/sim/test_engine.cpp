@@ -107,6 +107,61 @@ TEST_CASE("a high copy waits for at most one chunk of a low one", "[sim][engine]
   CHECK(moved == Bytes{2000});
 }
 
+namespace {
+
+/// When one expert kernel (alone: `kernel`) ends, on a backend with slowdown `slow` where
+/// `before(b)` ran first (copies submitted, cancelled) and `after(b)` right after the kernel's
+/// submission; copies of `chunk` each.
+template <class Before, class After>
+std::int64_t kernel_end(double slow, Nanoseconds kernel, Nanoseconds chunk, Before before, After after) {
+  const CostModel cost = CostModel::fixed(FixedCosts{.expert = kernel, .chunk_times = {chunk}, .expert_bytes = Bytes{1000},
+                                                     .compute_slowdown_under_copy = slow});
+  sim::SimBackend b(cost, {1, 4, 1}, {.slots = 4});
+  const Pass pass{};
+  before(b);
+  REQUIRE(b.submit_compute({.kind = runtime::ComputeKind::expert, .expert = {0, 3}, .slot = 3, .tokens = 1, .pass = &pass}));
+  after(b);
+  runtime::Completion c;
+  while (b.wait(c)) {
+    if (c.kind == runtime::CompletionKind::compute) return c.end.count();
+  }
+  FAIL("no compute completion");
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("kernels beside copies run slower while the link is busy", "[sim][engine]") {
+  const auto none = [](sim::SimBackend&) {};
+  const auto copy = [](std::uint16_t e) {
+    return [e](sim::SimBackend& b) { REQUIRE(b.submit_copy({{0, e}, e, CopyPriority::high})); };
+  };
+  // No copy: the kernel's own 100.
+  CHECK(kernel_end(2.0, 100ns, 300ns, none, none) == 100);
+  // The link busy until 300: all of the kernel overlaps it, twice as slow: [0, 200].
+  CHECK(kernel_end(2.0, 100ns, 300ns, copy(0), none) == 200);
+  // Busy until 150: 150 ns at half speed do 75 of the work, the other 25 at full speed: 175.
+  CHECK(kernel_end(2.0, 100ns, 150ns, copy(0), none) == 175);
+  // Slowdown 1 (roofline, no profile): copies change nothing.
+  CHECK(kernel_end(1.0, 100ns, 300ns, copy(0), none) == 100);
+  // A measured ratio below 1 is noise: it counts as 1.
+  CHECK(kernel_end(0.9, 100ns, 300ns, copy(0), none) == 100);
+  // A copy submitted after the kernel started does not change its end.
+  CHECK(kernel_end(2.0, 100ns, 300ns, none, copy(0)) == 100);
+  // Queued copies count: two of 300 keep the link busy until 600; a kernel of 250 -> 500.
+  const auto two = [&](sim::SimBackend& b) { copy(0)(b); copy(1)(b); };
+  CHECK(kernel_end(2.0, 250ns, 300ns, two, none) == 500);
+  // ... and a cancelled one does not: busy until 300, then 300 + (250 - 150) = 400.
+  const auto two_cancel_one = [&](sim::SimBackend& b) { two(b); REQUIRE(b.cancel_copy({0, 1})); };
+  CHECK(kernel_end(2.0, 250ns, 300ns, two_cancel_one, none) == 400);
+  // A slowdown that is not a ratio of times is refused, naming the field.
+  CHECK(test::contains(test::thrown_message<ConfigError>([] {
+          (void)CostModel::fixed(FixedCosts{.expert = 1ns, .chunk_times = {1ns}, .expert_bytes = Bytes{1},
+                                            .compute_slowdown_under_copy = 0.0});
+        }),
+        "compute_slowdown_under_copy"));
+}
+
 TEST_CASE("executor contract: slots, cancel, promote, evict", "[sim][engine]") {
   const CostModel cost = fixed({10ns});
   sim::SimBackend b(cost, {1, 4, 1}, {.slots = 2});

@@ -22,6 +22,11 @@
 ///   reaches the driver `notify` after it happened (the stream and the link go on at once; only
 ///   the driver learns late). At batch 1 this is what separates a launch-bound GPU run from its
 ///   kernels' device time.
+/// - Kernels beside copies (CostModel::compute_slowdown_under_copy() = s, 1 unless a measured
+///   profile or FixedCosts sets it): a kernel that starts while the link has copies runs s times
+///   slower for as long as the copies already on or queued for the link last, then at full speed.
+///   Copies submitted after the kernel started do not change its end (the stream commits a
+///   kernel's end when it starts).
 /// - Slot memory is virtual: slot s lives at address s x expert bytes; nothing is allocated
 ///   (requirements() is zero), and a copy into a slot always follows its last reader (the driver
 ///   unpins a slot only after its kernel's completion).
@@ -69,7 +74,9 @@ class SimBackend {
         chunk_bytes_(cost.chunk_bytes()),
         chunk_times_(cost.chunk_times()),
         host_(cost.host()),
-        host_on_(cost.host().any()) {
+        host_on_(cost.host().any()),
+        slow_(cost.compute_slowdown_under_copy()) {
+    for (Nanoseconds t : chunk_times_) copy_total_ += t;
     copies_.resize(std::size_t{shape.layers} * shape.experts);
     dense_cache_.assign(shape.layers, Nanoseconds{-1});
     waiting_ = runtime::CopyQueue(shape.layers * shape.experts);
@@ -111,6 +118,7 @@ class SimBackend {
     s.priority = c.priority;
     s.chunks_done = 0;
     waiting_.push_back(f, c.priority);
+    link_queued_ += copy_total_;
     if (current_ == kNone) start_next_chunk();
     return runtime::Status::success();
   }
@@ -120,6 +128,7 @@ class SimBackend {
     if (!s.in_flight || s.chunks_done != 0 || f == current_) return false;
     waiting_.remove(f);
     s.in_flight = false;
+    link_queued_ -= copy_total_;
     return true;
   }
   void promote_copy(ExpertId id) {
@@ -165,6 +174,7 @@ class SimBackend {
     stream_busy_ = false;
     current_ = kNone;
     waiting_.clear();
+    link_queued_ = Nanoseconds{0};
     for (Copy& c : copies_) c = Copy{};
     notified_.clear();
     notified_head_ = 0;
@@ -238,11 +248,25 @@ class SimBackend {
         window_head_ = 0;
       }
       t = std::max(t, w.ready);
-      end = std::max(t + item.duration, w.min_end);
+      end = std::max(t + beside_copies(t, item.duration), w.min_end);
+    } else if (slow_ > 1.0) [[unlikely]] {
+      end = t + beside_copies(t, item.duration);
     }
     if (item.job != kNone) jobs_[item.job].start = t;
     stream_start_ = t;
     queue_.push(end, {EventKind::stream_done, kNone});
+  }
+
+  /// A kernel of `d` alone, starting at `t`: the part that overlaps the copies on or queued for
+  /// the link (until chunk_end_ + link_queued_) runs slow_ times slower.
+  [[nodiscard]] Nanoseconds beside_copies(Nanoseconds t, Nanoseconds d) const noexcept {
+    if (slow_ <= 1.0 || current_ == kNone) return d;
+    const Nanoseconds busy = chunk_end_ + link_queued_;
+    if (busy <= t) return d;
+    const auto overlap = static_cast<double>((busy - t).count());
+    const double slowed = static_cast<double>(d.count()) * slow_;
+    if (slowed <= overlap) return ceil_ns(slowed);
+    return ceil_ns(overlap + static_cast<double>(d.count()) - overlap / slow_);
   }
 
   /// CostModel::dense_time and one draft step's time, computed once per pass (and dense twin:
@@ -378,7 +402,10 @@ class SimBackend {
       current_ = waiting_.pop();
       if (current_ == kNone) return;
     }
-    queue_.push(now() + chunk_times_[copies_[current_].chunks_done], {EventKind::chunk_done, current_});
+    const Nanoseconds c = chunk_times_[copies_[current_].chunks_done];
+    link_queued_ -= c;
+    chunk_end_ = now() + c;
+    queue_.push(chunk_end_, {EventKind::chunk_done, current_});
   }
   const CostModel* cost_;
   RoutingShape shape_;
@@ -399,6 +426,10 @@ class SimBackend {
   std::vector<Nanoseconds> cpu_free_;  // per worker: when it is free
   HostTimes host_;
   bool host_on_ = false;
+  double slow_ = 1.0;                        // kernel time beside copies / alone (CostModel)
+  Nanoseconds copy_total_{0};                // link time of one whole expert copy (all chunks)
+  Nanoseconds chunk_end_{0};                 // when the chunk on the link (current_) ends
+  Nanoseconds link_queued_{0};               // link time of the chunks not started: current_'s rest and waiting_
   Nanoseconds host_free_{0};                 // the driver's thread is busy submitting until then
   const Pass* dense_pass_ = nullptr;          // the pass dense_cache_ holds, with its key fields
   std::array<std::uint64_t, 5> dense_key_{};

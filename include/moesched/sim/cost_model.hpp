@@ -34,8 +34,11 @@
 ///   MoE decoder layer at the pass's (tokens, KV tokens, query-key pairs), scaled by m's non-expert
 ///   bytes over the last MoE layer's (leading dense layers count in proportion to their weights);
 ///   head = its fit at the tokens (plus layers after the last MoE layer, scaled alike); a draft
-///   step = its fit at the sequences drafting; router = its fit. The GEMM slowdown under a copy
-///   the profile records is not applied (the simulator does not model that interference).
+///   step = its fit at the sequences drafting; router = its fit.
+/// - Kernels beside copies (compute_slowdown_under_copy()): the profile's `gemm_slowdown_under_copy`
+///   (expert FFN time with a host-to-device copy running / alone; 1.32 for the mix model on an
+///   H100); SimBackend stretches the part of a kernel that overlaps the link's busy time by it.
+///   1 (no interference) for roofline costs; FixedCosts sets it for tests.
 /// - Host time (host()): what the executor's driver thread spends submitting each kind of order,
 ///   an idle stream's delay from a submission to its first kernel, and the delay from an item's end
 ///   to the driver receiving its completion (SimBackend charges them). Zero with roofline costs (an
@@ -94,6 +97,7 @@ struct FixedCosts {
   std::vector<Nanoseconds> chunk_times{};///< link time of each chunk of one expert copy
   Bytes expert_bytes{};
   HostTimes host{};           ///< the executor's host time (zero: an ideal host)
+  double compute_slowdown_under_copy = 1.0;  ///< kernel time while the link is busy / alone (>= 1)
 };
 
 class CostModel {
@@ -115,6 +119,7 @@ class CostModel {
     }
     c.min_copy_time_ = c.copy_time_;
     c.host_ = f.host;
+    c.compute_slowdown_ = checked_slowdown(f.compute_slowdown_under_copy, "compute_slowdown_under_copy");
     return c;
   }
 
@@ -125,6 +130,7 @@ class CostModel {
       const profile::HostCosts& h = measured_->host;
       host_ = {ceil_ns(h.submit_dense_ns), ceil_ns(h.submit_expert_ns), ceil_ns(h.submit_head_ns),
                ceil_ns(h.submit_draft_ns), ceil_ns(h.launch_ns), ceil_ns(h.notify_ns)};
+      compute_slowdown_ = checked_slowdown(measured_->gemm_slowdown_under_copy, "gemm_slowdown_under_copy");
     }
     if (opt.chunks < 1 || opt.chunks > 64) {
       throw ConfigError("", "chunks", std::to_string(opt.chunks), "must be between 1 and 64");
@@ -270,6 +276,8 @@ class CostModel {
   }
   /// The executor's host time (see the header comment); all zero unless measured or fixed.
   [[nodiscard]] const HostTimes& host() const noexcept { return host_; }
+  /// How much slower a kernel runs while a host-to-device copy runs (1: no interference).
+  [[nodiscard]] double compute_slowdown_under_copy() const noexcept { return compute_slowdown_; }
   /// Resident bytes of the draft model.
   [[nodiscard]] Bytes draft_bytes() const noexcept { return draft_bytes_; }
 
@@ -287,6 +295,12 @@ class CostModel {
   CostModel() = default;
 
   static constexpr std::uint32_t kExpertTable = 256;
+
+  /// A measured ratio below 1 (a kernel faster beside a copy) is noise: it counts as 1.
+  static double checked_slowdown(double v, const char* field) {
+    if (!(v > 0.0 && v <= 16.0)) throw ConfigError("", field, to_text(v), "must be in (0, 16]");
+    return std::max(1.0, v);
+  }
 
   [[nodiscard]] double copy_slowdown() const noexcept {
     const double f = opt_.d2h_share;
@@ -347,6 +361,7 @@ class CostModel {
   Nanoseconds min_copy_time_{0};
   Bytes draft_bytes_{};
   HostTimes host_{};
+  double compute_slowdown_ = 1.0;
 };
 
 }  // namespace moesched::sim
