@@ -198,6 +198,16 @@ struct ItemFit {
     host.terms = buf;
     m.fits.push_back(host);
   }
+  if (p.gemm_slowdown_under_copy > 1.0) {
+    profile::FitReport slow;
+    slow.item = "gemm_slowdown_under_copy";
+    slow.samples = 1;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "measured constant: a kernel beside a host-to-device copy takes x%.3f (applied to the part "
+                  "that overlaps the link's copies)", p.gemm_slowdown_under_copy);
+    slow.terms = buf;
+    m.fits.push_back(slow);
+  }
   return m;
 }
 
