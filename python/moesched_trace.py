@@ -276,8 +276,62 @@ def _per_token(name, values, tokens):
     return a.astype(np.uint32)
 
 
+# The hidden states moesched-trace predict reads (tools/record/record.py --hidden writes them).
+HIDDEN_STATES = {
+    "moe_input": "input of each MoE block (after the post-attention norm)",
+    "layer_output": "output of the decoder layer holding each MoE layer (the residual stream after it)",
+    "attn_input": "input of the attention of the decoder layer holding each MoE layer (after its input norm)",
+    "draft_moe_input": "the draft's feed-forward input at the decoder layer matching each MoE layer, for verify-step "
+                       "tokens 0..gamma-1 (the tokens the draft processed); zero in every other row",
+}
+
+
+def write_gates(path, weights, *, top_k, model="", biases=None, score_biases=None, source=None):
+    """Write a model's routers as a "moesched-gates" safetensors file (what `moesched-trace predict`
+    reads for skip_gate and draft_gate; record.py --gates-out writes the same).
+
+    weights: one [experts, hidden_size] array per MoE layer (the router's weight: logits = W x + b).
+    biases: optional, one [experts] array per layer added to the logits. score_biases: optional,
+    one [experts] array per layer for DeepSeek-V3-style routers (sigmoid scores plus this bias);
+    then scoring is "sigmoid", else "softmax". Shapes and finiteness are checked.
+
+    >>> import numpy as np, moesched_trace as mt
+    >>> mt.write_gates("gates.safetensors", [np.eye(4, 8, dtype=np.float32)] * 2, top_k=2, model="toy-moe")
+    """
+    ws = [np.asarray(w, dtype=np.float32) for w in weights]
+    if not ws:
+        raise TraceError("weights: no MoE layers")
+    if ws[0].ndim != 2 or min(ws[0].shape) < 1:
+        raise TraceError(f"weights[0]: shape {list(ws[0].shape)}: a router must be [experts, hidden_size]")
+    E, H = (int(d) for d in ws[0].shape)
+    for m, w in enumerate(ws):
+        if w.shape != (E, H):
+            raise TraceError(f"weights[{m}]: shape {list(w.shape)}: every layer's router must be [{E}, {H}] like layer 0's")
+        if not np.isfinite(w).all():
+            raise TraceError(f"weights[{m}]: not finite")
+    if not 1 <= int(top_k) <= E:
+        raise TraceError(f"top_k = {top_k}: must be between 1 and the expert count ({E})")
+    tensors = {f"l{m}.weight": ("F32", w) for m, w in enumerate(ws)}
+    for label, arrays, suffix in (("biases", biases, "bias"), ("score_biases", score_biases, "score_bias")):
+        if arrays is None:
+            continue
+        if len(arrays) != len(ws):
+            raise TraceError(f"{label}: {len(arrays)} arrays for {len(ws)} layers")
+        for m, b in enumerate(arrays):
+            b = np.asarray(b, dtype=np.float32)
+            if b.shape != (E,) or not np.isfinite(b).all():
+                raise TraceError(f"{label}[{m}]: shape {list(b.shape)}: must be [{E}] and finite")
+            tensors[f"l{m}.{suffix}"] = ("F32", b)
+    config = {"model": str(model), "moe_layers": len(ws), "experts": int(E), "hidden_size": int(H), "top_k": int(top_k),
+              "scoring": "sigmoid" if score_biases is not None else "softmax"}
+    if source is not None:
+        config["source"] = source
+    write_safetensors(path, tensors, {"format": "moesched-gates", "config": json.dumps(config)})
+
+
 def from_routing(ids, weights=None, steps=None, model=None, *, experts_per_layer=None, prompt_tokens=0, requests=None,
-                 request_ids=None, token_ids=None, positions=None, source="moesched_trace.from_routing", dataset="", notes=""):
+                 request_ids=None, token_ids=None, positions=None, hidden=None, source="moesched_trace.from_routing", dataset="",
+                 notes=""):
     """Build a valid Trace from routing arrays (numpy, or anything np.asarray takes: torch tensors
     on the CPU, lists), so any dump (pickle, parquet, torch.save) converts in a few lines.
 
@@ -295,6 +349,13 @@ def from_routing(ids, weights=None, steps=None, model=None, *, experts_per_layer
         be L and K), or a name; then experts_per_layer comes from the argument, else it is the
         largest id + 1.
     token_ids, positions: optional [T] integers (vocabulary ids, positions in the sequence).
+    hidden: optional {name: float array [T, L, hidden_size]}: hidden states per token and MoE layer,
+        stored as float16 (tensor hidden.h). The names moesched-trace predict reads are those
+        record.py writes: "moe_input" (the MoE block's input: skip_gate), "layer_output" (the
+        decoder layer's output: the MLP predictor), "attn_input" (the attention's input after its
+        norm: the linear predictor), "draft_moe_input" (the draft's feed-forward input for verify
+        tokens 0..gamma-1: draft_gate). With write_gates(), a dump of routing and hidden states
+        gets prediction channels from `moesched-trace predict`.
 
     Every value is checked as the C++ reader checks it (ids below experts_per_layer, no id twice
     in one token's top-k, finite weights, consistent steps); a problem raises TraceError naming
@@ -408,6 +469,18 @@ def from_routing(ids, weights=None, steps=None, model=None, *, experts_per_layer
         meta["request_ids"] = names
     meta.update({"channels": [], "hidden_states": [], "provenance": {"built_by": "moesched_trace.from_routing"}})
     tr = Trace(meta)
+    for hname, values in (hidden or {}).items():
+        hv = np.asarray(values, dtype=np.float64)
+        if hv.ndim != 3 or hv.shape[0] != T or hv.shape[1] != L or hv.shape[2] < 1:
+            raise TraceError(f"hidden['{hname}']: expected an array [tokens ({T}), moe_layers ({L}), hidden_size], "
+                             f"got shape {list(hv.shape)}")
+        bad = ~np.isfinite(hv) | (np.abs(hv) > 65504.0)
+        if bad.any():
+            t_, layer, i = (int(x) for x in np.argwhere(bad)[0])
+            raise TraceError(f"hidden['{hname}'][token {t_}, layer {layer}, {i}] = {hv[t_, layer, i]}: hidden states must "
+                             f"be finite and fit in float16 (|v| <= 65504)")
+        tr.hidden.append({"name": str(hname), "description": HIDDEN_STATES.get(str(hname), ""), "layers": list(range(L)),
+                          "hidden_size": int(hv.shape[2]), "dtype": "F16", "values": hv.astype(np.float16)})
     cols = np.array(table, dtype=np.int64).reshape(-1, 5)
     tr.step_request = cols[:, 0].astype(np.uint32)
     tr.step_phase = cols[:, 1].astype(np.uint8)

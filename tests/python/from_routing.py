@@ -114,5 +114,48 @@ for fn, text in (
     ok, msg = raises(fn, text)
     check(ok, f"expected TraceError containing {text!r}, got: {msg}")
 
+# 5. a dump with hidden states and the model's routers (write_gates) gets its skip_gate channel
+#    from `moesched-trace predict`, equal to the router applied here in numpy
+rng = np.random.default_rng(11)
+T5, L5, K5, E5, H5 = 10, 3, 2, 6, 8
+ids5 = np.argsort(rng.random((T5, L5, E5)), axis=2)[:, :, :K5]
+moe_input = rng.normal(0, 1, (T5, L5, H5)).astype(np.float16)  # exact in float16: no rounding on the way
+routers = [rng.normal(0, 1, (E5, H5)).astype(np.float32) for _ in range(L5)]
+steps5 = [(0, "prefill", 4)] + [(0, "decode", 1)] * 6
+t5 = mt.from_routing(ids5, steps=steps5, model="toy-moe", experts_per_layer=E5, hidden={"moe_input": moe_input})
+p5 = os.path.join(work, "hidden.trace.safetensors")
+g5 = os.path.join(work, "gates.safetensors")
+mt.write(p5, t5)
+mt.write_gates(g5, routers, top_k=K5, model="toy-moe")
+ok, out = validate(p5)
+check(ok, f"a trace with hidden states validates: {out}")
+back5 = mt.read(p5)
+check(len(back5.hidden) == 1 and back5.hidden[0]["name"] == "moe_input" and
+      np.array_equal(np.asarray(back5.hidden[0]["values"]), moe_input), "hidden states round trip")
+o5 = os.path.join(work, "hidden+skip.trace.safetensors")
+r = subprocess.run([tool, "predict", p5, "--gates", g5, "--channel", "skip_gate", "-o", o5], capture_output=True, text=True)
+check(r.returncode == 0, f"moesched-trace predict: {r.stdout}{r.stderr}")
+if r.returncode == 0:
+    ch = mt.read(o5).channels[0]
+    first = back5.step_first_token()
+    want_rows, same = 0, 0
+    for i in range(len(ch["step"])):
+        s_, layer, tok = int(ch["step"][i]), int(ch["layer"][i]), int(ch["token"][i])
+        x = moe_input[first[s_] + tok, layer - 1].astype(np.float64)
+        logits = routers[layer].astype(np.float64) @ x
+        want = sorted(np.argsort(-logits, kind="stable")[:K5].tolist())
+        same += int(sorted(int(e) for e in ch["experts"][i]) == want)
+        want_rows += 1
+    check(want_rows == 6 * (L5 - 1) and same == want_rows,
+          f"skip_gate: {want_rows} predictions (6 decode steps x {L5 - 1} layers), {same} equal to numpy's top-{K5}")
+for fn, text in (
+        (lambda: mt.from_routing(ids5, steps=steps5, model="m", hidden={"moe_input": moe_input[:, :2]}), "hidden['moe_input']: expected an array"),
+        (lambda: mt.from_routing(ids5, steps=steps5, model="m", hidden={"moe_input": moe_input * np.inf}), "must be finite"),
+        (lambda: mt.write_gates(g5, [routers[0], routers[1][:, :4]], top_k=2), "weights[1]: shape [6, 4]"),
+        (lambda: mt.write_gates(g5, routers, top_k=7), "top_k = 7"),
+        (lambda: mt.write_gates(g5, routers, top_k=2, biases=[np.zeros(5)] * L5), "biases[0]: shape [5]")):
+    ok, msg = raises(fn, text)
+    check(ok, f"expected TraceError containing {text!r}, got: {msg}")
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

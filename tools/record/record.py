@@ -492,21 +492,15 @@ class Recorder:
 
 
 def write_gates(path, layout, model_name):
-    """The target's routers as a "moesched-gates" safetensors file: l{m}.weight [E, H] float32 (and
-    l{m}.bias, l{m}.score_bias when the router has them); config says how scores are formed."""
-    tensors, scoring = {}, "softmax"
-    for m, blk in enumerate(layout.moe_blocks):
-        gate = blk.gate
-        tensors[f"l{m}.weight"] = ("F32", gate.weight.detach().float().cpu().numpy())
-        if getattr(gate, "bias", None) is not None:
-            tensors[f"l{m}.bias"] = ("F32", gate.bias.detach().float().cpu().numpy())
-        if getattr(gate, "e_score_correction_bias", None) is not None:
-            tensors[f"l{m}.score_bias"] = ("F32", gate.e_score_correction_bias.detach().float().cpu().numpy())
-            scoring = "sigmoid"
-    config = {"model": model_name, "moe_layers": layout.moe_layers, "experts": layout.experts,
-              "hidden_size": layout.hidden_size, "top_k": layout.top_k, "scoring": scoring,
-              "source": layout.describe()}
-    mt.write_safetensors(path, tensors, {"format": "moesched-gates", "config": json.dumps(config)})
+    """The target's routers as a "moesched-gates" file (moesched_trace.write_gates: l{m}.weight
+    [E, H] float32, plus l{m}.bias / l{m}.score_bias when the routers have them)."""
+    gates = [blk.gate for blk in layout.moe_blocks]
+
+    def per_layer(attr):
+        arrays = [getattr(g, attr, None) for g in gates]
+        return None if any(a is None for a in arrays) else [a.detach().float().cpu().numpy() for a in arrays]
+    mt.write_gates(path, [g.weight.detach().float().cpu().numpy() for g in gates], top_k=layout.top_k, model=model_name,
+                   biases=per_layer("bias"), score_biases=per_layer("e_score_correction_bias"), source=layout.describe())
 
 
 CHANNEL_TEXT = {
@@ -519,13 +513,7 @@ CHANNEL_TEXT = {
     "preattn_linear": "two linear maps on the pre-attention (post input-norm) hidden state of MoE layer l's "
                       "decoder layer predict layer l; available after layer l-1",
 }
-HIDDEN_TEXT = {
-    "layer_output": "output of the decoder layer holding each MoE layer (the residual stream after it)",
-    "moe_input": "input of each MoE block (after the post-attention norm)",
-    "attn_input": "input of the attention of the decoder layer holding each MoE layer (after its input norm)",
-    "draft_moe_input": "the draft's feed-forward input at the decoder layer matching each MoE layer, for "
-                       "verify-step tokens 0..gamma-1 (the tokens the draft processed); zero in every other row",
-}
+HIDDEN_TEXT = mt.HIDDEN_STATES  # the names moesched-trace predict reads
 
 
 def parse_args(argv=None):
