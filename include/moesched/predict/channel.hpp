@@ -226,6 +226,34 @@ void fill(const io::Trace& t, const HiddenAccess& h, std::uint32_t hidden_size, 
 
 }  // namespace channel_detail
 
+/// One hidden state of a trace, row by row as floats: what an engine holds in memory for a token
+/// at a layer, for loops of one's own (calling a predictor's rank() per token).
+class HiddenReader {
+ public:
+  /// Throws ConfigError naming the trace when it has no such hidden state.
+  HiddenReader(const io::Trace& t, HiddenState state) : t_(&t) {
+    std::uint32_t size = 0;
+    for (const auto& h : t.meta().hidden) {
+      if (h.name == hidden_state_name(state)) size = h.hidden_size;
+    }
+    a_ = channel_detail::find_hidden(t, state, size, t.container().source());
+  }
+  [[nodiscard]] std::uint32_t hidden_size() const noexcept { return a_.desc->hidden_size; }
+  /// Token `token`'s state at MoE layer `layer` into out (hidden_size() floats); throws when the
+  /// trace did not capture that layer.
+  void read(std::uint64_t token, std::uint32_t layer, std::span<float> out) const {
+    if (out.size() != hidden_size()) {
+      throw ConfigError(t_->container().source(), "hidden row", std::to_string(out.size()),
+                        "the buffer must hold hidden_size (" + std::to_string(hidden_size()) + ") floats");
+    }
+    channel_detail::read_row(*t_, a_, token, channel_detail::slot_of(*t_, a_, layer), out);
+  }
+
+ private:
+  const io::Trace* t_;
+  channel_detail::HiddenAccess a_;
+};
+
 /// skip_gate: router l+1 on `moe_input` of layer l, every token of each non-prefill step.
 [[nodiscard]] inline ChannelData skip_gate_channel(const io::Trace& t, std::shared_ptr<const GateSet> gates, const ChannelOptions& o) {
   using namespace channel_detail;
