@@ -589,6 +589,15 @@ class Trace {
   }
   /// Hidden-state tensor h (shape tokens x layers x hidden_size).
   [[nodiscard]] const TensorInfo& hidden_tensor(std::uint32_t h) const noexcept { return *hidden_[h]; }
+  /// Element i of one of this trace's float tensors (F16, BF16 or F32: weights, scores, hidden
+  /// states) as float.
+  [[nodiscard]] float read_float(const TensorInfo& t, std::uint64_t i) const noexcept {
+    switch (t.dtype) {
+      case TensorDType::f16: return half_to_float(file_.load<std::uint16_t>(t, i));
+      case TensorDType::bf16: return bf16_to_float(file_.load<std::uint16_t>(t, i));
+      default: return file_.load<float>(t, i);
+    }
+  }
 
   /// Forward range over the steps.
   class StepRange {
@@ -645,14 +654,6 @@ class Trace {
       // restrict: the source bytes may not alias `out`, so the widening loop vectorises
       const auto* __restrict__ b = reinterpret_cast<const std::uint8_t*>(p + first);
       for (std::uint64_t i = 0; i < n; ++i) out[i] = b[i];
-    }
-  }
-
-  [[nodiscard]] float read_float(const TensorInfo& t, std::uint64_t i) const noexcept {
-    switch (t.dtype) {
-      case TensorDType::f16: return half_to_float(file_.load<std::uint16_t>(t, i));
-      case TensorDType::bf16: return bf16_to_float(file_.load<std::uint16_t>(t, i));
-      default: return file_.load<float>(t, i);
     }
   }
 

@@ -116,17 +116,7 @@ inline void read_row(const io::Trace& t, const HiddenAccess& a, std::uint64_t to
   const io::TensorInfo& ti = t.hidden_tensor(a.index);
   const std::uint64_t H = a.desc->hidden_size;
   const std::uint64_t first = (token * a.desc->layers.size() + slot) * H;
-  const auto& f = t.container();
-  switch (ti.dtype) {
-    case io::TensorDType::f16:
-      for (std::uint64_t i = 0; i < H; ++i) out[i] = io::half_to_float(f.load<std::uint16_t>(ti, first + i));
-      break;
-    case io::TensorDType::bf16:
-      for (std::uint64_t i = 0; i < H; ++i) out[i] = io::bf16_to_float(f.load<std::uint16_t>(ti, first + i));
-      break;
-    default:
-      std::memcpy(out.data(), f.bytes(ti) + first * sizeof(float), H * sizeof(float));
-  }
+  for (std::uint64_t i = 0; i < H; ++i) out[i] = t.read_float(ti, first + i);
 }
 
 inline void check_shape(const io::Trace& t, const std::string& weights_source, std::uint32_t layers, std::uint32_t experts) {
@@ -460,26 +450,13 @@ struct ChannelAgreement {
     (void)w.add_step(s, d.experts, d.weights, d.ids, d.pos);
   }
   for (std::uint32_t h = 0; h < hidden.size(); ++h) w.set_hidden(h, std::move(hidden[h]));
-  std::vector<std::uint16_t> cand(4096);
-  std::vector<float> scores;
+  auto add_all = [&w](std::uint32_t c, const ChannelData& ch) {
+    for (std::size_t i = 0; i < ch.size(); ++i) w.add_prediction(c, ch.predictions[i], ch.candidates(i), ch.candidate_scores(i));
+  };
   for (std::uint32_t c = 0; c < old; ++c) {
-    if (replaced[c]) continue;
-    for (std::uint64_t i = 0; i < t.prediction_count(c); ++i) {
-      const std::uint32_t n = t.candidates(c, i, cand.data());
-      scores.clear();
-      if (meta.channels[c].has_scores) {
-        for (std::uint32_t r = 0; r < n; ++r) scores.push_back(t.score(c, i, r));
-      }
-      w.add_prediction(c, t.prediction(c, i), std::span<const std::uint16_t>(cand.data(), n), scores);
-    }
+    if (!replaced[c]) add_all(c, channel_from_trace(t, c));
   }
-  for (std::size_t k = 0; k < channels.size(); ++k) {
-    const ChannelData& ch = channels[k];
-    const auto c = static_cast<std::uint32_t>(slot_of_new[k]);
-    for (std::size_t i = 0; i < ch.size(); ++i) {
-      w.add_prediction(c, ch.predictions[i], ch.candidates(i), ch.candidate_scores(i));
-    }
-  }
+  for (std::size_t k = 0; k < channels.size(); ++k) add_all(static_cast<std::uint32_t>(slot_of_new[k]), channels[k]);
   return w;
 }
 
