@@ -8,7 +8,8 @@
 #
 #   BUILD=build/gpu OUT=/tmp/out bash bench/gpu/fidelity.sh
 #
-# The profiles carry the executor's host costs (submit, launch, notify); fidelity.txt also shows
+# The profiles carry the executor's host costs (submit, launch, notify, handle, copy launch);
+# fidelity.txt also shows the real run's driver-thread time per completion, and
 # the simulator under the same profile without them (moesched-sim, column "sim no host"), so the
 # table says what modelling the host buys.
 #
@@ -107,6 +108,7 @@ for m in "${MODELS[@]}"; do
     "$W/$m.profile.json" "$W/$m.nohost.profile.json"
 done
 : >"$W/nohost.csv"
+: >"$W/handle.csv"
 
 echo "model,policy,gamma,cache_gb,real_tpot_ms,sim_tpot_ms" >"$W/fidelity.csv"
 for run in "${RUNS[@]}"; do
@@ -127,6 +129,10 @@ r = d["records"][0]
 print(f"{sys.argv[2]},{sys.argv[3]},{sys.argv[4]},{sys.argv[5]},{r['tpot_ms']['mean']:.4f},{r['sim_tpot_ms']:.4f}")
 PY
       say "replay $model $(basename "$trace") $p $cache GB: $(tail -1 "$W/fidelity.csv") ($((SECONDS - t1)) s)"
+      # The driver thread's time per completion in this run (CudaBackend::HostStats), beside the
+      # profile's handle_ns that the sim column charged.
+      python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["records"][0].get("driver_thread",{}); print(r.get("handle_ns",float("nan")), r.get("notify_ns",float("nan")))' \
+        "$j" >>"$W/handle.csv" 2>/dev/null || echo "nan nan" >>"$W/handle.csv"
       if [ -x "$SIM" ] && [ -s "$W/$model.nohost.profile.json" ]; then
         # shellcheck disable=SC2086
         "$SIM" compare --trace "$trace" --model "$model" --gpu h200 --policies "$p" --cache-gb "$cache" --chunks 0 \
@@ -181,13 +187,21 @@ fi
   for m in "${MODELS[@]}"; do tail -n +2 "$W/$m.copy.csv" 2>/dev/null; done | sort -t, -k1,1n
 } >"$W/copy.csv"
 
-python3 - "$W/fidelity.csv" "$W/copy.csv" "$USE_PROFILE" "$W/nohost.csv" "$W/torch_peer.csv" >"$W/fidelity.txt" <<'PY'
-import csv, math, statistics, sys
+python3 - "$W/fidelity.csv" "$W/copy.csv" "$USE_PROFILE" "$W/nohost.csv" "$W/torch_peer.csv" "$W/handle.csv" "$W" >"$W/fidelity.txt" <<'PY'
+import csv, json, math, os, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 nohost = [float(x) for x in open(sys.argv[4]).read().split()]
+handle = [tuple(float(v) for v in line.split()) for line in open(sys.argv[6]) if line.strip()]
+for m in sorted({r["model"] for r in rows}):
+    pf = os.path.join(sys.argv[7], f"{m}.profile.json")
+    if os.path.exists(pf):
+        h = json.load(open(pf)).get("host", {})
+        print(f"profile {m}: handle {h.get('handle_ns', 0) / 1e3:.2f} us per completion, notify {h.get('notify_ns', 0) / 1e3:.1f} us, "
+              f"copy launch {h.get('copy_launch_ns', 0) / 1e3:.1f} us, launch {h.get('launch_ns', 0) / 1e3:.1f} us")
 print("sim column:", "measured profile (--profile) with its host costs" if sys.argv[3] == "1" else "roofline presets (no --profile)")
 print("sim no host: moesched-sim under the same profile without its host costs (nan: not run)")
-print(f"{'model':24} {'policy':26} {'gamma':>5} {'cache GB':>8} {'real ms':>9} {'sim ms':>9} {'rel err':>8} {'no host':>9} {'rel err':>8}")
+print("handle/notify us: the real run's driver thread per completion and its wait-to-wake delay (moesched-replay's driver_thread)")
+print(f"{'model':24} {'policy':26} {'gamma':>5} {'cache GB':>8} {'real ms':>9} {'sim ms':>9} {'rel err':>8} {'no host':>9} {'rel err':>8} {'handle':>7} {'notify':>7}")
 errs, errs0 = [], []
 for i, r in enumerate(rows):
     real, sim = float(r["real_tpot_ms"]), float(r["sim_tpot_ms"])
@@ -197,7 +211,8 @@ for i, r in enumerate(rows):
     errs.append(abs(e))
     if not math.isnan(e0):
         errs0.append(abs(e0))
-    print(f"{r['model']:24} {r['policy']:26} {r['gamma']:>5} {r['cache_gb']:>8} {real:9.3f} {sim:9.3f} {100 * e:+7.1f}% {s0:9.3f} {100 * e0:+7.1f}%")
+    hd, nt = handle[i] if i < len(handle) else (float("nan"), float("nan"))
+    print(f"{r['model']:24} {r['policy']:26} {r['gamma']:>5} {r['cache_gb']:>8} {real:9.3f} {sim:9.3f} {100 * e:+7.1f}% {s0:9.3f} {100 * e0:+7.1f}% {hd / 1e3:7.2f} {nt / 1e3:7.1f}")
 if errs:
     print(f"|sim - real| / real over {len(errs)} runs: median {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}%")
 if errs0:

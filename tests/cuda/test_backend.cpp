@@ -95,6 +95,7 @@ RunResult run_gpu(const Workload& w, P& pol, std::uint32_t slots, std::uint32_t 
   expect(rig.ok, label + ": initialize");
   if (!rig.ok) return out;
   runtime::LayerDriver<CudaBackend> driver(w, *rig.backend, {.check_invariants = true, .compute_ahead = 4});
+  rig.backend->reset_host_stats();
   const runtime::Status s = driver.run(pol);
   if (!s) std::printf("  %s / %s\n", driver.fault_text().c_str(), rig.backend->error().describe().c_str());
   expect(s.ok(), label + ": the driver's run succeeds");
@@ -111,6 +112,14 @@ RunResult run_gpu(const Workload& w, P& pol, std::uint32_t slots, std::uint32_t 
   expect(m.passes == w.pass_count(), label + ": passes");
   expect(m.tpot_ms.mean > 0.0, label + ": TPOT positive (" + std::to_string(m.tpot_ms.mean) + " ms)");
   expect(m.peak_expert_memory <= rig.cfg.expert_bytes * slots, label + ": peak expert memory within the slots");
+  // The driver thread's time as the backend saw it: every completion counted once, submit time
+  // inside the busy time, and a positive time per completion (the driver does work on each).
+  const auto& h = rig.backend->host_stats();
+  expect(h.completions >= m.passes * (w.layers() + 1), label + ": host_stats counts the completions (" +
+                                                             std::to_string(h.completions) + ")");
+  expect(h.submitting.count() > 0 && h.submitting <= h.busy, label + ": submit time is part of the driver's busy time");
+  expect(h.handle_ns() > 0.0 && h.waited > 0 && h.waited <= h.completions,
+         label + ": handle " + std::to_string(h.handle_ns()) + " ns per completion, " + std::to_string(h.waited) + " waits");
   out.ok = s.ok();
   out.metrics = m;
   return out;

@@ -139,11 +139,13 @@ TEST_CASE("a profile file round-trips, and bad files are errors naming file, fie
   bad([](nlohmann::json& j) { j["copy_h2d"][1]["bytes"] = 4096; }, "copy_h2d[1].bytes");
   bad([](nlohmann::json& j) { j["router"] = nlohmann::json::array(); }, "router");
   bad([](nlohmann::json& j) { j.erase("head"); }, "head");
-  // The optional host costs: absent above (not measured); present, every field is required.
+  // The optional host costs: absent above (not measured); present, every field is required but
+  // handle_ns and copy_launch_ns (profiles written before they were measured: 0).
   CHECK_FALSE(q.host.measured());
   auto h = p;
   h.host = {.submit_dense_ns = 9'000.0, .submit_expert_ns = 8'000.0, .submit_head_ns = 4'000.0,
-            .submit_draft_ns = 90'000.0, .launch_ns = 6'000.0, .notify_ns = 5'000.0};
+            .submit_draft_ns = 90'000.0, .launch_ns = 6'000.0, .notify_ns = 5'000.0, .handle_ns = 2'500.0,
+            .copy_launch_ns = 11'000.0};
   const auto hp = dir.path() / "h.profile.json";
   io::write_profile(h, hp, {});
   const auto hq = io::read_profile(hp);
@@ -153,7 +155,20 @@ TEST_CASE("a profile file round-trips, and bad files are errors naming file, fie
   CHECK(hq.host.submit_draft_ns == 90'000.0);
   CHECK(hq.host.launch_ns == 6'000.0);
   CHECK(hq.host.notify_ns == 5'000.0);
+  CHECK(hq.host.handle_ns == 2'500.0);
+  CHECK(hq.host.copy_launch_ns == 11'000.0);
+  {
+    nlohmann::json j = io::profile_to_json(h);
+    j["host"].erase("handle_ns");
+    j["host"].erase("copy_launch_ns");
+    const auto old = io::profile_from_json(j, "old.profile.json");
+    CHECK(old.host.handle_ns == 0.0);
+    CHECK(old.host.copy_launch_ns == 0.0);
+    CHECK(old.host.notify_ns == 5'000.0);
+  }
   auto bad_host = [&](auto edit, const std::string& expect) { bad_of(h, edit, expect); };
+  bad_host([](nlohmann::json& j) { j["host"]["handle_ns"] = -2.0; }, "handle_ns");
+  bad_host([](nlohmann::json& j) { j["host"]["copy_launch_ns"] = "fast"; }, "copy_launch_ns");
   bad_host([](nlohmann::json& j) { j["host"]["notify_ns"] = -1.0; }, "notify_ns");
   bad_host([](nlohmann::json& j) { j["host"]["submit_ns"].erase("expert"); }, "expert");
   bad_host([](nlohmann::json& j) { j["host"]["launch"] = 1.0; }, "launch");
@@ -202,7 +217,8 @@ TEST_CASE("CostModel with a measured profile uses its times and its copy curve",
   CHECK_FALSE(c.host().any());
   auto hp = exact_profile();
   hp.host = {.submit_dense_ns = 9'000.2, .submit_expert_ns = 8'000.0, .submit_head_ns = 4'000.0,
-             .submit_draft_ns = 90'000.0, .launch_ns = 6'000.0, .notify_ns = 5'000.0};
+             .submit_draft_ns = 90'000.0, .launch_ns = 6'000.0, .notify_ns = 5'000.0, .handle_ns = 2'400.5,
+             .copy_launch_ns = 10'000.0};
   sim::CostOptions with_host;
   with_host.measured = std::make_shared<const profile::MeasuredCosts>(fit::fit_profile(hp));
   const sim::CostModel ch(model, gpu, with_host);
@@ -211,6 +227,8 @@ TEST_CASE("CostModel with a measured profile uses its times and its copy curve",
   CHECK(ch.host().submit_draft == Nanoseconds{90'000});
   CHECK(ch.host().launch == Nanoseconds{6'000});
   CHECK(ch.host().notify == Nanoseconds{5'000});
+  CHECK(ch.host().handle == Nanoseconds{2'401});
+  CHECK(ch.host().copy_launch == Nanoseconds{10'000});
   CHECK(ch.expert_time(1) == c.expert_time(1));
   bool listed = false;
   for (const auto& f : with_host.measured->fits) listed = listed || f.item == "host";

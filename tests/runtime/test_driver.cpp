@@ -213,6 +213,41 @@ TEST_CASE("driver: the executor's host time (submit, launch, notify) on the simu
   // dense L1 265-275; copy 275-375; FFN L1 submitted 375-405, ends 410; head 415-420.
   policy::LayerLru s;
   CHECK(sim::replay(w, fixed({.submit_expert = 30ns, .launch = 5ns}), s, checked(Bytes{2000}, 1)).total_time == 420ns);
+  // Handle alone (the driver's own work per completion, 6 ns): a kernel submitted after a
+  // completion starts 6 ns after it; the copy the gate submits does not wait (the link starts at
+  // the gate). Drafts 0-50, 56-106; dense L0 112-122; copy 122-222; FFN L0 228-248; dense L1
+  // 254-264; copy 264-364; FFN L1 370-390; head 396-401: 365 + 6 x 6.
+  policy::LayerLru hd;
+  const auto handled = sim::replay(w, fixed({.handle = 6ns}), hd, checked(Bytes{2000}, 1));
+  CHECK(handled.total_time == 401ns);
+  CHECK(handled.compute_busy == 2 * 50ns + 2 * 10ns + 2 * 20ns + 5ns);
+  // Copy launch alone (4 ns): each copy starts on the idle link 4 ns after the gate submitted it;
+  // the link's busy time is its chunks' alone. Copy L0 114-214, FFN 214-234, dense L1 234-244,
+  // copy 248-348, FFN 348-368, head 368-373: 365 + 2 x 4.
+  policy::LayerLru cl;
+  const auto launched = sim::replay(w, fixed({.copy_launch = 4ns}), cl, checked(Bytes{2000}, 1));
+  CHECK(launched.total_time == 373ns);
+  CHECK(launched.link_busy == 200ns);
+}
+
+TEST_CASE("driver: a copy queued behind another pays no copy launch", "[runtime][driver][host]") {
+  // Two experts needed at one layer, both absent, one chunk of 100 each: the first copy starts 4 ns
+  // after the gate (idle link), the second right behind it (the copy engine holds it already).
+  Workload w(RoutingShape{1, 2, 2});
+  const PassMember m{.request = 0, .emitted = 1, .step = 0};
+  w.begin_pass(Pass{.phase = StepPhase::decode, .tokens = 1}, std::span<const PassMember>(&m, 1));
+  const ExpertUse both[] = {{0, 1}, {1, 1}};
+  w.add_layer(both);
+  w.set_request_count(1);
+  auto fixed = [](sim::HostTimes h) {
+    return CostModel::fixed({.dense = 10ns, .expert = 20ns, .head = 5ns, .draft_step = 50ns, .chunk_times = {100ns},
+                             .expert_bytes = Bytes{1000}, .host = h});
+  };
+  // dense 0-10; copies 14-114 and 114-214; FFN of the first 114-134, of the second 214-234; head 234-239.
+  policy::LayerLru a;
+  CHECK(sim::replay(w, fixed({.copy_launch = 4ns}), a, checked(Bytes{2000}, 1)).total_time == 239ns);
+  policy::LayerLru b;
+  CHECK(sim::replay(w, fixed({}), b, checked(Bytes{2000}, 1)).total_time == 235ns);
 }
 
 TEST_CASE("driver: refusals", "[runtime][driver]") {

@@ -6,6 +6,7 @@
 //   cuda::profile_link ------------------------------------> host-to-device copy curve
 //   empty kernels back to back, FFN beside a running copy ---> launch cost, GEMM slowdown
 //   each kind of order alone through submit_compute ---------> host costs (submit, launch, notify)
+//   a copy on an idle link, the layer driver running lru ----> copy launch, the driver's handle time
 //   --> io::write_profile(-o FILE)      [--copy-csv: executor copies beside plain copies]
 //
 //   moesched-profile --model mixtral-8x7b -o h200-mixtral.profile.json
@@ -20,6 +21,9 @@
 #include <moesched/cuda/link_profiler.cuh>
 #include <moesched/io/atomic_file.hpp>
 #include <moesched/io/profile_json.hpp>
+#include <moesched/policy/baseline.hpp>
+#include <moesched/runtime/driver.hpp>
+#include <moesched/workload/workload.hpp>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -276,6 +280,46 @@ double plain_gbps(void* host, void* dev, std::uint64_t bytes, std::uint32_t coun
   return best;
 }
 
+/// The layer driver's own time per completion it receives (HostCosts::handle_ns): the shared
+/// driver runs `lru` on a CudaBackend of the model's shapes (its first `layers` MoE layers: the
+/// time per completion does not depend on the depth) over `passes` decode tokens that all route
+/// to experts 0..top_k-1, so that after the first pass's copies every expert is resident, as in a
+/// run whose experts fit; compute_ahead 8, as moesched-replay's default. The backend's
+/// host_stats() split the driver thread's time outside wait() into submit_compute (the profile's
+/// submit costs) and the rest: the driver's bookkeeping and the policy's hooks.
+struct DriverHandle {
+  double handle_ns = 0.0;
+  double notify_ns = 0.0;  ///< mean item end -> wait() return, over the waits that blocked
+  std::uint64_t completions = 0;
+};
+DriverHandle driver_handle(const ModelDesc& model, int device, std::uint32_t layers, std::uint32_t passes) {
+  const std::uint32_t top_k = model.shape.top_k;
+  auto cfg = CudaBackend::from_model(model, layers * top_k, 1);
+  cfg.layers = layers;
+  cfg.host_experts = top_k;  // the store holds what the run copies; the rest alias onto it
+  cfg.cpu_workers = 0;
+  cfg.device = device;
+  Workload w(RoutingShape{layers, cfg.experts, top_k});
+  std::vector<ExpertUse> uses;
+  for (std::uint32_t e = 0; e < top_k; ++e) uses.push_back({static_cast<std::uint16_t>(e), 1});
+  for (std::uint32_t i = 0; i < passes; ++i) {
+    const PassMember m{.request = 0, .emitted = 1, .step = i};
+    w.begin_pass(Pass{.phase = StepPhase::decode, .tokens = 1, .kv_tokens = 512 + i, .attention_pairs = 512 + i},
+                 std::span<const PassMember>(&m, 1));
+    for (std::uint32_t l = 0; l < layers; ++l) w.add_layer(uses);
+  }
+  w.set_request_count(1);
+  BackendRig rig(cfg, std::byte{0});
+  CudaBackend& b = *rig.backend;
+  b.reset_host_stats();
+  policy::LayerLru lru;
+  runtime::LayerDriver<CudaBackend> driver(w, b, {.check_invariants = false, .compute_ahead = 8});
+  if (auto st = driver.run(lru); !st) throw CudaFailure{st.describe() + " " + driver.fault_text()};
+  check(b.error());
+  const auto& h = b.host_stats();
+  return {h.handle_ns(), h.notify_ns(), h.completions};
+}
+
 int run_profile(const ProfileOptions& o) {
   check_output_path(o.out, "-o");
   if (!o.copy_csv.empty()) check_output_path(o.copy_csv, "--copy-csv");
@@ -405,6 +449,31 @@ int run_profile(const ProfileOptions& o) {
       // (they are the same stream and the same poller; the kinds differ in their kernels only).
       p.host.launch_ns = median({dense.launch_ns, expert.launch_ns, head.launch_ns, draft.launch_ns});
       p.host.notify_ns = median({dense.notify_ns, expert.notify_ns, head.notify_ns, draft.notify_ns});
+      // Copy launch: with the link and the copy thread idle, submit_copy's call -> the copy's first
+      // chunk starting on the copy stream (its start event): the copy thread's wake-up and its
+      // first copy call, which the copy curve (event to event) does not hold.
+      {
+        check(b.reanchor());
+        std::vector<double> launch;
+        for (int i = 0; i < reps + 3; ++i) {
+          const Nanoseconds t0 = b.now();
+          check(b.submit_copy({ExpertId{0, 0}, 0, CopyPriority::high}));
+          runtime::Completion done;
+          Nanoseconds first{-1};
+          bool landed = false;
+          while (!landed && b.wait(done)) {
+            if (done.kind != runtime::CompletionKind::chunk) continue;
+            if (done.chunk == 0) first = done.start;
+            landed = done.landed;
+          }
+          check(b.error());
+          if (!landed || first.count() < 0) throw CudaFailure{"profile: the copy-launch copy did not land"};
+          if (i >= 3) launch.push_back(static_cast<double>(std::max(Nanoseconds{0}, first - t0).count()));
+        }
+        p.host.copy_launch_ns = median(launch);
+        notes.push_back(fmt::format("host: copy launch (idle link: submit_copy -> first chunk starts) {:.1f} us, median of {}",
+                                    p.host.copy_launch_ns / 1e3, reps));
+      }
       notes.push_back(fmt::format(
           "host: submit_compute on the calling thread per order at 1 token, {} back to back (kept): dense {:.1f} us, "
           "expert {:.1f}, head {:.1f}, draft step {:.1f}; alone on an idle stream: dense {:.1f}, expert {:.1f}, head {:.1f}, "
@@ -415,9 +484,10 @@ int run_profile(const ProfileOptions& o) {
           dense.launch_ns / 1e3, expert.launch_ns / 1e3, head.launch_ns / 1e3, draft.launch_ns / 1e3,
           dense.notify_ns / 1e3, expert.notify_ns / 1e3, head.notify_ns / 1e3, draft.notify_ns / 1e3));
       progress(fmt::format("host: submit dense {:.1f} us, expert {:.1f} us back to back ({:.1f}, {:.1f} alone); launch "
-                           "{:.1f} us; notify {:.1f} us ({:.1f} s)",
+                           "{:.1f} us; notify {:.1f} us; copy launch {:.1f} us ({:.1f} s)",
                            dense.submit_ns / 1e3, expert.submit_ns / 1e3, dense.submit_idle_ns / 1e3,
-                           expert.submit_idle_ns / 1e3, p.host.launch_ns / 1e3, p.host.notify_ns / 1e3, elapsed()));
+                           expert.submit_idle_ns / 1e3, p.host.launch_ns / 1e3, p.host.notify_ns / 1e3,
+                           p.host.copy_launch_ns / 1e3, elapsed()));
     }
     notes.push_back("expert_ffn, dense, head, draft_step: orders submitted back to back through "
                     "CudaBackend::submit_compute (the driver's path) behind a kernel holding the stream until all "
@@ -469,6 +539,19 @@ int run_profile(const ProfileOptions& o) {
     }
     progress(fmt::format("launch {:.2f} us per kernel; FFN slowdown under a copy x{:.3f} ({:.1f} s)",
                          p.kernel_launch_ns / 1e3, p.gemm_slowdown_under_copy, elapsed()));
+  }
+  // ---- the driver's own time per completion (a backend with every used expert resident) ----
+  {
+    const std::uint32_t layers = std::min<std::uint32_t>(cfg.layers, 8);
+    const std::uint32_t passes = o.quick ? 16 : 48;
+    const DriverHandle h = driver_handle(model, o.device, layers, passes);
+    p.host.handle_ns = h.handle_ns;
+    notes.push_back(fmt::format("host: handle {:.2f} us per completion: the layer driver running lru on {} MoE layers x {} "
+                                "decode tokens, every used expert resident after the first; {} completions; notify seen "
+                                "there {:.1f} us",
+                                h.handle_ns / 1e3, layers, passes, h.completions, h.notify_ns / 1e3));
+    progress(fmt::format("driver: handle {:.2f} us per completion over {} completions; notify {:.1f} us ({:.1f} s)",
+                         h.handle_ns / 1e3, h.completions, h.notify_ns / 1e3, elapsed()));
   }
 
   // ---- the host-to-device copy curve (cuda/link_profiler.cuh) ----

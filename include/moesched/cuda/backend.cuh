@@ -37,7 +37,10 @@
 ///   does not have).
 /// - drain: drops queued copies and jobs, lets what is on the streams finish, discards completions.
 ///
-/// - profiling: enqueue_kernel() runs the same kernels outside the driver, for moesched-profile.
+/// - profiling: enqueue_kernel() runs the same kernels outside the driver, for moesched-profile;
+///   host_stats() splits the driver thread's time outside wait() into submit_compute and the rest
+///   (the driver's bookkeeping and the policy's hooks), per completion: moesched-replay reports it
+///   for every run, and moesched-profile measures the simulator's HostCosts::handle_ns with it.
 ///
 /// Kernels: the backend's small kernels (SiLU x up, random fill, slot checksum, empty) are defined in
 /// moesched/cuda/backend_kernels.cuh; include that in exactly one .cu file of the program. This
@@ -427,6 +430,16 @@ class CudaBackend {
   [[nodiscard]] std::span<const std::byte> activation(runtime::InputSource, std::uint32_t) const noexcept { return {}; }
 
   runtime::Status submit_compute(const runtime::ComputeOrder& k) {
+    const Nanoseconds t0 = now();
+    runtime::Status st = submit_compute_timed(k);
+    host_stats_.submitting += now() - t0;
+    return st;
+  }
+
+
+ private:
+  /// submit_compute's work (submit_compute times it for host_stats()).
+  runtime::Status submit_compute_timed(const runtime::ComputeOrder& k) {
     using runtime::ComputeKind;
     using runtime::Status;
     using runtime::StatusCode;
@@ -476,6 +489,7 @@ class CudaBackend {
     return Status::success();
   }
 
+ public:
   runtime::Status submit_copy(const runtime::CopyOrder& c) {
     using runtime::Status;
     using runtime::StatusCode;
@@ -557,14 +571,50 @@ class CudaBackend {
 
   bool wait(runtime::Completion& out) {
     if (outstanding_ == 0 || !error().ok()) return false;
-    if (!done_.pop_wait(out)) return false;
+    const Nanoseconds in = now();
+    if (last_return_.count() >= 0) host_stats_.busy += in - last_return_;
+    last_return_ = Nanoseconds{-1};
+    const bool ready = done_.try_pop(out);
+    if (!ready && !done_.pop_wait(out)) return false;
     account(out);
+    last_return_ = now();
+    ++host_stats_.completions;
+    if (!ready) {
+      ++host_stats_.waited;
+      host_stats_.notify += std::max(Nanoseconds{0}, last_return_ - out.end);
+    }
     return true;
   }
   bool poll(runtime::Completion& out) {
     if (outstanding_ == 0 || !done_.try_pop(out)) return false;
     account(out);
+    ++host_stats_.completions;
     return true;
+  }
+
+  /// The driver thread's time, as the backend sees it from its calls (driver thread only).
+  struct HostStats {
+    std::uint64_t completions = 0;  ///< handed to the driver by wait() and poll()
+    Nanoseconds busy{};             ///< outside wait(): from each wait()'s return to the next wait() call
+    Nanoseconds submitting{};       ///< of that, inside submit_compute
+    std::uint64_t waited = 0;       ///< wait() calls that found no completion ready and blocked
+    Nanoseconds notify{};           ///< over those: the item's end (its event) -> wait() returned it
+    /// The driver's own time per completion: its bookkeeping and the policy's hooks (what the
+    /// simulator charges as HostTimes::handle).
+    [[nodiscard]] double handle_ns() const noexcept {
+      return completions == 0 ? 0.0 : static_cast<double>((busy - submitting).count()) / static_cast<double>(completions);
+    }
+    [[nodiscard]] double notify_ns() const noexcept {
+      return waited == 0 ? 0.0 : static_cast<double>(notify.count()) / static_cast<double>(waited);
+    }
+  };
+  /// Counted since the last reset_host_stats() (busy: from it), or since initialize() (busy: from
+  /// the first wait()'s return).
+  [[nodiscard]] const HostStats& host_stats() const noexcept { return host_stats_; }
+  /// Zeroes host_stats(); the driver's busy time counts from now (call it right before a run).
+  void reset_host_stats() noexcept {
+    host_stats_ = {};
+    last_return_ = now();
   }
   /// Drops queued copies and jobs, lets what is on the streams finish, discards completions.
   runtime::Status drain() {
@@ -1178,6 +1228,8 @@ class CudaBackend {
 
   runtime::CompletionQueue done_;
   runtime::JobWorkers workers_;  ///< the cpu_worker predictor jobs
+  HostStats host_stats_{};       // driver thread only
+  Nanoseconds last_return_{-1};  // when wait() last returned a completion; -1: not since a reset
   std::vector<std::thread> threads_;
 };
 

@@ -189,12 +189,13 @@ struct ItemFit {
     profile::FitReport host;
     host.item = "host";
     host.samples = 1;
-    char buf[200];
+    char buf[320];
     std::snprintf(buf, sizeof buf,
                   "measured constants: submit dense %.1f us, expert %.1f us, head %.1f us, draft step %.1f us; "
-                  "launch %.1f us; notify %.1f us",
+                  "launch %.1f us; notify %.1f us; handle %.2f us per completion; copy launch %.1f us",
                   p.host.submit_dense_ns / 1e3, p.host.submit_expert_ns / 1e3, p.host.submit_head_ns / 1e3,
-                  p.host.submit_draft_ns / 1e3, p.host.launch_ns / 1e3, p.host.notify_ns / 1e3);
+                  p.host.submit_draft_ns / 1e3, p.host.launch_ns / 1e3, p.host.notify_ns / 1e3, p.host.handle_ns / 1e3,
+                  p.host.copy_launch_ns / 1e3);
     host.terms = buf;
     m.fits.push_back(host);
   }

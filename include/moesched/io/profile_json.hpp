@@ -16,8 +16,9 @@
 ///    "router":     [{"tokens": 1, "ns": 6000.0}, ...],
 ///    "kernel_launch_ns": 2400.0, "gemm_slowdown_under_copy": 1.02,
 ///    "host": {"submit_ns": {"dense": 9000.0, "expert": 8000.0, "head": 4000.0, "draft_step": 90000.0},
-///             "launch_ns": 6000.0, "notify_ns": 5000.0},             optional: the executor's host
-///                                                                   costs (profile::HostCosts)
+///             "launch_ns": 6000.0, "notify_ns": 5000.0,              optional: the executor's host
+///             "handle_ns": 2500.0, "copy_launch_ns": 9000.0},       costs (profile::HostCosts;
+///                                                                   the last two optional, 0 if absent)
 ///    "notes": ["..."]}                                              optional, ignored
 /// Every list needs at least one sample (expert_ffn, dense, head: at least two distinct driver
 /// values, so a slope can be fitted; fit/latency_fit.hpp says which). Unknown fields, wrong types,
@@ -114,6 +115,8 @@ inline std::vector<profile::TokenSample> read_token_samples(JsonObjectReader& r,
     sub.finish();
     p.host.launch_ns = h.required_number("launch_ns", false);
     p.host.notify_ns = h.required_number("notify_ns", false);
+    p.host.handle_ns = h.optional_number("handle_ns", false).value_or(0.0);
+    p.host.copy_launch_ns = h.optional_number("copy_launch_ns", false).value_or(0.0);
     h.finish();
   }
   (void)r.optional_string_list("notes");
@@ -159,7 +162,9 @@ inline std::vector<profile::TokenSample> read_token_samples(JsonObjectReader& r,
                    {"head", p.host.submit_head_ns},
                    {"draft_step", p.host.submit_draft_ns}}},
                  {"launch_ns", p.host.launch_ns},
-                 {"notify_ns", p.host.notify_ns}};
+                 {"notify_ns", p.host.notify_ns},
+                 {"handle_ns", p.host.handle_ns},
+                 {"copy_launch_ns", p.host.copy_launch_ns}};
   }
   if (!notes.empty()) j["notes"] = notes;
   return j;

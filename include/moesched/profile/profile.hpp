@@ -64,9 +64,13 @@ struct HostCosts {
   double submit_draft_ns = 0.0;   ///< ... of one draft step
   double launch_ns = 0.0;         ///< an idle stream: submit_compute called -> the order's first kernel starts
   double notify_ns = 0.0;         ///< an item ends on the GPU -> the driver's wait() returns its completion
+  /// The driver thread's own time per completion it receives (the layer driver's bookkeeping and
+  /// the policy's hooks), beside its submit_compute calls; measured with `lru` (0: not measured).
+  double handle_ns = 0.0;
+  double copy_launch_ns = 0.0;    ///< an idle link: submit_copy called -> the copy's first chunk starts (0: not measured)
   [[nodiscard]] bool measured() const noexcept {
     return submit_dense_ns > 0 || submit_expert_ns > 0 || submit_head_ns > 0 || submit_draft_ns > 0 || launch_ns > 0 ||
-           notify_ns > 0;
+           notify_ns > 0 || handle_ns > 0 || copy_launch_ns > 0;
   }
 };
 

@@ -20,8 +20,11 @@
 ///   after another), its kernels start no earlier than the submission's begin plus the launch
 ///   delay and end no earlier than the submission's end plus that delay, and every completion
 ///   reaches the driver `notify` after it happened (the stream and the link go on at once; only
-///   the driver learns late). At batch 1 this is what separates a launch-bound GPU run from its
-///   kernels' device time.
+///   the driver learns late); the driver's thread then works `handle` on each completion it
+///   receives (its bookkeeping and the policy's hooks) before it can submit a kernel again; a copy
+///   submitted while the link is idle starts `copy_launch` after its submission (the copy thread's
+///   wake-up and its first copy call; a copy queued behind another starts when that one ends). At batch 1 this
+///   is what separates a launch-bound GPU run from its kernels' device time.
 /// - Kernels beside copies (CostModel::compute_slowdown_under_copy() = s, 1 unless a measured
 ///   profile or FixedCosts sets it): a kernel that starts while the link has copies runs s times
 ///   slower for as long as the copies already on or queued for the link last, then at full speed.
@@ -119,7 +122,7 @@ class SimBackend {
     s.chunks_done = 0;
     waiting_.push_back(f, c.priority);
     link_queued_ += copy_total_;
-    if (current_ == kNone) start_next_chunk();
+    if (current_ == kNone) start_next_chunk(host_.copy_launch);  // an idle link: the copy launch delay
     return runtime::Status::success();
   }
   MOESCHED_HOT bool cancel_copy(ExpertId id) {
@@ -159,7 +162,16 @@ class SimBackend {
   MOESCHED_HOT bool wait(runtime::Completion& out) {
     if (queue_.empty()) return false;
     const auto ev = queue_.pop();
-    if (host_.notify.count() > 0) [[unlikely]] return wait_notified(ev.payload, out);
+    if (host_on_) [[unlikely]] {
+      if (host_.notify.count() > 0) {
+        if (!wait_notified(ev.payload, out)) return false;
+      } else {
+        deliver(ev.payload, out);
+      }
+      // The driver handles the completion before its next submission begins.
+      host_free_ = std::max(now(), host_free_) + host_.handle;
+      return true;
+    }
     deliver(ev.payload, out);
     return true;
   }
@@ -397,14 +409,16 @@ class SimBackend {
     start_next_chunk();
   }
 
-  MOESCHED_HOT void start_next_chunk() {
+  /// Puts the next chunk on the link, `launch` from now (an idle link's copy launch delay; 0 when
+  /// the copy engine's window already holds it: a chunk behind another or a copy behind a copy).
+  MOESCHED_HOT void start_next_chunk(Nanoseconds launch = Nanoseconds{0}) {
     if (current_ == kNone) {
       current_ = waiting_.pop();
       if (current_ == kNone) return;
     }
     const Nanoseconds c = chunk_times_[copies_[current_].chunks_done];
     link_queued_ -= c;
-    chunk_end_ = now() + c;
+    chunk_end_ = now() + launch + c;
     queue_.push(chunk_end_, {EventKind::chunk_done, current_});
   }
   const CostModel* cost_;
@@ -430,7 +444,7 @@ class SimBackend {
   Nanoseconds copy_total_{0};                // link time of one whole expert copy (all chunks)
   Nanoseconds chunk_end_{0};                 // when the chunk on the link (current_) ends
   Nanoseconds link_queued_{0};               // link time of the chunks not started: current_'s rest and waiting_
-  Nanoseconds host_free_{0};                 // the driver's thread is busy submitting until then
+  Nanoseconds host_free_{0};                 // the driver's thread is busy (submitting, handling) until then
   const Pass* dense_pass_ = nullptr;          // the pass dense_cache_ holds, with its key fields
   std::array<std::uint64_t, 5> dense_key_{};
   std::vector<Nanoseconds> dense_cache_;     // per dense twin (CostModel::dense_twin); -1: not computed yet

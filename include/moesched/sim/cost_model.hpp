@@ -40,8 +40,10 @@
 ///   H100); SimBackend stretches the part of a kernel that overlaps the link's busy time by it.
 ///   1 (no interference) for roofline costs; FixedCosts sets it for tests.
 /// - Host time (host()): what the executor's driver thread spends submitting each kind of order,
-///   an idle stream's delay from a submission to its first kernel, and the delay from an item's end
-///   to the driver receiving its completion (SimBackend charges them). Zero with roofline costs (an
+///   an idle stream's delay from a submission to its first kernel, the delay from an item's end
+///   to the driver receiving its completion, the driver's own work per completion (its
+///   bookkeeping and the policy's hooks), and an idle link's delay from a copy's submission to its
+///   first chunk (SimBackend charges them all). Zero with roofline costs (an
 ///   ideal host); the profile's measured values when it has them; FixedCosts::host when fixed.
 
 #include "moesched/core/config.hpp"
@@ -80,9 +82,12 @@ struct HostTimes {
   Nanoseconds submit_draft{};   ///< ... one draft step
   Nanoseconds launch{};         ///< an idle stream: submission begins -> its first kernel starts
   Nanoseconds notify{};         ///< an item ends -> the driver receives its completion
+  Nanoseconds handle{};         ///< the driver thread's own work per completion it receives
+  Nanoseconds copy_launch{};    ///< an idle link: submit_copy -> the copy's first chunk starts
   [[nodiscard]] bool any() const noexcept {
     return submit_dense.count() > 0 || submit_expert.count() > 0 || submit_head.count() > 0 ||
-           submit_draft.count() > 0 || launch.count() > 0 || notify.count() > 0;
+           submit_draft.count() > 0 || launch.count() > 0 || notify.count() > 0 || handle.count() > 0 ||
+           copy_launch.count() > 0;
   }
 };
 
@@ -129,7 +134,8 @@ class CostModel {
       gpu_.h2d = measured_->copy_h2d;
       const profile::HostCosts& h = measured_->host;
       host_ = {ceil_ns(h.submit_dense_ns), ceil_ns(h.submit_expert_ns), ceil_ns(h.submit_head_ns),
-               ceil_ns(h.submit_draft_ns), ceil_ns(h.launch_ns), ceil_ns(h.notify_ns)};
+               ceil_ns(h.submit_draft_ns), ceil_ns(h.launch_ns), ceil_ns(h.notify_ns), ceil_ns(h.handle_ns),
+               ceil_ns(h.copy_launch_ns)};
       compute_slowdown_ = checked_slowdown(measured_->gemm_slowdown_under_copy, "gemm_slowdown_under_copy");
     }
     if (opt.chunks < 1 || opt.chunks > 64) {
