@@ -286,7 +286,8 @@ HIDDEN_STATES = {
 }
 
 
-def write_gates(path, weights, *, top_k, model="", biases=None, score_biases=None, source=None):
+def write_gates(path, weights, *, top_k, model="", biases=None, score_biases=None, source=None, n_group=1,
+                topk_group=None, group_score=None):
     """Write a model's routers as a "moesched-gates" safetensors file (what `moesched-trace predict`
     reads for skip_gate and draft_gate; record.py --gates-out writes the same).
 
@@ -294,6 +295,10 @@ def write_gates(path, weights, *, top_k, model="", biases=None, score_biases=Non
     biases: optional, one [experts] array per layer added to the logits. score_biases: optional,
     one [experts] array per layer for DeepSeek-V3-style routers (sigmoid scores plus this bias);
     then scoring is "sigmoid", else "softmax". Shapes and finiteness are checked.
+    n_group, topk_group: group-limited routing (DeepSeek-V2/V3, the HF config's fields of the same
+    names): the experts form n_group equal groups in id order and only the topk_group best groups'
+    experts are chosen; group_score "max" (a group's best score; V2, the default with softmax) or
+    "top2_sum" (its two best; V3, the default with sigmoid).
 
     >>> import numpy as np, moesched_trace as mt
     >>> mt.write_gates("gates.safetensors", [np.eye(4, 8, dtype=np.float32)] * 2, top_k=2, model="toy-moe")
@@ -324,6 +329,19 @@ def write_gates(path, weights, *, top_k, model="", biases=None, score_biases=Non
             tensors[f"l{m}.{suffix}"] = ("F32", b)
     config = {"model": str(model), "moe_layers": len(ws), "experts": int(E), "hidden_size": int(H), "top_k": int(top_k),
               "scoring": "sigmoid" if score_biases is not None else "softmax"}
+    n_group = int(n_group)
+    if n_group < 1 or E % n_group != 0:
+        raise TraceError(f"n_group = {n_group}: must be a positive divisor of the expert count ({E})")
+    kept = n_group if topk_group is None else int(topk_group)
+    if not 1 <= kept <= n_group or int(top_k) > kept * (E // n_group):
+        raise TraceError(f"topk_group = {topk_group}: must be between 1 and n_group ({n_group}) and keep at least "
+                         f"top_k ({top_k}) experts")
+    if group_score not in (None, "max", "top2_sum"):
+        raise TraceError(f"group_score = {group_score!r}: must be 'max' or 'top2_sum'")
+    if n_group > 1:
+        config.update({"n_group": n_group, "topk_group": kept})
+        if group_score is not None:
+            config["group_score"] = group_score
     if source is not None:
         config["source"] = source
     write_safetensors(path, tensors, {"format": "moesched-gates", "config": json.dumps(config)})

@@ -6,6 +6,7 @@
 #include <moesched/predict/predictors.hpp>
 
 #include <array>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -182,4 +183,71 @@ TEST_CASE("predictor constructors refuse layers the files lack") {
   const auto m2 = test::thrown_message<ConfigError>([&] { LearnedPredictor bad(set, 1); });
   INFO(m2);
   CHECK(test::contains(m2, "no such entry (1 source layers)"));
+}
+
+TEST_CASE("group-limited gate (DeepSeek): only the best groups' experts are candidates") {
+  // E = 6 experts in 3 groups of 2 ({0, 1}, {2, 3}, {4, 5}); router = identity, so logits = x.
+  test::TempDir dir;
+  test::GatesSpec g;
+  g.experts = 6;
+  g.hidden = 6;
+  g.weights = {std::vector<float>(36, 0.0F)};
+  for (std::size_t i = 0; i < 6; ++i) g.weights[0][i * 6 + i] = 1.0F;
+  std::array<ScoredExpert, 6> out{};
+  SECTION("softmax, group score = the group's best (V2)") {
+    g.config_patch = {{"n_group", 3}, {"topk_group", 1}};
+    auto p = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
+    // Plain top-2 would be 0 (5.0) and 2 (4.9); the best group is {0, 1} (5.0 > 4.9 > 0).
+    const std::array<float, 6> x{5.0F, 0.0F, 4.9F, 4.8F, 0.0F, 0.0F};
+    REQUIRE(p.rank(x, out) == 2);
+    CHECK(out[0].expert == 0);
+    CHECK(out[1].expert == 1);
+    // Scores stay the softmax over all experts.
+    const double z = std::exp(5.0) + std::exp(4.9) + std::exp(4.8) + 3.0;
+    CHECK(out[0].score == Approx(std::exp(5.0) / z).epsilon(1e-5));
+    CHECK(out[1].score == Approx(1.0 / z).epsilon(1e-5));
+    // Two groups kept: {0, 1} and {2, 3}, ranked by score.
+    g.config_patch = {{"n_group", 3}, {"topk_group", 2}};
+    auto q = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
+    REQUIRE(q.rank(x, out) == 4);
+    CHECK(out[0].expert == 0);
+    CHECK(out[1].expert == 2);
+    CHECK(out[2].expert == 3);
+    CHECK(out[3].expert == 1);
+  }
+  SECTION("sigmoid, group score = the sum of the group's two best (V3)") {
+    g.scoring = "sigmoid";
+    g.config_patch = {{"n_group", 3}, {"topk_group", 1}};
+    // sigmoid: .953 .047 | .881 .881 | .5 .5 -> sums 1.0, 1.762, 1.0: group {2, 3} wins, though
+    // expert 0 has the best score (and its group the best maximum).
+    const std::array<float, 6> x{3.0F, -3.0F, 2.0F, 2.0F, 0.0F, 0.0F};
+    auto p = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
+    REQUIRE(p.rank(x, out) == 2);
+    CHECK(out[0].expert == 2);
+    CHECK(out[1].expert == 3);
+    CHECK(out[0].score == Approx(0.8807970779778823).epsilon(1e-6));
+    // Groups {0, 1} and {4, 5} tie at 1.0: with two kept, the lower one joins {2, 3}.
+    g.config_patch = {{"n_group", 3}, {"topk_group", 2}};
+    auto q = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
+    REQUIRE(q.rank(x, out) == 4);
+    CHECK(out[0].expert == 0);
+    CHECK(out[1].expert == 2);
+    CHECK(out[2].expert == 3);
+    CHECK(out[3].expert == 1);
+    // The same file with "max" group scores keeps {0, 1}.
+    g.config_patch = {{"n_group", 3}, {"topk_group", 1}, {"group_score", "max"}};
+    auto r = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
+    REQUIRE(r.rank(x, out) == 2);
+    CHECK(out[0].expert == 0);
+    CHECK(out[1].expert == 1);
+  }
+  SECTION("one group kept of one: the plain ranking") {
+    g.config_patch = {{"n_group", 1}};
+    auto p = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
+    const std::array<float, 6> x{5.0F, 0.0F, 4.9F, 4.8F, 0.0F, 0.0F};
+    REQUIRE(p.rank(x, out) == 6);
+    CHECK(out[0].expert == 0);
+    CHECK(out[1].expert == 2);
+    CHECK(out[2].expert == 3);
+  }
 }

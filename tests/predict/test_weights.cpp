@@ -59,6 +59,9 @@ TEST_CASE("gates file: a good one reads") {
   CHECK(set.hidden_size == 2);
   CHECK(set.top_k == 2);
   CHECK(set.scoring == predict::GateScoring::softmax);
+  CHECK(set.groups == 1);  // no group-limited routing unless the config says so
+  CHECK(set.groups_kept == 1);
+  CHECK(set.group_score == predict::GroupScore::max);
   REQUIRE(set.routers.size() == 2);
   CHECK(set.routers[0].bias.size() == 0);
   CHECK(set.routers[1].bias.size() == 3);
@@ -91,6 +94,25 @@ TEST_CASE("gates file: each defect named") {
   g = good_gates();
   g.score_bias = {{0, 0, 1}};
   CHECK_MSG(gates_error(g), "field 'l0.score_bias': only sigmoid scoring has a score bias");
+  // Group-limited routing (n_group, topk_group, group_score) on the 3 experts of good_gates().
+  g = good_gates();
+  g.config_patch = {{"n_group", 2}};
+  CHECK_MSG(gates_error(g), "field '__metadata__.config.n_group' = 2: must divide the expert count (3)");
+  g = good_gates();
+  g.config_patch = {{"n_group", 4}};
+  CHECK_MSG(gates_error(g), "field '__metadata__.config.n_group' = 4: must be between 1 and 3");
+  g = good_gates();
+  g.config_patch = {{"n_group", 3}, {"topk_group", 1}};
+  CHECK_MSG(gates_error(g), "field '__metadata__.config.topk_group' = 1: keeps 1 experts, fewer than top_k (2)");
+  g = good_gates();
+  g.config_patch = {{"n_group", 3}, {"topk_group", 4}};
+  CHECK_MSG(gates_error(g), "field '__metadata__.config.topk_group' = 4: must be between 1 and 3");
+  g = good_gates();
+  g.config_patch = {{"n_group", 3}, {"group_score", "top2_sum"}};
+  CHECK_MSG(gates_error(g), "field '__metadata__.config.group_score' = \"top2_sum\": needs at least two experts per group");
+  g = good_gates();
+  g.config_patch = {{"group_score", "mean"}};
+  CHECK_MSG(gates_error(g), "field '__metadata__.config.group_score' = \"mean\": unknown value; expected one of: max, top2_sum");
   g = good_gates();
   g.weights[1][3] = std::numeric_limits<float>::infinity();
   CHECK_MSG(gates_error(g), "field 'l1.weight[3]' = inf: weights must be finite");

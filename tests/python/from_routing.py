@@ -148,7 +148,34 @@ if r.returncode == 0:
         want_rows += 1
     check(want_rows == 6 * (L5 - 1) and same == want_rows,
           f"skip_gate: {want_rows} predictions (6 decode steps x {L5 - 1} layers), {same} equal to numpy's top-{K5}")
+# 6. group-limited routers (DeepSeek: n_group, topk_group): the tool's skip_gate keeps only the
+#    best group's experts, as numpy does here (softmax scores, a group's score = its best)
+g6 = os.path.join(work, "gates-groups.safetensors")
+mt.write_gates(g6, routers, top_k=K5, model="toy-moe", n_group=3, topk_group=1)
+o6 = os.path.join(work, "hidden+skip-groups.trace.safetensors")
+r = subprocess.run([tool, "predict", p5, "--gates", g6, "--channel", "skip_gate", "-o", o6], capture_output=True, text=True)
+check(r.returncode == 0, f"moesched-trace predict (groups): {r.stdout}{r.stderr}")
+if r.returncode == 0:
+    ch = mt.read(o6).channels[0]
+    first = back5.step_first_token()
+    same, differs = 0, 0
+    for i in range(len(ch["step"])):
+        s_, layer, tok = int(ch["step"][i]), int(ch["layer"][i]), int(ch["token"][i])
+        x = moe_input[first[s_] + tok, layer - 1].astype(np.float64)
+        logits = routers[layer].astype(np.float64) @ x
+        best_group = int(np.argmax(logits.reshape(3, E5 // 3).max(axis=1)))
+        masked = np.full(E5, -np.inf)
+        masked[best_group * 2:(best_group + 1) * 2] = logits[best_group * 2:(best_group + 1) * 2]
+        want = sorted(np.argsort(-masked, kind="stable")[:K5].tolist())
+        same += int(sorted(int(e) for e in ch["experts"][i]) == want)
+        differs += int(want != sorted(np.argsort(-logits, kind="stable")[:K5].tolist()))
+    check(same == len(ch["step"]) and differs > 0,
+          f"skip_gate with groups: {same} of {len(ch['step'])} equal to numpy's group-limited top-{K5} "
+          f"({differs} differ from the plain top-{K5})")
 for fn, text in (
+        (lambda: mt.write_gates(g6, routers, top_k=K5, n_group=4), "n_group = 4"),
+        (lambda: mt.write_gates(g6, routers, top_k=3, n_group=3, topk_group=1), "topk_group = 1"),
+        (lambda: mt.write_gates(g6, routers, top_k=2, n_group=3, group_score="mean"), "group_score = 'mean'"),
         (lambda: mt.from_routing(ids5, steps=steps5, model="m", hidden={"moe_input": moe_input[:, :2]}), "hidden['moe_input']: expected an array"),
         (lambda: mt.from_routing(ids5, steps=steps5, model="m", hidden={"moe_input": moe_input * np.inf}), "must be finite"),
         (lambda: mt.write_gates(g5, [routers[0], routers[1][:, :4]], top_k=2), "weights[1]: shape [6, 4]"),

@@ -15,8 +15,10 @@
 ///
 /// Ranking: candidates by score, highest first, ties to the lower expert id; at most out.size()
 /// (and at most the expert count) are written. Gate scores are softmax(W x + b) or sigmoid(W x +
-/// b) + score_bias, ranked by that score (what record.py's ranked_candidates does for routers
-/// without group-limited routing); a learned predictor ranks by logit and reports sigmoid(logit).
+/// b) + score_bias, ranked by that score (what record.py's ranked_candidates does); with
+/// group-limited routing (a gates file's n_group > 1, DeepSeek-V2/V3) only the experts of the
+/// topk_group best groups are candidates, so a ranking holds at most topk_group x experts/n_group.
+/// A learned predictor ranks by logit and reports sigmoid(logit).
 
 #include "moesched/predict/weights.hpp"
 #include "moesched/runtime/jobs.hpp"
@@ -26,8 +28,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace moesched::predict {
 
@@ -47,6 +51,7 @@ inline std::uint32_t select_top(const float* key, const float* score, std::uint3
   std::uint32_t n = 0;
   for (std::uint32_t e = 0; e < experts; ++e) {
     const float k = key[e];
+    if (k == -std::numeric_limits<float>::infinity()) continue;  // not a candidate (a group left out)
     // strictly greater: an equal key keeps the earlier (lower) id in front
     if (n == cap && !(k > kept_key[n - 1])) continue;
     std::uint32_t i = n < cap ? n++ : cap - 1;
@@ -81,6 +86,11 @@ class GatePredictor {
     logits_.resize(E);
     scores_.resize(E);
     kept_.resize(E);
+    if (gates_->groups > 1) {
+      key_.resize(E);
+      group_key_.resize(gates_->groups);
+      group_kept_.resize(gates_->groups);
+    }
   }
   /// Router l+1 on the MoE input of layer l (Mixtral-offloading's speculative gate).
   [[nodiscard]] static GatePredictor skip_gate(std::shared_ptr<const GateSet> gates, std::uint32_t after_layer) {
@@ -122,14 +132,53 @@ class GatePredictor {
       for (Eigen::Index e = 0; e < E; ++e) scores_[e] = predictors_detail::sigmoid(logits_[e]);
       if (r.score_bias.size() > 0) scores_ += r.score_bias;
     }
+    if (gates_->groups > 1) return rank_in_groups(out);
     return predictors_detail::select_top(scores_.data(), scores_.data(), gates_->experts, out, kept_.data());
   }
 
  private:
+  /// Group-limited routing (GateSet::groups > 1): the groups_kept best groups by their group score
+  /// (equal scores: the lower group first), then the experts of those groups by score.
+  std::uint32_t rank_in_groups(std::span<runtime::ScoredExpert> out) noexcept {
+    const std::uint32_t G = gates_->groups;
+    const std::uint32_t per = gates_->experts / G;
+    for (std::uint32_t g = 0; g < G; ++g) {
+      float first = -std::numeric_limits<float>::infinity();
+      float second = first;
+      for (std::uint32_t i = g * per; i < (g + 1) * per; ++i) {
+        const float v = scores_[static_cast<Eigen::Index>(i)];
+        if (v > first) {
+          second = first;
+          first = v;
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      group_key_[g] = gates_->group_score == GroupScore::max ? first : first + second;
+    }
+    // Which groups: the best groups_kept of them, ties to the lower index (as torch.topk on CPU).
+    std::fill(group_kept_.begin(), group_kept_.end(), false);
+    for (std::uint32_t k = 0; k < gates_->groups_kept; ++k) {
+      std::uint32_t best = G;
+      for (std::uint32_t g = 0; g < G; ++g) {
+        if (!group_kept_[g] && (best == G || group_key_[g] > group_key_[best])) best = g;
+      }
+      group_kept_[best] = true;
+    }
+    for (std::uint32_t e = 0; e < gates_->experts; ++e) {
+      key_[static_cast<Eigen::Index>(e)] =
+          group_kept_[e / per] ? scores_[static_cast<Eigen::Index>(e)] : -std::numeric_limits<float>::infinity();
+    }
+    return predictors_detail::select_top(key_.data(), scores_.data(), gates_->experts, out, kept_.data());
+  }
+
   std::shared_ptr<const GateSet> gates_;
   std::uint32_t layer_ = 0;
   PredictorInput input_;
   Eigen::VectorXf logits_, scores_, kept_;
+  Eigen::VectorXf key_;             // group-limited routing: scores, or -inf outside the kept groups
+  std::vector<float> group_key_;    // per group
+  std::vector<char> group_kept_;    // per group (char: no vector<bool> proxies on the hot path)
 };
 
 /// A learned per-layer predictor (kind mlp: standardise, Linear, exact GELU, Linear; kind linear: without the GELU), scores sigmoid(logit).

@@ -8,9 +8,14 @@
 ///
 /// Gates file: `__metadata__.format` = "moesched-gates", `__metadata__.config` = JSON
 /// {"model", "moe_layers": L, "experts": E, "hidden_size": H, "top_k": K, "scoring": "softmax" |
-/// "sigmoid"} (other fields ignored); tensors `l{m}.weight` F32 [E, H] for m in 0..L-1, optional
-/// `l{m}.bias` F32 [E] (added to the logits) and, with sigmoid scoring only, `l{m}.score_bias` F32
-/// [E] (added after the sigmoid, DeepSeek-V3 style).
+/// "sigmoid", optional "n_group": G, "topk_group": T, "group_score": "max" | "top2_sum"} (other
+/// fields ignored); tensors `l{m}.weight` F32 [E, H] for m in 0..L-1, optional `l{m}.bias` F32 [E]
+/// (added to the logits) and, with sigmoid scoring only, `l{m}.score_bias` F32 [E] (added after
+/// the sigmoid, DeepSeek-V3 style).
+/// Group-limited routing (DeepSeek-V2/V3, HF config n_group and topk_group): the E experts form G
+/// equal groups in id order; each group's score is its highest score ("max", V2's default with
+/// softmax) or the sum of its two highest ("top2_sum", V3's default with sigmoid); only the T best
+/// groups' experts are candidates. Absent: G = 1 (no limit); T defaults to G.
 ///
 /// Learned file: `format` = "moesched-mlp-predictor", `config` JSON {"kind": "mlp" | "linear"
 /// (absent: "mlp"), "stride": S, "source_layers": [..], "hidden_state": "layer_output" |
@@ -65,6 +70,9 @@ enum class HiddenState : std::uint8_t {
 /// How a router turns logits into scores.
 enum class GateScoring : std::uint8_t { softmax, sigmoid };
 
+/// How group-limited routing scores a group of experts (DeepSeek-V2: max; V3: top2_sum).
+enum class GroupScore : std::uint8_t { max, top2_sum };
+
 /// One MoE layer's router.
 struct GateRouter {
   RowMatrix weight;             ///< [E, H]
@@ -78,6 +86,9 @@ struct GateSet {
   std::string model;
   std::uint32_t moe_layers = 0, experts = 0, hidden_size = 0, top_k = 0;
   GateScoring scoring = GateScoring::softmax;
+  std::uint32_t groups = 1;       ///< n_group: expert groups of experts / groups experts each (1: no limit)
+  std::uint32_t groups_kept = 1;  ///< topk_group: groups whose experts may be chosen
+  GroupScore group_score = GroupScore::max;
   std::vector<GateRouter> routers;  ///< moe_layers of them
 };
 
@@ -192,6 +203,22 @@ inline void reject_unknown(const io::SafetensorsFile& f, const std::vector<std::
   g.hidden_size = static_cast<std::uint32_t>(r.required_uint("hidden_size", 1, 1U << 20U));
   g.top_k = static_cast<std::uint32_t>(r.required_uint("top_k", 1, g.experts));
   g.scoring = r.optional_choice("scoring", {"softmax", "sigmoid"}).value_or(0) == 0 ? GateScoring::softmax : GateScoring::sigmoid;
+  g.groups = static_cast<std::uint32_t>(r.optional_uint("n_group", 1, g.experts).value_or(1));
+  if (g.experts % g.groups != 0) {
+    throw r.error("n_group", "must divide the expert count (" + std::to_string(g.experts) + ")");
+  }
+  g.groups_kept = static_cast<std::uint32_t>(r.optional_uint("topk_group", 1, g.groups).value_or(g.groups));
+  const std::uint32_t per_group = g.experts / g.groups;
+  if (g.top_k > g.groups_kept * per_group) {
+    throw r.error("topk_group", "keeps " + std::to_string(g.groups_kept * per_group) + " experts, fewer than top_k (" +
+                                    std::to_string(g.top_k) + ")");
+  }
+  const auto gs = r.optional_choice("group_score", {"max", "top2_sum"});
+  g.group_score = gs ? (*gs == 0 ? GroupScore::max : GroupScore::top2_sum)
+                     : (g.scoring == GateScoring::sigmoid && per_group >= 2 ? GroupScore::top2_sum : GroupScore::max);
+  if (g.group_score == GroupScore::top2_sum && per_group < 2 && g.groups > 1) {
+    throw r.error("group_score", "needs at least two experts per group (n_group = " + std::to_string(g.groups) + ")");
+  }
   std::vector<std::string> used;
   const std::string shape_why = "experts x hidden_size from the config";
   for (std::uint32_t m = 0; m < g.moe_layers; ++m) {
