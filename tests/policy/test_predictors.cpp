@@ -8,6 +8,9 @@
 #include <moesched/policy/popularity_predictor.hpp>
 #include <moesched/policy/transition_predictor.hpp>
 
+#include <moesched/core/random.hpp>
+
+#include <algorithm>
 #include <array>
 #include <vector>
 
@@ -107,6 +110,48 @@ TEST_CASE("transition counts: co-occurrence first, then destination popularity, 
   CHECK(one[0].expert == 3);
   c.clear();
   CHECK(c.count(0, 3) == 0);
+}
+
+TEST_CASE("transition counts: rank() (32-bit keys) equals rank_reference() on random tables", "[policy][predictor]") {
+  Rng rng(12);
+  for (std::uint32_t round = 0; round < 200; ++round) {
+    // few adds over few experts: many equal sums and to_counts; 300 experts: two blocks
+    const std::uint32_t experts = round % 10 == 0 ? 300 : 1 + static_cast<std::uint32_t>(rng.below(40));
+    policy::TransitionCounts c(experts);
+    const auto adds = rng.below(30);
+    std::vector<std::uint16_t> from, to;
+    auto draw = [&](std::vector<std::uint16_t>& v, std::uint64_t most, bool distinct) {
+      v.clear();
+      const auto k = rng.below(most + 1);
+      for (std::uint64_t i = 0; i < k; ++i) {
+        const auto x = static_cast<std::uint16_t>(rng.below(experts));
+        if (!distinct || std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
+      }
+    };
+    for (std::uint64_t a = 0; a < adds; ++a) {
+      draw(from, 6, true);
+      draw(to, 6, true);
+      c.add(from, to);
+    }
+    for (std::uint32_t q = 0; q < 5; ++q) {
+      draw(from, 8, q == 0);  // a source with repeated ids counts them twice, in both
+      const auto cap = 1 + rng.below(experts + 2);
+      std::vector<ScoredExpert> a(cap), b(cap);
+      const std::uint32_t na = c.rank(from, a);
+      const std::uint32_t nb = c.rank_reference(from, b);
+      REQUIRE(na == nb);
+      for (std::uint32_t i = 0; i < na; ++i) {
+        REQUIRE(a[i].expert == b[i].expert);
+        REQUIRE(a[i].score == b[i].score);
+      }
+    }
+    if (round % 7 == 0) {
+      c.clear();
+      std::vector<ScoredExpert> a(experts), b(experts);
+      REQUIRE(c.rank({}, a) == c.rank_reference({}, b));
+      for (std::uint32_t i = 0; i < experts; ++i) REQUIRE(a[i].expert == b[i].expert);
+    }
+  }
 }
 
 TEST_CASE("transition predictor: learns l -> l+1 online; beats popularity where layers are correlated", "[policy][predictor]") {

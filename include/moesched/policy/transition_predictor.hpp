@@ -49,22 +49,70 @@ class TransitionCounts {
 
   /// One observation: the source asked for `from`, the destination for `to` (distinct ids each).
   void add(std::span<const std::uint16_t> from, std::span<const std::uint16_t> to) noexcept {
+    std::uint32_t top = max_co_;
     for (std::uint16_t x : from) {
       std::uint32_t* row = co_.data() + std::size_t{x} * experts_;
-      for (std::uint16_t y : to) ++row[y];
+      for (std::uint16_t y : to) top = std::max(top, ++row[y]);
     }
-    for (std::uint16_t y : to) ++to_[y];
+    max_co_ = top;
+    for (std::uint16_t y : to) max_to_ = std::max(max_to_, ++to_[y]);
   }
   void clear() noexcept {
     std::fill(co_.begin(), co_.end(), 0U);
     std::fill(to_.begin(), to_.end(), 0U);
+    max_co_ = 0;
+    max_to_ = 0;
   }
 
   /// Ranks the destination's experts given the source asked for `from`: by sum over x in `from`
   /// of count(x, y), ties by to_count(y), then the lower id. Writes the best out.size() (score =
   /// that sum, or to_count when `from` is empty) and returns how many. O(experts x (|from| +
-  /// out.size())), no allocation.
+  /// out.size())), no allocation. While every sum and to_count fits 32 bits (the largest count
+  /// times |from|, checked), the sums are 32-bit and a candidate is one 64-bit key (sum, to_count);
+  /// else rank_reference(), whose result it always equals.
   std::uint32_t rank(std::span<const std::uint16_t> from, std::span<runtime::ScoredExpert> out) const noexcept {
+    const std::uint64_t most = std::uint64_t{max_co_} * (from.empty() ? 1U : from.size());
+    if (most > 0xffffffffULL || max_to_ > 0xffffffffULL) return rank_reference(from, out);
+    const auto cap = static_cast<std::uint32_t>(out.size());
+    const std::uint32_t limit = cap < kMaxKept ? cap : kMaxKept;
+    if (limit == 0) return 0;
+    // Key (sum << 32 | to_count): larger is better; candidates come in id order, so an equal key
+    // (a higher id) never passes one already kept.
+    std::uint64_t kept[kMaxKept];
+    std::uint32_t n = 0;
+    std::uint32_t sums[kBlock];
+    for (std::uint32_t y0 = 0; y0 < experts_; y0 += kBlock) {
+      const std::uint32_t m = experts_ - y0 < kBlock ? experts_ - y0 : kBlock;
+      for (std::uint32_t c = 0; c < m; ++c) sums[c] = 0;
+#if defined(__GNUC__) || defined(__clang__)
+      for (std::uint16_t x : from) {
+        const std::uint32_t* row = co_.data() + std::size_t{x} * experts_ + y0;
+        for (std::uint32_t c = 0; c < m; c += 16) __builtin_prefetch(row + c);
+      }
+#endif
+      for (std::uint16_t x : from) {
+        const std::uint32_t* row = co_.data() + std::size_t{x} * experts_ + y0;
+        for (std::uint32_t c = 0; c < m; ++c) sums[c] += row[c];
+      }
+      const std::uint64_t* to = to_.data() + y0;
+      for (std::uint32_t c = 0; c < m; ++c) {
+        const std::uint64_t key = (std::uint64_t{sums[c]} << 32U) | to[c];
+        if (n == limit && key <= kept[n - 1]) continue;
+        std::uint32_t i = n < limit ? n++ : limit - 1;
+        while (i > 0 && key > kept[i - 1]) {
+          out[i] = out[i - 1];
+          kept[i] = kept[i - 1];
+          --i;
+        }
+        out[i] = {static_cast<std::uint16_t>(y0 + c), static_cast<float>(from.empty() ? to[c] : sums[c])};
+        kept[i] = key;
+      }
+    }
+    return n;
+  }
+  /// rank() with 64-bit sums and the three-way comparison, whatever the counts (the reference
+  /// the tests compare rank() with).
+  std::uint32_t rank_reference(std::span<const std::uint16_t> from, std::span<runtime::ScoredExpert> out) const noexcept {
     std::uint32_t n = 0;
     auto better_key = [&](std::uint64_t sa, std::uint16_t a, std::uint64_t sb, std::uint16_t b) {
       if (sa != sb) return sa > sb;
@@ -119,6 +167,8 @@ class TransitionCounts {
   std::uint32_t experts_ = 0;
   std::vector<std::uint32_t> co_;  // [from * experts + to]
   std::vector<std::uint64_t> to_;
+  std::uint32_t max_co_ = 0;       // the largest count
+  std::uint64_t max_to_ = 0;       // the largest to_count
 };
 
 /// Layer l's latest set predicts layer l+d's, d = 1..max_distance, cyclically (the last layers
