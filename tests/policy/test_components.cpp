@@ -10,7 +10,9 @@
 #include <moesched/policy/reuse_model.hpp>
 #include <moesched/policy/table_jobs.hpp>
 #include <moesched/runtime/archetype.hpp>
+#include <moesched/core/random.hpp>
 
+#include <algorithm>
 #include <array>
 #include <initializer_list>
 #include <vector>
@@ -73,6 +75,100 @@ TEST_CASE("prediction ledger: best ranks, recall, precision per rank, predicted 
   CHECK_FALSE(l.has_prediction(1));
   CHECK(l.rank({1, 2}) == policy::PredictionLedger::kNotPredicted);
   CHECK(l.predicted_count(1) == 0);
+}
+
+/// ReuseModel's counting done the plain way, expert by expert (the reference of the histogram
+/// counting): P(needed | state) per layer, phase and state, and the history bits.
+struct PlainReuse {
+  std::uint32_t layers = 0, experts = 0;
+  std::vector<std::uint8_t> history;
+  std::vector<std::uint64_t> used, total;  // [(layer * 3 + phase) * kStates + state]
+  static constexpr std::uint32_t kStates = policy::ReuseModel::kStates;
+  PlainReuse(std::uint32_t l, std::uint32_t e)
+      : layers(l), experts(e), history(std::size_t{l} * e, 0), used(std::size_t{l} * 3 * kStates, 0),
+        total(std::size_t{l} * 3 * kStates, 0) {}
+  void observe(std::uint32_t layer, std::span<const ExpertId> needed, std::uint32_t ph,
+               const policy::PredictionLedger& ledger) {
+    const bool predicted = ledger.has_prediction(layer);
+    for (std::uint32_t e = 0; e < experts; ++e) {
+      bool u = false;
+      for (ExpertId id : needed) u = u || id.expert == e;
+      const std::uint32_t h = history[std::size_t{layer} * experts + e];
+      const std::size_t base = (std::size_t{layer} * 3 + ph) * kStates;
+      const std::size_t m = base + policy::ReuseModel::kHistories * policy::ReuseModel::kBuckets + h;
+      total[m] += 1;
+      used[m] += u ? 1 : 0;
+      if (predicted) {
+        const std::uint32_t r = ledger.rank(ExpertId{static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(e)});
+        const std::uint32_t b = r == policy::PredictionLedger::kNotPredicted ? 4 : std::min<std::uint32_t>(r, 3);
+        total[base + h * policy::ReuseModel::kBuckets + b] += 1;
+        used[base + h * policy::ReuseModel::kBuckets + b] += u ? 1 : 0;
+      }
+      history[std::size_t{layer} * experts + e] = static_cast<std::uint8_t>(((h << 1U) | (u ? 1U : 0U)) & 15U);
+    }
+  }
+};
+
+TEST_CASE("reuse model: the histogram counting equals counting expert by expert (random passes)", "[policy][reuse]") {
+  Rng rng(7);
+  for (std::uint32_t round = 0; round < 20; ++round) {
+    const std::uint32_t L = 1 + static_cast<std::uint32_t>(rng.below(4));
+    const std::uint32_t E = 1 + static_cast<std::uint32_t>(rng.below(20));
+    policy::PredictionLedger ledger;
+    ledger.resize(L, E);
+    policy::ReuseModel r;
+    r.resize(L, E);
+    PlainReuse plain(L, E);
+    const StepPhase phases[3] = {StepPhase::prefill, StepPhase::decode, StepPhase::verify};
+    for (std::uint32_t pass = 0; pass < 60; ++pass) {
+      ledger.begin_pass();
+      const std::uint32_t ph = static_cast<std::uint32_t>(rng.below(3));
+      for (std::uint32_t l = 0; l < L; ++l) {
+        for (auto k = rng.below(3); k > 0; --k) {  // predictions, overlapping, some out of range
+          std::vector<runtime::ScoredExpert> v;
+          for (auto c = rng.below(E + 2); c > 0; --c) v.push_back({static_cast<std::uint16_t>(rng.below(E + 1)), 1.0f});
+          ledger.record(l, v);
+        }
+        std::vector<ExpertId> needed;  // repeats and ids past the layer's experts are ignored
+        for (auto c = rng.below(E + 2); c > 0; --c) {
+          needed.push_back({static_cast<std::uint16_t>(l), static_cast<std::uint16_t>(rng.below(E + 1))});
+        }
+        if (rng.below(2) == 0) {
+          std::vector<ExpertId> in_range;
+          for (ExpertId id : needed) {
+            if (id.expert < E) in_range.push_back(id);
+          }
+          needed = in_range;
+        }
+        std::vector<std::uint16_t> named;  // predicted(): the experts with a rank, each once
+        for (std::uint32_t e = 0; e < E; ++e) {
+          if (ledger.rank({static_cast<std::uint16_t>(l), static_cast<std::uint16_t>(e)}) !=
+              policy::PredictionLedger::kNotPredicted) {
+            named.push_back(static_cast<std::uint16_t>(e));
+          }
+        }
+        std::vector<std::uint16_t> listed(ledger.predicted(l).begin(), ledger.predicted(l).end());
+        std::sort(listed.begin(), listed.end());
+        REQUIRE(listed == named);
+        plain.observe(l, needed, ph, ledger);
+        r.observe(l, needed, phases[ph], ledger);
+        ledger.observe(l, needed);
+      }
+      for (std::uint32_t l = 0; l < L; ++l) {
+        for (std::uint32_t e = 0; e < E; ++e) {
+          REQUIRE(r.history({static_cast<std::uint16_t>(l), static_cast<std::uint16_t>(e)}) ==
+                  plain.history[std::size_t{l} * E + e]);
+        }
+        for (std::uint32_t p = 0; p < 3; ++p) {
+          for (std::uint32_t st = 0; st < PlainReuse::kStates; ++st) {
+            const std::size_t i = (std::size_t{l} * 3 + p) * PlainReuse::kStates + st;
+            const double want = (static_cast<double>(plain.used[i]) + 1.0) / (static_cast<double>(plain.total[i]) + 2.0);
+            REQUIRE(r.state_probability(l, st, phases[p]) == want);
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST_CASE("reuse model: probabilities counted per history, expected next use", "[policy][reuse]") {

@@ -44,6 +44,7 @@ class PredictionLedger {
     stamp_.assign(cells, 0);
     layer_stamp_.assign(layers, 0);
     layer_count_.assign(layers, 0);
+    named_.assign(cells, 0);
     observed_.assign(layers, 0);
     hits_.assign(layers, 0);
     needed_.assign(layers, 0);
@@ -76,7 +77,7 @@ class PredictionLedger {
       if (stamp_[c] != pass_) {
         stamp_[c] = pass_;
         rank_[c] = r;
-        ++layer_count_[layer];
+        named_[std::size_t{layer} * experts_ + layer_count_[layer]++] = ranked[r].expert;
       } else {
         rank_[c] = std::min(rank_[c], r);
       }
@@ -102,6 +103,11 @@ class PredictionLedger {
   /// Distinct experts the running pass's predictions name for `layer`.
   [[nodiscard]] std::uint32_t predicted_count(std::uint32_t layer) const noexcept {
     return has_prediction(layer) ? layer_count_[layer] : 0;
+  }
+  /// The experts the running pass's predictions name for `layer`, each once, in the order first
+  /// named (predicted_count() of them).
+  [[nodiscard]] std::span<const std::uint16_t> predicted(std::uint32_t layer) const noexcept {
+    return {named_.data() + std::size_t{layer} * experts_, predicted_count(layer)};
   }
 
   /// `layer`'s gate asked for `needed`: scores the pass's predictions of the layer (once a pass).
@@ -162,6 +168,7 @@ class PredictionLedger {
   std::vector<std::uint64_t> stamp_;      // the pass `rank_` belongs to
   std::vector<std::uint64_t> layer_stamp_;// per layer: pass of its latest prediction
   std::vector<std::uint32_t> layer_count_;// distinct predicted experts this pass
+  std::vector<std::uint16_t> named_;      // [layer * experts + i]: those experts, first named first
   std::vector<std::uint64_t> observed_;   // per layer: pass of its last scored gate
   std::vector<std::uint64_t> hits_, needed_, predicted_, passes_;
   std::vector<std::uint64_t> rank_hits_, rank_total_;  // [layer * kRanks + rank]

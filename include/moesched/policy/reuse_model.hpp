@@ -19,14 +19,16 @@
 /// prediction for this pass has not arrived yet is read with the history alone (its own counts).
 /// next_use = d + L x (1 / p - 1): d = layers until the expert's layer runs again (1..L), then a
 /// geometric number of further turns with probability p each.
-/// Cost: observe() O(experts of the layer); probability() and next_use() O(1); nothing allocates
-/// after resize().
+/// Cost: observe() O(experts of the layer) byte shifts of the histories plus O(|needed| +
+/// predicted) counting (the counts are histograms over the histories); probability() and
+/// next_use() O(1); nothing allocates after resize().
 
 #include "moesched/core/config.hpp"
 #include "moesched/core/expert_id.hpp"
 #include "moesched/core/routing.hpp"
 #include "moesched/policy/prediction_ledger.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -45,10 +47,12 @@ class ReuseModel {
     layers_ = layers;
     experts_ = experts;
     history_.assign(std::size_t{layers} * experts, 0);
-    mark_.assign(experts, 0);
+    hist_count_.assign(std::size_t{layers} * kHistories, 0);
+    for (std::uint32_t l = 0; l < layers; ++l) hist_count_[std::size_t{l} * kHistories] = experts;
+    used_.assign(experts, 0);
+    asked_.assign(experts, 0);
     marginal_.assign(std::size_t{layers} * kPhases * kHistories, Count{});
     joint_.assign(std::size_t{layers} * kPhases * kHistories * kBuckets, Count{});
-    stamp_ = 0;
     version_.assign(layers, ++clock_);
   }
   [[nodiscard]] std::uint32_t layers() const noexcept { return layers_; }
@@ -58,28 +62,54 @@ class ReuseModel {
   /// then moves the histories on.
   void observe(std::uint32_t layer, std::span<const ExpertId> needed, StepPhase phase, const PredictionLedger& ledger) noexcept {
     if (layer >= layers_) return;
-    ++stamp_;
     version_[layer] = ++clock_;
+    // The asked experts, each once; every count is a histogram over the histories, so only they
+    // and the predicted experts are visited one by one.
+    std::uint32_t k = 0;
     for (ExpertId id : needed) {
-      if (id.expert < experts_) mark_[id.expert] = stamp_;
+      if (id.expert < experts_ && used_[id.expert] == 0) {
+        used_[id.expert] = 1;
+        asked_[k++] = id.expert;
+      }
     }
-    const bool predicted = ledger.has_prediction(layer);
     const std::uint32_t ph = phase_index(phase);
     std::uint8_t* h = history_.data() + std::size_t{layer} * experts_;
-    for (std::uint32_t e = 0; e < experts_; ++e) {
-      const bool used = mark_[e] == stamp_;
-      const std::uint32_t hist = h[e];
-      Count& m = marginal_[marginal_index(layer, ph, hist)];
-      m.total += 1;
-      m.used += used ? 1U : 0U;
-      if (predicted) {
-        const ExpertId id{static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(e)};
-        Count& j = joint_[joint_index(layer, ph, hist, bucket(ledger.rank(id)))];
-        j.total += 1;
-        j.used += used ? 1U : 0U;
-      }
-      h[e] = static_cast<std::uint8_t>(((hist << 1U) | (used ? 1U : 0U)) & (kHistories - 1U));
+    std::uint32_t* n = hist_count_.data() + std::size_t{layer} * kHistories;  // experts per history
+    std::uint32_t u[kHistories] = {};                                         // of them asked for
+    for (std::uint32_t i = 0; i < k; ++i) ++u[h[asked_[i]]];
+    Count* m = marginal_.data() + marginal_index(layer, ph, 0);
+    for (std::uint32_t x = 0; x < kHistories; ++x) {
+      m[x].total += n[x];
+      m[x].used += u[x];
     }
+    if (ledger.has_prediction(layer)) {
+      std::uint32_t pn[kHistories] = {};  // predicted experts per history
+      std::uint32_t pu[kHistories] = {};  // of them asked for
+      for (std::uint16_t e : ledger.predicted(layer)) {
+        const std::uint32_t hist = h[e];
+        const std::uint32_t b = bucket(ledger.rank(ExpertId{static_cast<std::uint16_t>(layer), e}));
+        Count& j = joint_[joint_index(layer, ph, hist, b)];
+        j.total += 1;
+        j.used += used_[e];
+        ++pn[hist];
+        pu[hist] += used_[e];
+      }
+      for (std::uint32_t x = 0; x < kHistories; ++x) {  // the rest: not predicted
+        Count& j = joint_[joint_index(layer, ph, x, kBuckets - 1)];
+        j.total += n[x] - pn[x];
+        j.used += u[x] - pu[x];
+      }
+    }
+    std::uint32_t next[kHistories] = {};
+    for (std::uint32_t x = 0; x < kHistories; ++x) {
+      next[(x << 1U) & (kHistories - 1U)] += n[x] - u[x];
+      next[((x << 1U) | 1U) & (kHistories - 1U)] += u[x];
+    }
+    std::copy(next, next + kHistories, n);
+    for (std::uint32_t e = 0; e < experts_; ++e) {
+      h[e] = static_cast<std::uint8_t>(((h[e] << 1U) | used_[e]) & (kHistories - 1U));
+    }
+    for (std::uint32_t i = 0; i < k; ++i) used_[asked_[i]] = 0;
   }
 
   /// P(`id` is needed at its layer's next turn), the running pass having gated up to layer
@@ -173,8 +203,9 @@ class ReuseModel {
   std::uint32_t layers_ = 0;
   std::uint32_t experts_ = 0;
   std::vector<std::uint8_t> history_;  // [layer * experts + expert]
-  std::vector<std::uint64_t> mark_;    // per expert of the observed layer: stamp when asked
-  std::uint64_t stamp_ = 0;
+  std::vector<std::uint32_t> hist_count_;  // [layer * kHistories + history]: its experts in it
+  std::vector<std::uint8_t> used_;     // per expert of the observed layer: asked for (observe only)
+  std::vector<std::uint16_t> asked_;   // observe: the asked experts, each once
   std::vector<Count> marginal_;        // [layer][phase][history]
   std::vector<Count> joint_;           // [layer][phase][history][bucket]
   std::vector<std::uint64_t> version_; // per layer: clock_ at its last observe() (or resize())
