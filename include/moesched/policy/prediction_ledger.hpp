@@ -93,6 +93,10 @@ class PredictionLedger {
     const std::size_t c = id.flat(experts_);
     return pass_ != 0 && stamp_[c] == pass_ ? rank_[c] : kNotPredicted;
   }
+  /// rank() by flat id (layer x experts + expert).
+  [[nodiscard]] std::uint32_t rank_at(std::size_t flat) const noexcept {
+    return pass_ != 0 && stamp_[flat] == pass_ ? rank_[flat] : kNotPredicted;
+  }
   /// The running pass (1-based; 0 before the first begin_pass()).
   [[nodiscard]] std::uint64_t pass() const noexcept { return pass_; }
   /// Changes whenever record(`layer`) ran; with pass(), what has_prediction(`layer`) and the

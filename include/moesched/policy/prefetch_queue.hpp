@@ -153,7 +153,7 @@ class UtilityOrder {
       return;
     }
     if (in_[f] != 0) erase(l, f);
-    insert(l, f, odds(l, c.model->state(ExpertId::from_flat(f, E_), key_[l].joint != 0, *c.ledger), c));
+    insert(l, f, odds(l, c.model->state_at(f, key_[l].joint != 0, *c.ledger), c));
   }
   /// Flat id `f` left its layer's LRU list.
   void remove(std::uint32_t f) {
@@ -348,18 +348,20 @@ class UtilityOrder {
     }
     std::uint32_t* ids = ids_.data() + std::size_t{l} * E_;
     double* odds_out = odds_.data() + std::size_t{l} * E_;
-    for (std::uint32_t i = 0; i < n_[l]; ++i) in_[ids[i]] = 0;
+    const std::uint32_t held = n_[l];
+    for (std::uint32_t i = 0; i < held; ++i) in_[ids[i]] = 0;
     ++sorts_;
-    // The states of the held experts, least recently used first; the distinct ones by odds.
+    // The states of the held experts, least recently used first; the distinct ones with their odds.
     std::uint32_t n = 0;
     std::uint32_t distinct = 0;
+    const bool joint = k.joint != 0;
     const RecencyList& list = lru.order(l);
     for (std::uint32_t v = list.oldest(); v != RecencyList::kNone; v = list.newer(v)) {
-      const std::uint32_t s = c.model->state(ExpertId::from_flat(v, E_), k.joint != 0, *c.ledger);
-      (void)odds(l, s, c);
+      const std::uint32_t s = c.model->state_at(v, joint, *c.ledger);
       if (seen_gen_[s] != sorts_) {
         seen_gen_[s] = sorts_;
         count_[s] = 0;
+        distinct_odds_[distinct] = odds(l, s, c);
         states_[distinct++] = static_cast<std::uint8_t>(s);
       }
       ++count_[s];
@@ -367,35 +369,37 @@ class UtilityOrder {
       scratch_states_[n] = static_cast<std::uint8_t>(s);
       ++n;
     }
-    const double* memo = memo_.data() + std::size_t{l} * kStates;
-    for (std::uint32_t i = 1; i < distinct; ++i) {  // insertion sort: a handful of states
+    for (std::uint32_t i = 1; i < distinct; ++i) {  // insertion sort by odds: a handful of states
       const std::uint8_t s = states_[i];
+      const double x = distinct_odds_[i];
       std::uint32_t j = i;
-      while (j > 0 && memo[states_[j - 1]] < memo[s]) {
+      for (; j > 0 && distinct_odds_[j - 1] < x; --j) {
         states_[j] = states_[j - 1];
-        --j;
+        distinct_odds_[j] = distinct_odds_[j - 1];
       }
       states_[j] = s;
+      distinct_odds_[j] = x;
     }
     // States of equal odds share one run (kept least recently used first); runs by odds.
     std::uint32_t pos = 0;
     std::uint32_t runs = 0;
     for (std::uint32_t i = 0; i < distinct; ++runs) {
       start_[runs] = pos;
+      run_odds_[runs] = distinct_odds_[i];
       std::uint32_t j = i;
-      for (; j < distinct && memo[states_[j]] == memo[states_[i]]; ++j) {
+      for (; j < distinct && distinct_odds_[j] == distinct_odds_[i]; ++j) {
         run_of_[states_[j]] = static_cast<std::uint8_t>(runs);
         pos += count_[states_[j]];
       }
       i = j;
     }
     for (std::uint32_t i = 0; i < n; ++i) {
-      const std::uint8_t s = scratch_states_[i];
-      const std::uint32_t at = start_[run_of_[s]]++;
+      const std::uint8_t r = run_of_[scratch_states_[i]];
+      const std::uint32_t at = start_[r]++;
       ids[at] = scratch_ids_[i];
-      odds_out[at] = memo[s];
-      in_[scratch_ids_[i]] = 1;
+      odds_out[at] = run_odds_[r];
     }
+    for (std::uint32_t i = 0; i < n; ++i) in_[ids[i]] = 1;
     n_[l] = n;
   }
 
@@ -426,6 +430,8 @@ class UtilityOrder {
   };
   std::vector<MemoKey> memo_key_;     // per layer: what memo_ was computed under
   std::uint8_t states_[kStates] = {};
+  double distinct_odds_[kStates] = {};  // sort_layer: beside states_, each one's odds
+  double run_odds_[kStates] = {};       // per run: its odds
   std::uint64_t clock_ = 0;
   const ReuseModel* model_ = nullptr;
   const PredictionLedger* ledger_ = nullptr;

@@ -148,6 +148,12 @@ class ReuseModel {
     if (joint) return hist * kBuckets + bucket(ledger.rank(id));
     return kHistories * kBuckets + hist;
   }
+  /// As above, by flat id (`layer` x experts + expert, the ledger's too).
+  [[nodiscard]] std::uint32_t state_at(std::uint32_t flat, bool joint, const PredictionLedger& ledger) const noexcept {
+    const std::uint32_t hist = history_[flat];
+    if (joint) return hist * kBuckets + bucket(ledger.rank_at(flat));
+    return kHistories * kBuckets + hist;
+  }
   /// P(needed at the next turn) of an expert of `layer` in `state` (see state()).
   [[nodiscard]] double state_probability(std::uint32_t layer, std::uint32_t state, StepPhase phase) const noexcept {
     const std::uint32_t ph = phase_index(phase);
