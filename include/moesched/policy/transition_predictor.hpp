@@ -90,9 +90,19 @@ class TransitionCounts {
         for (std::uint32_t c = 0; c < m; c += 16) __builtin_prefetch(row + c);
       }
 #endif
-      for (std::uint16_t x : from) {
-        const std::uint32_t* row = co_.data() + std::size_t{x} * experts_ + y0;
-        for (std::uint32_t c = 0; c < m; ++c) sums[c] += row[c];
+      // Four rows at a time: one pass over sums[] each (a partial sum is at most the whole one).
+      std::size_t r = 0;
+      auto row = [&](std::size_t i) { return co_.data() + std::size_t{from[i]} * experts_ + y0; };
+      for (; r + 4 <= from.size(); r += 4) {
+        const std::uint32_t* p0 = row(r);
+        const std::uint32_t* p1 = row(r + 1);
+        const std::uint32_t* p2 = row(r + 2);
+        const std::uint32_t* p3 = row(r + 3);
+        for (std::uint32_t c = 0; c < m; ++c) sums[c] += (p0[c] + p1[c]) + (p2[c] + p3[c]);
+      }
+      for (; r < from.size(); ++r) {
+        const std::uint32_t* p0 = row(r);
+        for (std::uint32_t c = 0; c < m; ++c) sums[c] += p0[c];
       }
       const std::uint64_t* to = to_.data() + y0;
       for (std::uint32_t c = 0; c < m; ++c) {
