@@ -152,7 +152,11 @@ TEST_CASE("reuse model: the histogram counting equals counting expert by expert 
         REQUIRE(listed == named);
         plain.observe(l, needed, ph, ledger);
         r.observe(l, needed, phases[ph], ledger);
-        ledger.observe(l, needed);
+        std::vector<ExpertId> scored;  // the ledger takes the layer's experts only
+        for (ExpertId id : needed) {
+          if (id.expert < E) scored.push_back(id);
+        }
+        ledger.observe(l, scored);
       }
       for (std::uint32_t l = 0; l < L; ++l) {
         for (std::uint32_t e = 0; e < E; ++e) {
