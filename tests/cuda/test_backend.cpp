@@ -89,9 +89,12 @@ struct RunResult {
 };
 
 template <class P>
-RunResult run_gpu(const Workload& w, P& pol, std::uint32_t slots, std::uint32_t chunks, const std::string& label) {
+RunResult run_gpu(const Workload& w, P& pol, std::uint32_t slots, std::uint32_t chunks, const std::string& label,
+                  bool graphs = true) {
   RunResult out;
-  Rig rig(config(w.layers(), w.shape().experts, slots, chunks));
+  CudaBackend::Config c = config(w.layers(), w.shape().experts, slots, chunks);
+  c.graphs = graphs;
+  Rig rig(c);
   expect(rig.ok, label + ": initialize");
   if (!rig.ok) return out;
   runtime::LayerDriver<CudaBackend> driver(w, *rig.backend, {.check_invariants = true, .compute_ahead = 4});
@@ -123,6 +126,68 @@ RunResult run_gpu(const Workload& w, P& pol, std::uint32_t slots, std::uint32_t 
   out.ok = s.ok();
   out.metrics = m;
   return out;
+}
+
+/// CUDA graphs (Config::graphs): the same orders through graphs and launched one by one give the
+/// same output bits; a graph is captured once per (order, slot or layer, tokens) and replayed;
+/// prepare_graphs() captures every order up front.
+void graph_checks() {
+  auto run = [&](bool graphs, std::vector<std::byte>& out, std::size_t& built) {
+    CudaBackend::Config c = config(2, 4, 2, 1);
+    c.graphs = graphs;
+    Rig rig(c);
+    expect(rig.ok, std::string("graphs ") + (graphs ? "on" : "off") + ": initialize");
+    if (!rig.ok) return;
+    CudaBackend& b = *rig.backend;
+    runtime::Completion done;
+    expect(b.submit_copy({ExpertId{1, 2}, 1, CopyPriority::high}).ok(), "graphs: copy submitted");
+    bool landed = false;
+    while (!landed && b.wait(done)) landed = done.kind == runtime::CompletionKind::chunk && done.landed;
+    expect(landed, "graphs: the expert landed");
+    Pass pass;
+    pass.tokens = 3;
+    pass.member_count = 1;
+    auto order = [&](runtime::ComputeKind k, std::uint32_t layer, std::uint32_t tokens) {
+      runtime::ComputeOrder o{};
+      o.kind = k;
+      o.layer = layer;
+      o.tokens = tokens;
+      o.pass = &pass;
+      if (k == runtime::ComputeKind::expert) {
+        o.expert = ExpertId{1, 2};
+        o.slot = 1;
+      }
+      return o;
+    };
+    // Twice the same sequence (the second replays the graphs), then a new token count.
+    for (int round = 0; round < 2; ++round) {
+      for (const auto& o : {order(runtime::ComputeKind::dense, 1, 3), order(runtime::ComputeKind::expert, 1, 3),
+                            order(runtime::ComputeKind::expert, 1, 2), order(runtime::ComputeKind::head, 0, 3)}) {
+        expect(b.submit_compute(o).ok(), "graphs: order submitted");
+      }
+      if (round == 0) built = b.graphs_built();
+    }
+    int seen = 0;
+    while (seen < 8 && b.wait(done)) seen += done.kind == runtime::CompletionKind::compute ? 1 : 0;
+    expect(seen == 8, "graphs: every order completed");
+    expect(b.graphs_built() == built, "graphs: a second round replays the graphs (" + std::to_string(b.graphs_built()) + ")");
+    out.assign(std::size_t{c.max_tokens} * c.shape.hidden * 2, std::byte{0});
+    expect(b.read_output(out).ok(), "graphs: output read back");
+    if (graphs) {
+      // prepare_graphs: every slot's FFN, every layer's dense part, the head, the draft step, per token count.
+      expect(b.prepare_graphs(3, true).ok(), "graphs: prepare_graphs");
+      expect(b.graphs_built() == 3 * (2 + 2 + 1 + 1), "graphs: prepare_graphs captured 3 x (2 slots + 2 layers + head + "
+                                                       "draft) = 18 graphs (" + std::to_string(b.graphs_built()) + ")");
+      expect(b.prepare_graphs(0, false).code == runtime::StatusCode::bad_argument, "graphs: prepare_graphs(0) refused");
+    }
+  };
+  std::vector<std::byte> with, without;
+  std::size_t built_with = 0, built_without = 0;
+  run(true, with, built_with);
+  run(false, without, built_without);
+  expect(built_with == 4 && built_without == 0, "graphs: 4 distinct orders, 4 graphs (" + std::to_string(built_with) +
+                                                    "); none without graphs (" + std::to_string(built_without) + ")");
+  expect(!with.empty() && with == without, "graphs: the same output bits through graphs as launched one by one");
 }
 
 /// A copy into a slot waits (on the GPU) for the kernel still reading it; bytes arrive intact;
@@ -296,6 +361,7 @@ int main() {
   direct_checks();
   failure_checks();
   copy_submit_checks();
+  graph_checks();
 
   const auto routing = test::random_routing(42, 4, 16, 2, 2, 4, 40, 0.6);
   const Workload w = build_workload(routing, {4, 16, 2}, {.batch = 2});
@@ -322,6 +388,12 @@ int main() {
     bool layers = m.layers.size() == s.layers.size();
     for (std::size_t l = 0; layers && l < s.layers.size(); ++l) layers = m.layers[l].misses == s.layers[l].misses;
     expect(layers, std::string(name) + ": per-layer misses equal the simulator's");
+    // Kernels launched one by one (no graphs): the same decisions.
+    auto p3 = make();
+    const RunResult d = run_gpu(w, p3, slots, 3, std::string(name) + " (no graphs)", false);
+    expect(d.ok && d.metrics.cache_hits == s.cache_hits && d.metrics.misses == s.misses &&
+               d.metrics.experts_copied == s.experts_copied,
+           std::string(name) + " (no graphs): hits, misses and copies equal the simulator's");
   };
   compare([] { return policy::OnDemand{}; }, "on-demand");
   compare([] { return policy::LayerLru{}; }, "lru");

@@ -51,6 +51,7 @@ struct ProfileOptions {
   int repeats = 15;
   std::uint64_t max_copy_mib = 512;
   bool quick = false;
+  bool graphs = true;
 };
 
 /// A failed CUDA call: carried to main as exit code 1 with the call's name.
@@ -292,13 +293,14 @@ struct DriverHandle {
   double notify_ns = 0.0;  ///< mean item end -> wait() return, over the waits that blocked
   std::uint64_t completions = 0;
 };
-DriverHandle driver_handle(const ModelDesc& model, int device, std::uint32_t layers, std::uint32_t passes) {
+DriverHandle driver_handle(const ModelDesc& model, int device, bool graphs, std::uint32_t layers, std::uint32_t passes) {
   const std::uint32_t top_k = model.shape.top_k;
   auto cfg = CudaBackend::from_model(model, layers * top_k, 1);
   cfg.layers = layers;
   cfg.host_experts = top_k;  // the store holds what the run copies; the rest alias onto it
   cfg.cpu_workers = 0;
   cfg.device = device;
+  cfg.graphs = graphs;
   Workload w(RoutingShape{layers, cfg.experts, top_k});
   std::vector<ExpertUse> uses;
   for (std::uint32_t e = 0; e < top_k; ++e) uses.push_back({static_cast<std::uint16_t>(e), 1});
@@ -311,6 +313,7 @@ DriverHandle driver_handle(const ModelDesc& model, int device, std::uint32_t lay
   w.set_request_count(1);
   BackendRig rig(cfg, std::byte{0});
   CudaBackend& b = *rig.backend;
+  check(b.prepare_graphs(1, false));
   b.reset_host_stats();
   policy::LayerLru lru;
   runtime::LayerDriver<CudaBackend> driver(w, b, {.check_invariants = false, .compute_ahead = 8});
@@ -354,6 +357,9 @@ int run_profile(const ProfileOptions& o) {
                     " expert bytes");
   }
   const int reps = o.quick ? 5 : o.repeats;
+  notes.push_back(o.graphs ? "compute orders: one CUDA graph launch each (CudaBackend::Config::graphs, moesched-replay's "
+                            "default); their submit costs are the graph launches'"
+                          : "compute orders: kernels launched one by one (--graphs false)");
 
   // ---- compute: the backend's own kernels ----
   constexpr std::uint32_t kMaxTokens = 64;
@@ -361,6 +367,7 @@ int run_profile(const ProfileOptions& o) {
   cfg.host_experts = 1;
   cfg.cpu_workers = 0;
   cfg.device = o.device;
+  cfg.graphs = o.graphs;
   progress(fmt::format("{} on {}: {} MoE layers, {} experts of {:.1f} MB, hidden {}, expert ffn {}", model.name, p.gpu,
                        cfg.layers, cfg.experts, static_cast<double>(cfg.expert_bytes.count) / 1e6, cfg.shape.hidden,
                        cfg.shape.moe_ffn));
@@ -544,7 +551,7 @@ int run_profile(const ProfileOptions& o) {
   {
     const std::uint32_t layers = std::min<std::uint32_t>(cfg.layers, 8);
     const std::uint32_t passes = o.quick ? 16 : 48;
-    const DriverHandle h = driver_handle(model, o.device, layers, passes);
+    const DriverHandle h = driver_handle(model, o.device, o.graphs, layers, passes);
     p.host.handle_ns = h.handle_ns;
     notes.push_back(fmt::format("host: handle {:.2f} us per completion: the layer driver running lru on {} MoE layers x {} "
                                 "decode tokens, every used expert resident after the first; {} completions; notify seen "
@@ -694,6 +701,10 @@ int main(int argc, char** argv) {
                  "also write bytes,plain_gbps,executor_gbps: the executor's copy throughput at this model's expert size "
                  "beside the best plain pinned cudaMemcpyAsync of the same size");
   app.add_flag("--quick", o.quick, "5 repeats per sample (tests)");
+  app.add_option("--graphs", o.graphs,
+                 "time compute orders as CUDA graph launches, as moesched-replay submits them by default (true or false; "
+                 "profile with the setting the replay will use)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   return guarded_main("moesched-profile", [&] {
     try {

@@ -20,6 +20,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -38,6 +39,7 @@ struct ReplayOptions {
   int device = 0;
   std::string copy_submit = "automatic";
   std::uint64_t copy_piece_bytes = 0;
+  bool graphs = true;
 };
 
 
@@ -68,6 +70,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     throw ConfigError("", "copy_submit", r.copy_submit, "this CUDA runtime has no cudaMemcpyBatchAsync (CUDA 12.8+)");
   }
   cfg.copy_piece_bytes = r.copy_piece_bytes;
+  cfg.graphs = r.graphs;
   const auto req = cuda::CudaBackend::requirements(cfg);
 
   cudaError_t st = cudaSetDevice(r.device);
@@ -93,6 +96,8 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   std::uint64_t mismatches = 0;
   std::uint64_t checked = 0;
   cuda::CudaBackend::HostStats host;
+  std::size_t graphs = 0;
+  double graph_s = 0.0;
   {
     cuda::CudaBackend backend(cfg, device, req.device_bytes, std::span<const std::byte>(store.get(), req.host_bytes));
     if (auto is = backend.initialize(); !is) {
@@ -100,6 +105,16 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
       return 1;
     }
     batched = backend.batched_copies();
+    // Every order's graph captured before the timed run (none is captured inside it).
+    bool drafts = false;
+    for (const auto& p : w.passes()) drafts = drafts || p.draft_len > 0;
+    const auto g0 = std::chrono::steady_clock::now();
+    if (auto gs = backend.prepare_graphs(max_tokens, drafts); !gs) {
+      std::fprintf(stderr, "moesched-replay: error: %s\n", gs.describe().c_str());
+      return 1;
+    }
+    graph_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+    graphs = backend.graphs_built();
     const PolicyInputs in = policy_inputs(s, r.policy);
     const PolicyRun ran = visit_policy(r.policy, w, *s.cost, in, [&](auto& pol, const sim::CostModel&) {
       runtime::LayerDriver<cuda::CudaBackend> driver(w, backend, {.check_invariants = false, .compute_ahead = o.compute_ahead});
@@ -140,6 +155,9 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     std::fprintf(stdout, "device: %s; %u slots (%.2f GB), %u chunks (%s copies), compute_ahead %u%s\n", device_name.c_str(),
                  slots, (cfg.expert_bytes * slots).gigabytes(), cfg.chunks, batched ? "batched" : "looped", o.compute_ahead,
                  r.verify ? fmt::format(", {} expert kernels verified", checked).c_str() : "");
+    std::fprintf(stdout, "compute orders: %s\n",
+                 cfg.graphs ? fmt::format("CUDA graphs ({} captured in {:.2f} s before the run)", graphs, graph_s).c_str()
+                            : "kernels launched one by one (--graphs off)");
     std::fprintf(stdout, "driver thread: %.2f us per completion beside submit_compute (%llu completions), %.1f ms "
                          "submitting; notify %.1f us where it waited\n",
                  host.handle_ns() / 1e3, static_cast<unsigned long long>(host.completions),
@@ -164,6 +182,8 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     scenario["copy_submit"] = batched ? "batched" : "loop";
     scenario["copy_chunks"] = cfg.chunks;
     scenario["copy_piece_bytes"] = cfg.copy_piece_bytes;
+    scenario["graphs"] = cfg.graphs;
+    scenario["graphs_captured"] = graphs;
     Json records = Json::array();
     records.push_back(std::move(rec));
     records.push_back(bound_json(lb));
@@ -203,6 +223,9 @@ int main(int argc, char** argv) {
                  "cut each chunk into copies of at most this many bytes, as an engine with separate tensors (0 = one)")
       ->capture_default_str();
   app.add_flag("--verify", r.verify, "checksum every expert kernel's slot on the GPU (slower)");
+  app.add_option("--graphs", r.graphs,
+                 "submit each compute order as one CUDA graph launch (captured before the run): true or false")
+      ->capture_default_str();
   app.add_option("--device", r.device, "CUDA device ordinal")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   return guarded_main("moesched-replay", [&] { return replay(o, r); });

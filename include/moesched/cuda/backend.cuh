@@ -18,7 +18,11 @@
 ///   on the compute stream (dense: q/k/v, o, router, shared experts and the dense FFN layers that
 ///   belong to the MoE layer; expert: gate, up, SiLU(gate) x up, down reading the slot; head: LM
 ///   head; draft_step: the default draft of sim/cost_model.hpp), records an end event; an expert
-///   kernel also records its slot's "free" event after itself (stream-order slot reuse).
+///   kernel also records its slot's "free" event after itself (stream-order slot reuse). With
+///   Config::graphs (the default) the order's kernels are one CUDA graph launch: captured once
+///   per (expert slot | dense layer | head | draft step, token count), on first use or by
+///   prepare_graphs(), then replayed; at batch 1 this cuts the driver thread's submit time, which
+///   otherwise decides TPOT (tens of launches per layer against tens of microseconds of kernels).
 /// - submit_copy / cancel_copy / promote_copy / copy_started: a copy thread owns the copy stream;
 ///   high copies first; each chunk is cudaEventRecord(start), its copies, cudaEventRecord(end). A
 ///   chunk's copies (one, or pieces of copy_piece_bytes) go out as one cudaMemcpyBatchAsync where
@@ -232,6 +236,10 @@ class CudaBackend {
     /// by one; batched submission then hands the pieces to the runtime in one call. At most
     /// kMaxPieces pieces per chunk.
     std::uint64_t copy_piece_bytes = 0;
+    /// Submit each compute order as one CUDA graph launch: the order's kernels (cuBLAS GEMMs and
+    /// the SiLU kernel) are captured once per kind, layer or slot, and token count (on first use,
+    /// or all at once by prepare_graphs()), then replayed; false launches them one by one.
+    bool graphs = true;
   };
   /// Most copies in one chunk (Config::copy_piece_bytes).
   static constexpr std::uint64_t kMaxPieces = 4096;
@@ -393,6 +401,11 @@ class CudaBackend {
     if (!created_) return first;
     if (copy_stream_ != nullptr) keep(cudaStreamSynchronize(copy_stream_), "cudaStreamSynchronize");
     if (compute_stream_ != nullptr) keep(cudaStreamSynchronize(compute_stream_), "cudaStreamSynchronize");
+    for (cudaGraphExec_t& g : graphs_) {
+      if (g != nullptr) keep(cudaGraphExecDestroy(g), "cudaGraphExecDestroy");
+      g = nullptr;
+    }
+    graphs_built_ = 0;
     for (cudaEvent_t ev : all_events_) keep(cudaEventDestroy(ev), "cudaEventDestroy");
     all_events_.clear();
     free_events_.clear();
@@ -469,15 +482,10 @@ class CudaBackend {
     if (auto s = take_event(rec.start); !s) return s;
     if (auto s = take_event(rec.end); !s) return s;
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(rec.start, compute_stream_), "cudaEventRecord"));
-    switch (k.kind) {
-      case ComputeKind::dense: MOESCHED_CUDA_BACKEND_RETURN_IF_(dense(k.layer, tokens)); break;
-      case ComputeKind::expert:
-        MOESCHED_CUDA_BACKEND_RETURN_IF_(expert_ffn(slot_ptr(k.slot), tokens));
-        if (cfg_.verify) MOESCHED_CUDA_BACKEND_RETURN_IF_(checksum(k.slot, k.expert.flat(cfg_.experts)));
-        MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(slot_free_[k.slot], compute_stream_), "cudaEventRecord"));
-        break;
-      case ComputeKind::head: MOESCHED_CUDA_BACKEND_RETURN_IF_(head(tokens)); break;
-      case ComputeKind::draft_step: MOESCHED_CUDA_BACKEND_RETURN_IF_(draft_step(tokens)); break;
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(order_kernels(k.kind, k.kind == ComputeKind::expert ? k.slot : k.layer, tokens));
+    if (k.kind == ComputeKind::expert) {
+      if (cfg_.verify) MOESCHED_CUDA_BACKEND_RETURN_IF_(checksum(k.slot, k.expert.flat(cfg_.experts)));
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(slot_free_[k.slot], compute_stream_), "cudaEventRecord"));
     }
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(rec.end, compute_stream_), "cudaEventRecord"));
     {
@@ -660,9 +668,37 @@ class CudaBackend {
     }
     return cuda_status(cudaMemcpy(out.data(), slot_ptr(s), cfg_.expert_bytes.count, cudaMemcpyDeviceToHost), "cudaMemcpy");
   }
+  /// Copies the layer output activations (max_tokens x hidden bf16: where attention projections
+  /// write and expert FFNs add) back to the host; waits for the compute stream (for tests).
+  runtime::Status read_output(std::span<std::byte> out) const {
+    const std::size_t n = std::size_t{cfg_.max_tokens} * cfg_.shape.hidden * 2;
+    if (out.size() < n || compute_stream_ == nullptr) return runtime::Status::fail(runtime::StatusCode::bad_argument, "read_output");
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaStreamSynchronize(compute_stream_), "cudaStreamSynchronize"));
+    return cuda_status(cudaMemcpy(out.data(), device_ + layout_.y, n, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  }
   [[nodiscard]] const Config& config() const noexcept { return cfg_; }
   /// Whether chunks go out through cudaMemcpyBatchAsync (copy_submit resolved by initialize()).
   [[nodiscard]] bool batched_copies() const noexcept { return batched_; }
+  /// Config::graphs: captures now the graph of every order the driver can submit with at most
+  /// `tokens` tokens (each slot's expert FFN, each layer's dense part, the head, and with `draft`
+  /// the draft step), so that no capture falls inside a timed run. Between initialize() and
+  /// shutdown(), on the driving thread, while no driver run is in flight. Nothing without graphs.
+  runtime::Status prepare_graphs(std::uint32_t tokens, bool draft) {
+    if (!running_) return runtime::Status::fail(runtime::StatusCode::shut_down, "prepare_graphs");
+    if (tokens == 0 || tokens > cfg_.max_tokens) {
+      return runtime::Status::fail(runtime::StatusCode::bad_argument, "prepare_graphs (tokens must be 1..max_tokens)");
+    }
+    if (!cfg_.graphs) return runtime::Status::success();
+    for (std::uint32_t t = 1; t <= tokens; ++t) {
+      for (std::uint32_t s = 0; s < cfg_.slots; ++s) MOESCHED_CUDA_BACKEND_RETURN_IF_(graph_for(runtime::ComputeKind::expert, s, t));
+      for (std::uint32_t l = 0; l < cfg_.layers; ++l) MOESCHED_CUDA_BACKEND_RETURN_IF_(graph_for(runtime::ComputeKind::dense, l, t));
+      MOESCHED_CUDA_BACKEND_RETURN_IF_(graph_for(runtime::ComputeKind::head, 0, t));
+      if (draft) MOESCHED_CUDA_BACKEND_RETURN_IF_(graph_for(runtime::ComputeKind::draft_step, 0, t));
+    }
+    return runtime::Status::success();
+  }
+  /// Graphs captured so far (Config::graphs).
+  [[nodiscard]] std::size_t graphs_built() const noexcept { return graphs_built_; }
 
   // ---- profiling (moesched-profile) ----
   /// The work enqueue_kernel() runs: exactly the kernels submit_compute() launches for a dense,
@@ -865,6 +901,61 @@ class CudaBackend {
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(anchor_, compute_stream_), "cudaEventRecord"));
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventSynchronize(anchor_), "cudaEventSynchronize"));
     anchor_host_ = now();
+    return runtime::Status::success();
+  }
+
+  // ---- CUDA graphs (Config::graphs; driver thread) ----
+  /// The kernels of one order: `index` is the slot of an expert order, the layer of a dense one.
+  /// With Config::graphs, one launch of the order's graph (captured first if it is new).
+  runtime::Status order_kernels(runtime::ComputeKind kind, std::uint32_t index, std::uint32_t t) {
+    if (!cfg_.graphs) return direct_kernels(kind, index, t);
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(graph_for(kind, index, t));
+    return cuda_status(cudaGraphLaunch(graphs_[graph_index(kind, index, t)], compute_stream_), "cudaGraphLaunch");
+  }
+  runtime::Status direct_kernels(runtime::ComputeKind kind, std::uint32_t index, std::uint32_t t) {
+    switch (kind) {
+      case runtime::ComputeKind::dense: return dense(index, t);
+      case runtime::ComputeKind::expert: return expert_ffn(slot_ptr(index), t);
+      case runtime::ComputeKind::head: return head(t);
+      case runtime::ComputeKind::draft_step: return draft_step(t);
+    }
+    return runtime::Status::success();
+  }
+  /// graphs_ holds, per token count 1..max_tokens: each slot's expert FFN, each layer's dense part,
+  /// the head, the draft step.
+  [[nodiscard]] std::size_t graph_index(runtime::ComputeKind kind, std::uint32_t index, std::uint32_t t) const noexcept {
+    const std::size_t per_t = std::size_t{cfg_.slots} + cfg_.layers + 2;
+    std::size_t i = 0;
+    switch (kind) {
+      case runtime::ComputeKind::expert: i = index; break;
+      case runtime::ComputeKind::dense: i = std::size_t{cfg_.slots} + index; break;
+      case runtime::ComputeKind::head: i = std::size_t{cfg_.slots} + cfg_.layers; break;
+      case runtime::ComputeKind::draft_step: i = std::size_t{cfg_.slots} + cfg_.layers + 1; break;
+    }
+    return std::size_t{t - 1} * per_t + i;
+  }
+  /// Captures the order's graph unless it exists: its kernels recorded on the compute stream
+  /// (thread-local capture: the copy and poller threads go on), instantiated, the graph freed.
+  runtime::Status graph_for(runtime::ComputeKind kind, std::uint32_t index, std::uint32_t t) {
+    if (graphs_.empty()) graphs_.assign((std::size_t{cfg_.slots} + cfg_.layers + 2) * cfg_.max_tokens, nullptr);
+    cudaGraphExec_t& exec = graphs_[graph_index(kind, index, t)];
+    if (exec != nullptr) return runtime::Status::success();
+    MOESCHED_CUDA_BACKEND_RETURN_IF_(
+        cuda_status(cudaStreamBeginCapture(compute_stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture"));
+    const runtime::Status work = direct_kernels(kind, index, t);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(compute_stream_, &graph);  // always: the stream leaves capture
+    if (!work.ok() || ended != cudaSuccess) {
+      if (graph != nullptr) (void)cudaGraphDestroy(graph);
+      return !work.ok() ? work : cuda_status(ended, "cudaStreamEndCapture");
+    }
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    if (made != cudaSuccess) {
+      exec = nullptr;
+      return cuda_status(made, "cudaGraphInstantiate");
+    }
+    ++graphs_built_;
     return runtime::Status::success();
   }
 
@@ -1228,6 +1319,8 @@ class CudaBackend {
 
   runtime::CompletionQueue done_;
   runtime::JobWorkers workers_;  ///< the cpu_worker predictor jobs
+  std::vector<cudaGraphExec_t> graphs_;  // Config::graphs: graph_index() -> the order's graph, or null (driver thread)
+  std::size_t graphs_built_ = 0;
   HostStats host_stats_{};       // driver thread only
   Nanoseconds last_return_{-1};  // when wait() last returned a completion; -1: not since a reset
   std::vector<std::thread> threads_;
