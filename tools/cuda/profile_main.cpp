@@ -142,23 +142,29 @@ double submitted_ns(CudaBackend& b, const runtime::ComputeOrder& order, int repe
 
 /// The executor's host costs for one order kind. Each order alone on an idle stream (the previous
 /// one's completion received first): the driver thread's time inside submit_compute, the delay from
-/// submit_compute's call to the order's first kernel (its start event), and the delay from the
-/// order's end event to wait() returning its completion on this thread. Then bursts of kHostBurst
-/// orders submitted back to back (as the driver does when it runs ahead): the submit time per order
-/// there. Medians after 3 untimed.
+/// submit_compute's call to the order's kernels starting, and the delay from the order's end event
+/// to wait() returning its completion on this thread. Then bursts of kHostBurst orders submitted
+/// back to back (as the driver does when it runs ahead): the submit time per order there. Medians
+/// after 3 untimed.
+/// The kernels' start is the end event's time less the order's device time (`device_ns`, timed
+/// queued): the start event runs as soon as submit_compute records it on the idle stream, before
+/// the kernels (or the graph) are even launched, so "start event - call" (launch_event_ns, kept
+/// for the notes) reads only the event's own latency.
 struct HostSample {
   double submit_ns = 0.0;        ///< back to back (the steady state the profile keeps)
   double submit_idle_ns = 0.0;   ///< alone, after the previous completion
-  double launch_ns = 0.0;
+  double launch_ns = 0.0;        ///< call -> kernels start (end event - device time)
+  double launch_event_ns = 0.0;  ///< call -> start event
   double notify_ns = 0.0;
 };
 constexpr int kHostBurst = 8;
-HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, int repeats) {
+HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, double device_ns, int repeats) {
   // Launch and notify compare host times with event times: pair the clocks afresh (they drift by
   // tens of microseconds over the seconds the device timings took).
   check(b.reanchor());
   std::vector<double> submit;
   std::vector<double> launch;
+  std::vector<double> launch_event;
   std::vector<double> notify;
   for (int i = 0; i < repeats + 3; ++i) {
     const Nanoseconds t0 = b.now();
@@ -172,7 +178,8 @@ HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, i
     if (!got) throw CudaFailure{"submit_compute: completion missing"};
     if (i < 3) continue;
     submit.push_back(static_cast<double>((t1 - t0).count()));
-    launch.push_back(static_cast<double>(std::max(Nanoseconds{0}, done.start - t0).count()));
+    launch_event.push_back(static_cast<double>(std::max(Nanoseconds{0}, done.start - t0).count()));
+    launch.push_back(std::max(0.0, static_cast<double>((done.end - t0).count()) - device_ns));
     notify.push_back(static_cast<double>(std::max(Nanoseconds{0}, t2 - done.end).count()));
   }
   std::vector<double> burst;
@@ -187,7 +194,7 @@ HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, i
     if (got != kHostBurst) throw CudaFailure{"submit_compute: completions missing"};
     if (i >= 3) burst.push_back(static_cast<double>((t1 - t0).count()) / kHostBurst);
   }
-  return {median(burst), median(submit), median(launch), median(notify)};
+  return {median(burst), median(submit), median(launch), median(launch_event), median(notify)};
 }
 
 /// Caller-owned memory for one backend (device allocation and host store), freed in order.
@@ -433,7 +440,7 @@ int run_profile(const ProfileOptions& o) {
     // Host costs: each kind of order alone on an idle stream, as the driver submits it after a
     // completion (the gate, the end of a layer) at batch 1.
     {
-      auto idle = [&](runtime::ComputeKind k, std::uint32_t layer) {
+      auto idle = [&](runtime::ComputeKind k, std::uint32_t layer, double device_ns) {
         pass.tokens = 1;
         pass.member_count = 1;
         runtime::ComputeOrder ord{};
@@ -442,12 +449,13 @@ int run_profile(const ProfileOptions& o) {
         ord.tokens = 1;
         ord.step = k == runtime::ComputeKind::draft_step ? 1 : 0;
         ord.pass = &pass;
-        return idle_host_costs(b, ord, k == runtime::ComputeKind::draft_step ? std::max(3, reps / 3) : reps);
+        return idle_host_costs(b, ord, device_ns, k == runtime::ComputeKind::draft_step ? std::max(3, reps / 3) : reps);
       };
-      const HostSample dense = idle(runtime::ComputeKind::dense, last);
-      const HostSample expert = idle(runtime::ComputeKind::expert, 0);
-      const HostSample head = idle(runtime::ComputeKind::head, 0);
-      const HostSample draft = idle(runtime::ComputeKind::draft_step, 0);
+      // Device times at 1 token, timed queued above (dense: the last MoE layer at context 0).
+      const HostSample dense = idle(runtime::ComputeKind::dense, last, p.dense.front().ns);
+      const HostSample expert = idle(runtime::ComputeKind::expert, 0, p.expert_ffn.front().ns);
+      const HostSample head = idle(runtime::ComputeKind::head, 0, p.head.front().ns);
+      const HostSample draft = idle(runtime::ComputeKind::draft_step, 0, p.draft_step.front().ns);
       p.host.submit_dense_ns = dense.submit_ns;
       p.host.submit_expert_ns = expert.submit_ns;
       p.host.submit_head_ns = head.submit_ns;
@@ -484,12 +492,15 @@ int run_profile(const ProfileOptions& o) {
       notes.push_back(fmt::format(
           "host: submit_compute on the calling thread per order at 1 token, {} back to back (kept): dense {:.1f} us, "
           "expert {:.1f}, head {:.1f}, draft step {:.1f}; alone on an idle stream: dense {:.1f}, expert {:.1f}, head {:.1f}, "
-          "draft step {:.1f}; alone, submit call -> first kernel starts: dense {:.1f}, expert {:.1f}, "
-          "head {:.1f}, draft {:.1f}; end event -> wait() returns: dense {:.1f}, expert {:.1f}, head {:.1f}, draft {:.1f}",
+          "draft step {:.1f}; alone, submit call -> kernels start (end event less the device time, kept): dense {:.1f}, "
+          "expert {:.1f}, head {:.1f}, draft {:.1f}; submit call -> start event: dense {:.1f}, expert {:.1f}, head {:.1f}, "
+          "draft {:.1f}; end event -> wait() returns: dense {:.1f}, expert {:.1f}, head {:.1f}, draft {:.1f}",
           kHostBurst, dense.submit_ns / 1e3, expert.submit_ns / 1e3, head.submit_ns / 1e3, draft.submit_ns / 1e3,
           dense.submit_idle_ns / 1e3, expert.submit_idle_ns / 1e3, head.submit_idle_ns / 1e3, draft.submit_idle_ns / 1e3,
           dense.launch_ns / 1e3, expert.launch_ns / 1e3, head.launch_ns / 1e3, draft.launch_ns / 1e3,
-          dense.notify_ns / 1e3, expert.notify_ns / 1e3, head.notify_ns / 1e3, draft.notify_ns / 1e3));
+          dense.launch_event_ns / 1e3, expert.launch_event_ns / 1e3, head.launch_event_ns / 1e3,
+          draft.launch_event_ns / 1e3, dense.notify_ns / 1e3, expert.notify_ns / 1e3, head.notify_ns / 1e3,
+          draft.notify_ns / 1e3));
       progress(fmt::format("host: submit dense {:.1f} us, expert {:.1f} us back to back ({:.1f}, {:.1f} alone); launch "
                            "{:.1f} us; notify {:.1f} us; copy launch {:.1f} us ({:.1f} s)",
                            dense.submit_ns / 1e3, expert.submit_ns / 1e3, dense.submit_idle_ns / 1e3,
