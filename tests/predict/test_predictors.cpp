@@ -194,14 +194,19 @@ TEST_CASE("group-limited gate (DeepSeek): only the best groups' experts are cand
   g.weights = {std::vector<float>(36, 0.0F)};
   for (std::size_t i = 0; i < 6; ++i) g.weights[0][i * 6 + i] = 1.0F;
   std::array<ScoredExpert, 6> out{};
+  // The experts of the first n candidates, in rank order.
+  auto ranked = [&](std::uint32_t n) {
+    std::vector<int> ids;
+    for (std::uint32_t i = 0; i < n; ++i) ids.push_back(out[i].expert);
+    return ids;
+  };
   SECTION("softmax, group score = the group's best (V2)") {
     g.config_patch = {{"n_group", 3}, {"topk_group", 1}};
     auto p = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
     // Plain top-2 would be 0 (5.0) and 2 (4.9); the best group is {0, 1} (5.0 > 4.9 > 0).
     const std::array<float, 6> x{5.0F, 0.0F, 4.9F, 4.8F, 0.0F, 0.0F};
     REQUIRE(p.rank(x, out) == 2);
-    CHECK(out[0].expert == 0);
-    CHECK(out[1].expert == 1);
+    CHECK(ranked(2) == std::vector<int>{0, 1});
     // Scores stay the softmax over all experts.
     const double z = std::exp(5.0) + std::exp(4.9) + std::exp(4.8) + 3.0;
     CHECK(out[0].score == Approx(std::exp(5.0) / z).epsilon(1e-5));
@@ -210,10 +215,7 @@ TEST_CASE("group-limited gate (DeepSeek): only the best groups' experts are cand
     g.config_patch = {{"n_group", 3}, {"topk_group", 2}};
     auto q = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
     REQUIRE(q.rank(x, out) == 4);
-    CHECK(out[0].expert == 0);
-    CHECK(out[1].expert == 2);
-    CHECK(out[2].expert == 3);
-    CHECK(out[3].expert == 1);
+    CHECK(ranked(4) == std::vector<int>{0, 2, 3, 1});
   }
   SECTION("sigmoid, group score = the sum of the group's two best (V3)") {
     g.scoring = "sigmoid";
@@ -223,31 +225,24 @@ TEST_CASE("group-limited gate (DeepSeek): only the best groups' experts are cand
     const std::array<float, 6> x{3.0F, -3.0F, 2.0F, 2.0F, 0.0F, 0.0F};
     auto p = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
     REQUIRE(p.rank(x, out) == 2);
-    CHECK(out[0].expert == 2);
-    CHECK(out[1].expert == 3);
+    CHECK(ranked(2) == std::vector<int>{2, 3});
     CHECK(out[0].score == Approx(0.8807970779778823).epsilon(1e-6));
     // Groups {0, 1} and {4, 5} tie at 1.0: with two kept, the lower one joins {2, 3}.
     g.config_patch = {{"n_group", 3}, {"topk_group", 2}};
     auto q = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
     REQUIRE(q.rank(x, out) == 4);
-    CHECK(out[0].expert == 0);
-    CHECK(out[1].expert == 2);
-    CHECK(out[2].expert == 3);
-    CHECK(out[3].expert == 1);
+    CHECK(ranked(4) == std::vector<int>{0, 2, 3, 1});
     // The same file with "max" group scores keeps {0, 1}.
     g.config_patch = {{"n_group", 3}, {"topk_group", 1}, {"group_score", "max"}};
     auto r = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
     REQUIRE(r.rank(x, out) == 2);
-    CHECK(out[0].expert == 0);
-    CHECK(out[1].expert == 1);
+    CHECK(ranked(2) == std::vector<int>{0, 1});
   }
   SECTION("one group kept of one: the plain ranking") {
     g.config_patch = {{"n_group", 1}};
     auto p = GatePredictor(gates_of(dir, g), 0, {predict::HiddenState::moe_input, 0});
     const std::array<float, 6> x{5.0F, 0.0F, 4.9F, 4.8F, 0.0F, 0.0F};
     REQUIRE(p.rank(x, out) == 6);
-    CHECK(out[0].expert == 0);
-    CHECK(out[1].expert == 2);
-    CHECK(out[2].expert == 3);
+    CHECK(ranked(3) == std::vector<int>{0, 2, 3});
   }
 }

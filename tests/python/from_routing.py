@@ -132,46 +132,50 @@ check(ok, f"a trace with hidden states validates: {out}")
 back5 = mt.read(p5)
 check(len(back5.hidden) == 1 and back5.hidden[0]["name"] == "moe_input" and
       np.array_equal(np.asarray(back5.hidden[0]["values"]), moe_input), "hidden states round trip")
-o5 = os.path.join(work, "hidden+skip.trace.safetensors")
-r = subprocess.run([tool, "predict", p5, "--gates", g5, "--channel", "skip_gate", "-o", o5], capture_output=True, text=True)
-check(r.returncode == 0, f"moesched-trace predict: {r.stdout}{r.stderr}")
-if r.returncode == 0:
-    ch = mt.read(o5).channels[0]
+def skip_gate_against(gates, out_name, want_of):
+    """Runs `moesched-trace predict --channel skip_gate` with `gates`; returns (predictions, equal to
+    want_of(logits), differing from the plain top-K5), or None when the tool failed."""
+    out = os.path.join(work, out_name)
+    r = subprocess.run([tool, "predict", p5, "--gates", gates, "--channel", "skip_gate", "-o", out], capture_output=True, text=True)
+    check(r.returncode == 0, f"moesched-trace predict ({out_name}): {r.stdout}{r.stderr}")
+    if r.returncode != 0:
+        return None
+    ch = mt.read(out).channels[0]
     first = back5.step_first_token()
-    want_rows, same = 0, 0
+    rows = same = differs = 0
     for i in range(len(ch["step"])):
         s_, layer, tok = int(ch["step"][i]), int(ch["layer"][i]), int(ch["token"][i])
         x = moe_input[first[s_] + tok, layer - 1].astype(np.float64)
         logits = routers[layer].astype(np.float64) @ x
-        want = sorted(np.argsort(-logits, kind="stable")[:K5].tolist())
+        want = want_of(logits)
         same += int(sorted(int(e) for e in ch["experts"][i]) == want)
-        want_rows += 1
-    check(want_rows == 6 * (L5 - 1) and same == want_rows,
-          f"skip_gate: {want_rows} predictions (6 decode steps x {L5 - 1} layers), {same} equal to numpy's top-{K5}")
+        differs += int(want != sorted(np.argsort(-logits, kind="stable")[:K5].tolist()))
+        rows += 1
+    return rows, same, differs
+
+
+got = skip_gate_against(g5, "hidden+skip.trace.safetensors", lambda lg: sorted(np.argsort(-lg, kind="stable")[:K5].tolist()))
+if got:
+    check(got[0] == 6 * (L5 - 1) and got[1] == got[0],
+          f"skip_gate: {got[0]} predictions (6 decode steps x {L5 - 1} layers), {got[1]} equal to numpy's top-{K5}")
 # 6. group-limited routers (DeepSeek: n_group, topk_group): the tool's skip_gate keeps only the
 #    best group's experts, as numpy does here (softmax scores, a group's score = its best)
 g6 = os.path.join(work, "gates-groups.safetensors")
 mt.write_gates(g6, routers, top_k=K5, model="toy-moe", n_group=3, topk_group=1)
-o6 = os.path.join(work, "hidden+skip-groups.trace.safetensors")
-r = subprocess.run([tool, "predict", p5, "--gates", g6, "--channel", "skip_gate", "-o", o6], capture_output=True, text=True)
-check(r.returncode == 0, f"moesched-trace predict (groups): {r.stdout}{r.stderr}")
-if r.returncode == 0:
-    ch = mt.read(o6).channels[0]
-    first = back5.step_first_token()
-    same, differs = 0, 0
-    for i in range(len(ch["step"])):
-        s_, layer, tok = int(ch["step"][i]), int(ch["layer"][i]), int(ch["token"][i])
-        x = moe_input[first[s_] + tok, layer - 1].astype(np.float64)
-        logits = routers[layer].astype(np.float64) @ x
-        best_group = int(np.argmax(logits.reshape(3, E5 // 3).max(axis=1)))
-        masked = np.full(E5, -np.inf)
-        masked[best_group * 2:(best_group + 1) * 2] = logits[best_group * 2:(best_group + 1) * 2]
-        want = sorted(np.argsort(-masked, kind="stable")[:K5].tolist())
-        same += int(sorted(int(e) for e in ch["experts"][i]) == want)
-        differs += int(want != sorted(np.argsort(-logits, kind="stable")[:K5].tolist()))
-    check(same == len(ch["step"]) and differs > 0,
-          f"skip_gate with groups: {same} of {len(ch['step'])} equal to numpy's group-limited top-{K5} "
-          f"({differs} differ from the plain top-{K5})")
+
+
+def group_limited(logits):
+    best = int(np.argmax(logits.reshape(3, E5 // 3).max(axis=1)))
+    masked = np.full(E5, -np.inf)
+    masked[best * 2:(best + 1) * 2] = logits[best * 2:(best + 1) * 2]
+    return sorted(np.argsort(-masked, kind="stable")[:K5].tolist())
+
+
+got = skip_gate_against(g6, "hidden+skip-groups.trace.safetensors", group_limited)
+if got:
+    check(got[1] == got[0] and got[2] > 0,
+          f"skip_gate with groups: {got[1]} of {got[0]} equal to numpy's group-limited top-{K5} "
+          f"({got[2]} differ from the plain top-{K5})")
 for fn, text in (
         (lambda: mt.write_gates(g6, routers, top_k=K5, n_group=4), "n_group = 4"),
         (lambda: mt.write_gates(g6, routers, top_k=3, n_group=3, topk_group=1), "topk_group = 1"),
