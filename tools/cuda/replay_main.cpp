@@ -157,7 +157,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
                  r.verify ? fmt::format(", {} expert kernels verified", checked).c_str() : "");
     std::fprintf(stdout, "compute orders: %s\n",
                  cfg.graphs ? fmt::format("CUDA graphs ({} captured in {:.2f} s before the run)", graphs, graph_s).c_str()
-                            : "kernels launched one by one (--graphs off)");
+                            : "kernels launched one by one (--graphs false)");
     std::fprintf(stdout, "driver thread: %.2f us per completion beside submit_compute (%llu completions), %.1f ms "
                          "submitting; notify %.1f us where it waited\n",
                  host.handle_ns() / 1e3, static_cast<unsigned long long>(host.completions),

@@ -449,7 +449,6 @@ class CudaBackend {
     return st;
   }
 
-
  private:
   /// submit_compute's work (submit_compute times it for host_stats()).
   runtime::Status submit_compute_timed(const runtime::ComputeOrder& k) {

@@ -23,8 +23,8 @@
 ///   the driver learns late); the driver's thread then works `handle` on each completion it
 ///   receives (its bookkeeping and the policy's hooks) before it can submit a kernel again; a copy
 ///   submitted while the link is idle starts `copy_launch` after its submission (the copy thread's
-///   wake-up and its first copy call; a copy queued behind another starts when that one ends). At batch 1 this
-///   is what separates a launch-bound GPU run from its kernels' device time.
+///   wake-up and its first copy call; a copy queued behind another starts when that one ends).
+///   At batch 1 this is what separates a launch-bound GPU run from its kernels' device time.
 /// - Kernels beside copies (CostModel::compute_slowdown_under_copy() = s, 1 unless a measured
 ///   profile or FixedCosts sets it): a kernel that starts while the link has copies runs s times
 ///   slower for as long as the copies already on or queued for the link last, then at full speed.
