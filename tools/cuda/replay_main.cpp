@@ -53,7 +53,11 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   const std::uint32_t slots = sim::slots_for(s.budget, *s.cost, w.shape());
 
   std::uint32_t max_tokens = 1;
-  for (const auto& p : w.passes()) max_tokens = std::max({max_tokens, p.tokens, p.member_count});
+  bool drafts = false;  // SD passes: the draft step's graphs are captured too
+  for (const auto& p : w.passes()) {
+    max_tokens = std::max({max_tokens, p.tokens, p.member_count});
+    drafts = drafts || p.draft_len > 0;
+  }
   auto cfg = cuda::CudaBackend::from_model(s.model, slots, max_tokens);
   // A published policy's chunks= decides the copy engine's chunks, as it does in the simulator.
   const std::uint32_t policy_chunks_wanted = policy_chunks(r.policy, *s.cost);
@@ -106,8 +110,6 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     }
     batched = backend.batched_copies();
     // Every order's graph captured before the timed run (none is captured inside it).
-    bool drafts = false;
-    for (const auto& p : w.passes()) drafts = drafts || p.draft_len > 0;
     const auto g0 = std::chrono::steady_clock::now();
     if (auto gs = backend.prepare_graphs(max_tokens, drafts); !gs) {
       std::fprintf(stderr, "moesched-replay: error: %s\n", gs.describe().c_str());

@@ -164,7 +164,7 @@ class SimBackend {
     const auto ev = queue_.pop();
     if (host_on_) [[unlikely]] {
       if (host_.notify.count() > 0) {
-        if (!wait_notified(ev.payload, out)) return false;
+        wait_notified(ev.payload, out);
       } else {
         deliver(ev.payload, out);
       }
@@ -324,7 +324,7 @@ class SimBackend {
 
   /// wait() with a notify delay: what happens at an event's time happens then (the stream and the
   /// link go on), and its completion reaches the driver `notify` later, in the order they happened.
-  bool wait_notified(Payload p, runtime::Completion& out) {
+  void wait_notified(Payload p, runtime::Completion& out) {
     for (;;) {
       if (p.kind == EventKind::notified) {
         out = notified_[notified_head_];
@@ -332,7 +332,7 @@ class SimBackend {
           notified_.clear();
           notified_head_ = 0;
         }
-        return true;
+        return;
       }
       runtime::Completion c;
       deliver(p, c);
