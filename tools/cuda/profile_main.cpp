@@ -52,6 +52,7 @@ struct ProfileOptions {
   std::uint64_t max_copy_mib = 512;
   bool quick = false;
   bool graphs = true;
+  std::uint32_t wait_spin_us = 50;
 };
 
 /// A failed CUDA call: carried to main as exit code 1 with the call's name.
@@ -300,14 +301,15 @@ struct DriverHandle {
   double notify_ns = 0.0;  ///< mean item end -> wait() return, over the waits that blocked
   std::uint64_t completions = 0;
 };
-DriverHandle driver_handle(const ModelDesc& model, int device, bool graphs, std::uint32_t layers, std::uint32_t passes) {
+DriverHandle driver_handle(const ModelDesc& model, const ProfileOptions& o, std::uint32_t layers, std::uint32_t passes) {
   const std::uint32_t top_k = model.shape.top_k;
   auto cfg = CudaBackend::from_model(model, layers * top_k, 1);
   cfg.layers = layers;
   cfg.host_experts = top_k;  // the store holds what the run copies; the rest alias onto it
   cfg.cpu_workers = 0;
-  cfg.device = device;
-  cfg.graphs = graphs;
+  cfg.device = o.device;
+  cfg.graphs = o.graphs;
+  cfg.wait_spin_us = o.wait_spin_us;
   Workload w(RoutingShape{layers, cfg.experts, top_k});
   std::vector<ExpertUse> uses;
   for (std::uint32_t e = 0; e < top_k; ++e) uses.push_back({static_cast<std::uint16_t>(e), 1});
@@ -367,6 +369,8 @@ int run_profile(const ProfileOptions& o) {
   notes.push_back(o.graphs ? "compute orders: one CUDA graph launch each (CudaBackend::Config::graphs, moesched-replay's "
                             "default); their submit costs are the graph launches'"
                           : "compute orders: kernels launched one by one (--graphs false)");
+  notes.push_back(o.wait_spin_us == 0 ? std::string("wait(): blocks at once (--wait-spin-us 0)")
+                                      : fmt::format("wait(): polls {} us before it blocks (--wait-spin-us)", o.wait_spin_us));
 
   // ---- compute: the backend's own kernels ----
   constexpr std::uint32_t kMaxTokens = 64;
@@ -375,6 +379,7 @@ int run_profile(const ProfileOptions& o) {
   cfg.cpu_workers = 0;
   cfg.device = o.device;
   cfg.graphs = o.graphs;
+  cfg.wait_spin_us = o.wait_spin_us;
   progress(fmt::format("{} on {}: {} MoE layers, {} experts of {:.1f} MB, hidden {}, expert ffn {}", model.name, p.gpu,
                        cfg.layers, cfg.experts, static_cast<double>(cfg.expert_bytes.count) / 1e6, cfg.shape.hidden,
                        cfg.shape.moe_ffn));
@@ -562,7 +567,7 @@ int run_profile(const ProfileOptions& o) {
   {
     const std::uint32_t layers = std::min<std::uint32_t>(cfg.layers, 8);
     const std::uint32_t passes = o.quick ? 16 : 48;
-    const DriverHandle h = driver_handle(model, o.device, o.graphs, layers, passes);
+    const DriverHandle h = driver_handle(model, o, layers, passes);
     p.host.handle_ns = h.handle_ns;
     notes.push_back(fmt::format("host: handle {:.2f} us per completion: the layer driver running lru on {} MoE layers x {} "
                                 "decode tokens, every used expert resident after the first; {} completions; notify seen "
@@ -716,6 +721,11 @@ int main(int argc, char** argv) {
                  "time compute orders as CUDA graph launches, as moesched-replay submits them by default (true or false; "
                  "profile with the setting the replay will use)")
       ->capture_default_str();
+  app.add_option("--wait-spin-us", o.wait_spin_us,
+                 "the driver thread polls for a completion this many microseconds before it blocks, as moesched-replay's "
+                 "option of the same name (0..100000): it sets the notify delay the profile measures")
+      ->capture_default_str()
+      ->check(CLI::Range(0U, CudaBackend::kMaxWaitSpinUs));
   CLI11_PARSE(app, argc, argv);
   return guarded_main("moesched-profile", [&] {
     try {

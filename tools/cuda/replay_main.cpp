@@ -40,6 +40,7 @@ struct ReplayOptions {
   std::string copy_submit = "automatic";
   std::uint64_t copy_piece_bytes = 0;
   bool graphs = true;
+  std::uint32_t wait_spin_us = 50;
 };
 
 
@@ -75,6 +76,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   }
   cfg.copy_piece_bytes = r.copy_piece_bytes;
   cfg.graphs = r.graphs;
+  cfg.wait_spin_us = r.wait_spin_us;
   const auto req = cuda::CudaBackend::requirements(cfg);
 
   cudaError_t st = cudaSetDevice(r.device);
@@ -186,6 +188,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     scenario["copy_piece_bytes"] = cfg.copy_piece_bytes;
     scenario["graphs"] = cfg.graphs;
     scenario["graphs_captured"] = graphs;
+    scenario["wait_spin_us"] = cfg.wait_spin_us;
     Json records = Json::array();
     records.push_back(std::move(rec));
     records.push_back(bound_json(lb));
@@ -228,6 +231,11 @@ int main(int argc, char** argv) {
   app.add_option("--graphs", r.graphs,
                  "submit each compute order as one CUDA graph launch (captured before the run): true or false")
       ->capture_default_str();
+  app.add_option("--wait-spin-us", r.wait_spin_us,
+                 "the driver thread polls for a completion this many microseconds before it blocks (0..100000; 0 = "
+                 "block at once): a completion within the spin is seen without a thread wake-up; profile with the same")
+      ->capture_default_str()
+      ->check(CLI::Range(0U, moesched::cuda::CudaBackend::kMaxWaitSpinUs));
   app.add_option("--device", r.device, "CUDA device ordinal")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   return guarded_main("moesched-replay", [&] { return replay(o, r); });

@@ -42,9 +42,10 @@ if [ -x "$SAN" ]; then
   step memcheck "$OUT/sanitizer.log" timeout 180 "$SAN" --tool memcheck --leak-check full --error-exitcode 9 \
     "$BUILD/tests/test_cuda_backend"
   grep -E "ERROR SUMMARY|LEAK SUMMARY" "$OUT/sanitizer.log" | tail -3 | tee -a "$summary"
-  # racecheck: shared-memory hazards in the project's own kernels (checksums, fills, SiLU x up)
+  # racecheck: shared-memory hazards in the project's own kernels (checksums, fills, SiLU x up):
+  # the groups that run them; the driver runs' many cuBLAS kernels take racecheck past the limit
   step racecheck "$OUT/sanitizer.log" timeout 300 "$SAN" --tool racecheck --error-exitcode 9 \
-    "$BUILD/tests/test_cuda_backend"
+    "$BUILD/tests/test_cuda_backend" direct failure copy_submit graphs
   grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/sanitizer.log" | tail -2 | tee -a "$summary"
 fi
 

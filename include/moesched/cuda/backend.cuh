@@ -240,9 +240,15 @@ class CudaBackend {
     /// the SiLU kernel) are captured once per kind, layer or slot, and token count (on first use,
     /// or all at once by prepare_graphs()), then replayed; false launches them one by one.
     bool graphs = true;
+    /// wait(): poll for a completion this many microseconds before blocking (0: block at once).
+    /// The driver thread then burns its core while it waits for the GPU, and a completion that
+    /// lands within the spin skips the condition variable's wake-up (the notify delay).
+    std::uint32_t wait_spin_us = 50;
   };
   /// Most copies in one chunk (Config::copy_piece_bytes).
   static constexpr std::uint64_t kMaxPieces = 4096;
+  /// Longest wait() spin (Config::wait_spin_us): 0.1 s.
+  static constexpr std::uint32_t kMaxWaitSpinUs = 100000;
 
   /// A configuration with the real shapes of `m` (bf16 GEMMs; expert_bytes = the model's expert size).
   [[nodiscard]] static Config from_model(const ModelDesc& m, std::uint32_t slots, std::uint32_t max_tokens) {
@@ -322,6 +328,9 @@ class CudaBackend {
     }
     if (cfg_.chunks < 1 || cfg_.chunks > 64 || cfg_.copy_window < 1 || cfg_.copy_window > 16) {
       return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (chunks must be 1..64, copy_window 1..16)");
+    }
+    if (cfg_.wait_spin_us > kMaxWaitSpinUs) {
+      return Status::fail(StatusCode::bad_argument, "CudaBackend::initialize (wait_spin_us must be 0..100000)");
     }
     if (cfg_.copy_submit == CopySubmit::batched && !kHasBatchedCopy) {
       return Status::fail(StatusCode::bad_argument,
@@ -582,7 +591,7 @@ class CudaBackend {
     if (last_return_.count() >= 0) host_stats_.busy += in - last_return_;
     last_return_ = Nanoseconds{-1};
     const bool ready = done_.try_pop(out);
-    if (!ready && !done_.pop_wait(out)) return false;
+    if (!ready && !done_.pop_wait(out, std::chrono::microseconds{cfg_.wait_spin_us})) return false;
     account(out);
     last_return_ = now();
     ++host_stats_.completions;
