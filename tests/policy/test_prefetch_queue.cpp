@@ -1,7 +1,8 @@
 // PrefetchQueue driven by hand on the archetype executor: depth, de-duplication against resident
 // and in-flight experts, the lookahead, early preemption at the gate, refusal after the gate,
 // replacement, and the layer-clock Belady victim rule; the utility victims' incremental order
-// (UtilityOrder) against the scan of every held expert, on random operations and inside moesched.
+// (UtilityOrder) against the scan of every held expert, each layer's whole order against a stable
+// sort, on random operations, and inside moesched.
 #include "support/catch.hpp"
 
 #include <moesched/core/random.hpp>
@@ -9,6 +10,7 @@
 #include <moesched/policy/prefetch_queue.hpp>
 #include <moesched/runtime/archetype.hpp>
 
+#include <algorithm>
 #include <initializer_list>
 #include <utility>
 #include <vector>
@@ -220,6 +222,85 @@ TEST_CASE("utility order: the same victims as a scan of every held expert, on ra
         }
       }
       CHECK(queries > 500);
+    }
+  }
+}
+
+TEST_CASE("utility order: each layer's entries are its LRU list stably sorted by odds, descending",
+          "[policy][prefetch_queue][reuse][property]") {
+  // The whole order, not only the victims best() reads: after random touches, evictions, gates,
+  // predictions and phase changes, every layer's entries equal the held experts least recently
+  // used first, stably sorted by the odds term of ReuseModel::next_use (equal doubles keep recency).
+  struct Shape {
+    std::uint32_t layers, experts;
+  };
+  for (const Shape shape : {Shape{3, 8}, Shape{5, 16}, Shape{4, 64}, Shape{2, 128}}) {
+    for (std::uint64_t seed = 1; seed <= 5; ++seed) {
+      const std::uint32_t L = shape.layers;
+      const std::uint32_t per = shape.experts;
+      Rng rng(seed * 104729 + per);
+      ArchetypeExecutor e(L, per, L * per);
+      policy::LayerLru lru;
+      lru.on_pass_begin(e, PassInfo{});
+      policy::ReuseModel model;
+      model.resize(L, per);
+      policy::PredictionLedger ledger;
+      ledger.resize(L, per);
+      ledger.begin_pass();
+      policy::UtilityOrder order;
+      order.resize(L, per);
+      policy::UtilityOrder::Context c{&model, &ledger, -1, StepPhase::decode};
+      std::uint64_t checked = 0;
+      for (int step = 0; step < 1500; ++step) {
+        const double r = rng.uniform();
+        const auto f = static_cast<std::uint32_t>(rng.below(std::uint64_t{L} * per));
+        const ExpertId id = ExpertId::from_flat(f, per);
+        if (r < 0.35) {  // a copy or a touch
+          lru.touch(id, per);
+          order.touch(f, c);
+        } else if (r < 0.45) {  // an eviction
+          lru.forget(id, per);
+          order.remove(f);
+        } else if (r < 0.55) {  // a gate (sometimes a new pass of another phase)
+          if (c.current + 1 == static_cast<std::int64_t>(L)) {
+            ledger.begin_pass();
+            c.current = -1;
+            const double ph = rng.uniform();
+            c.phase = ph < 0.2 ? StepPhase::prefill : (ph < 0.6 ? StepPhase::decode : StepPhase::verify);
+          }
+          const auto layer = static_cast<std::uint32_t>(c.current + 1);
+          std::vector<ExpertId> needed;
+          for (std::uint32_t x = 0; x < per; ++x) {
+            if (rng.chance(0.25)) needed.push_back({static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(x)});
+          }
+          ledger.observe(layer, needed);
+          model.observe(layer, needed, c.phase, ledger);
+          c.current = layer;
+        } else if (r < 0.70) {  // a prediction, ranks in any order
+          const auto layer = static_cast<std::uint32_t>(rng.below(L));
+          std::vector<runtime::ScoredExpert> ranked;
+          for (std::uint32_t x = 0; x < per; ++x) {
+            if (rng.chance(0.15)) ranked.push_back({static_cast<std::uint16_t>(x), 1.0f});
+          }
+          for (std::size_t i = ranked.size(); i > 1; --i) std::swap(ranked[i - 1], ranked[rng.below(i)]);
+          ledger.record(layer, ranked);
+        }
+        if (!rng.chance(0.3)) continue;  // changes pile up between queries
+        for (std::uint32_t l = 0; l < L; ++l) {
+          std::vector<std::pair<double, std::uint32_t>> want;
+          const policy::RecencyList& list = lru.order(l);
+          for (std::uint32_t v = list.oldest(); v != policy::RecencyList::kNone; v = list.newer(v)) {
+            const ExpertId x = ExpertId::from_flat(v, per);
+            want.push_back({1.0 / model.probability(x, c.current, c.phase, ledger) - 1.0, v});
+          }
+          std::stable_sort(want.begin(), want.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+          const auto have = order.entries(lru, c, l);
+          REQUIRE(have.size() == want.size());
+          for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(have[i] == want[i].second);
+          checked += want.size();
+        }
+      }
+      CHECK(checked > 1000);
     }
   }
 }

@@ -211,10 +211,11 @@ class UtilityOrder {
       const std::uint32_t* ids = ids_.data() + std::size_t{l} * E_;
       const double* x = odds_.data() + std::size_t{l} * E_;
       const std::int64_t d = m.turn_distance(l, c.current);
+      const std::uint32_t base = l * E_;  // the picks so far are of layers <= l: of l iff >= base
       for (std::uint32_t i = 0; i < n; ++i) {
         const double t = m.expected_layers(d, x[i]);
         if (out.size() == k) {  // nothing later in this layer enters (ties: lower layers first)
-          if (t < out.back().second || (t == out.back().second && out.back().first / E_ < l)) break;
+          if (t < out.back().second || (t == out.back().second && out.back().first < base)) break;
         }
         if (!pass(ids[i])) continue;
         // After every pick at least as good: a later next use, or the same from a lower layer or
@@ -222,7 +223,7 @@ class UtilityOrder {
         const std::uint64_t st = stamp_[ids[i]];
         std::size_t at = out.size();
         while (at > 0 && (out[at - 1].second < t ||
-                          (out[at - 1].second == t && out[at - 1].first / E_ == l && stamp_[out[at - 1].first] > st))) {
+                          (out[at - 1].second == t && out[at - 1].first >= base && stamp_[out[at - 1].first] > st))) {
           --at;
         }
         if (at >= k) {  // lost on recency: so do the later (more recently used) ones of its odds
@@ -233,6 +234,12 @@ class UtilityOrder {
         out.insert(out.begin() + static_cast<std::ptrdiff_t>(at), {ids[i], t});
       }
     }
+  }
+
+  /// Layer `l`'s held experts (flat ids) in the order best() reads them, brought up to date first.
+  [[nodiscard]] std::span<const std::uint32_t> entries(const LayerLru& lru, const Context& c, std::uint32_t l) {
+    sync(lru, c);
+    return {ids_.data() + std::size_t{l} * E_, n_[l]};
   }
 
  private:
