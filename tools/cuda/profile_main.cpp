@@ -53,6 +53,7 @@ struct ProfileOptions {
   bool quick = false;
   bool graphs = true;
   std::uint32_t wait_spin_us = 50;
+  bool cold_l2 = true;
 };
 
 /// A failed CUDA call: carried to main as exit code 1 with the call's name.
@@ -112,6 +113,38 @@ class Timer {
   std::vector<cudaEvent_t> ev_;
 };
 
+/// Evicts the GPU's L2 cache from a stream: a memset of twice its size (its own buffer). In a
+/// replay each expert, dense layer and the head read weights that the rest of the token's work
+/// has since pushed out of L2 (a token's working set is many times L2), while the same order timed
+/// over and over reads them from L2 when they fit (an expert of a few MB does): timing every order
+/// after a flush measures what the replay sees. Off (`--cold-l2 false`) it does nothing.
+class L2Flush {
+ public:
+  L2Flush(int device, bool on) {
+    if (!on) return;
+    int l2 = 0;
+    check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute(L2CacheSize)");
+    bytes_ = std::max<std::size_t>(std::size_t{2} * static_cast<std::size_t>(l2), std::size_t{8} << 20);
+    check(cudaMalloc(&buf_, bytes_), "cudaMalloc (L2 flush buffer)");
+  }
+  L2Flush(const L2Flush&) = delete;
+  L2Flush& operator=(const L2Flush&) = delete;
+  ~L2Flush() {
+    if (buf_ != nullptr) (void)cudaFree(buf_);
+  }
+  [[nodiscard]] bool on() const noexcept { return buf_ != nullptr; }
+  [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
+  /// Enqueues the flush on `stream` (in order with the stream's other work).
+  void operator()(cudaStream_t stream) {
+    if (buf_ != nullptr) check(cudaMemsetAsync(buf_, ++value_ & 0xff, bytes_, stream), "cudaMemsetAsync (L2 flush)");
+  }
+
+ private:
+  void* buf_ = nullptr;
+  std::size_t bytes_ = 0;
+  int value_ = 0;
+};
+
 /// Median ns of `repeats` orders of `order` submitted back to back through submit_compute() (the
 /// driver's path: the backend's events, its poller, its kernels), each timed by the completion's
 /// own span, after 3 untimed ones. The orders queue behind a kernel that holds the stream until
@@ -119,13 +152,18 @@ class Timer {
 /// per order can exceed its kernels' (tiny experts), and a span measured as they are launched
 /// would also hold the host's gaps between kernels, which the profile's host costs (submit,
 /// launch) already charge. The hold doubles until it outlasts the submissions (at most 4 tries).
-double submitted_ns(CudaBackend& b, const runtime::ComputeOrder& order, int repeats) {
+/// With a `flush`, L2 is flushed before each order (outside its span: the flush runs between the
+/// previous order's end event and this one's start event).
+double submitted_ns(CudaBackend& b, const runtime::ComputeOrder& order, int repeats, L2Flush* flush = nullptr) {
   const int n = repeats + 3;
   Nanoseconds hold{20'000'000};
   for (int attempt = 0;; ++attempt) {
     check(b.hold_compute_stream(hold));
     const Nanoseconds t0 = b.now();
-    for (int i = 0; i < n; ++i) check(b.submit_compute(order));
+    for (int i = 0; i < n; ++i) {
+      if (flush != nullptr) (*flush)(b.compute_stream());
+      check(b.submit_compute(order));
+    }
     const Nanoseconds submitted = b.now() - t0;
     std::vector<double> t;
     runtime::Completion done;
@@ -159,7 +197,8 @@ struct HostSample {
   double notify_ns = 0.0;
 };
 constexpr int kHostBurst = 8;
-HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, double device_ns, int repeats) {
+HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, double device_ns, int repeats,
+                           L2Flush* flush = nullptr) {
   // Launch and notify compare host times with event times: pair the clocks afresh (they drift by
   // tens of microseconds over the seconds the device timings took).
   check(b.reanchor());
@@ -168,6 +207,10 @@ HostSample idle_host_costs(CudaBackend& b, const runtime::ComputeOrder& order, d
   std::vector<double> launch_event;
   std::vector<double> notify;
   for (int i = 0; i < repeats + 3; ++i) {
+    if (flush != nullptr) {  // flushed and idle again before the call: device_ns was timed cold
+      (*flush)(b.compute_stream());
+      check(cudaStreamSynchronize(b.compute_stream()), "cudaStreamSynchronize");
+    }
     const Nanoseconds t0 = b.now();
     check(b.submit_compute(order));
     const Nanoseconds t1 = b.now();
@@ -387,6 +430,11 @@ int run_profile(const ProfileOptions& o) {
     BackendRig rig(cfg, std::byte{0});
     CudaBackend& b = *rig.backend;
     cudaStream_t s = b.compute_stream();
+    L2Flush flush(o.device, o.cold_l2);
+    notes.push_back(flush.on() ? fmt::format("expert, dense and head orders timed with a cold L2 (a {:.0f} MB memset before "
+                                             "each); draft steps warm (a step rereads the draft model's weights)",
+                                             static_cast<double>(flush.bytes()) / 1e6)
+                               : std::string("every order timed back to back with whatever L2 holds (--cold-l2 false)"));
     Timer timer(reps);
     auto time = [&](CudaBackend::Kernel k, std::uint32_t tokens, std::uint32_t layer = 0) {
       return timer.median_ns(s, [&] { check(b.enqueue_kernel(k, tokens, layer)); });
@@ -410,7 +458,7 @@ int run_profile(const ProfileOptions& o) {
       ord.layer = layer;
       ord.tokens = t;
       ord.pass = &pass;
-      return submitted_ns(b, ord, reps);
+      return submitted_ns(b, ord, reps, &flush);
     };
     const std::uint32_t last = cfg.layers - 1;  // the cost model scales the last MoE layer's dense part
     const std::vector<std::uint32_t> tokens = {1, 2, 4, 8, 16, 32, 64};
@@ -454,7 +502,8 @@ int run_profile(const ProfileOptions& o) {
         ord.tokens = 1;
         ord.step = k == runtime::ComputeKind::draft_step ? 1 : 0;
         ord.pass = &pass;
-        return idle_host_costs(b, ord, device_ns, k == runtime::ComputeKind::draft_step ? std::max(3, reps / 3) : reps);
+        const bool draft = k == runtime::ComputeKind::draft_step;
+        return idle_host_costs(b, ord, device_ns, draft ? std::max(3, reps / 3) : reps, draft ? nullptr : &flush);
       };
       // Device times at 1 token, timed queued above (dense: the last MoE layer at context 0).
       const HostSample dense = idle(runtime::ComputeKind::dense, last, p.dense.front().ns);
@@ -720,6 +769,11 @@ int main(int argc, char** argv) {
   app.add_option("--graphs", o.graphs,
                  "time compute orders as CUDA graph launches, as moesched-replay submits them by default (true or false; "
                  "profile with the setting the replay will use)")
+      ->capture_default_str();
+  app.add_option("--cold-l2", o.cold_l2,
+                 "time expert, dense and head orders after evicting L2 (true or false): a replay's orders read weights "
+                 "that the rest of the token pushed out of L2, while an order timed over and over reads them from L2 when "
+                 "they fit")
       ->capture_default_str();
   app.add_option("--wait-spin-us", o.wait_spin_us,
                  "the driver thread polls for a completion this many microseconds before it blocks, as moesched-replay's "
