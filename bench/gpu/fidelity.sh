@@ -7,6 +7,7 @@
 # measured profile when the scenario options have --profile (else the roofline presets).
 #
 #   BUILD=build/gpu OUT=/tmp/out bash bench/gpu/fidelity.sh
+#   PROFILE_ARGS="--cold-l2 true" ...      # extra moesched-profile options (run_all.sh passes it on)
 #
 # The profiles carry the executor's host costs (submit, launch, notify, handle, copy launch);
 # fidelity.txt also shows the real run's driver-thread time per completion, and
@@ -96,8 +97,9 @@ t0=$SECONDS
 for m in "${MODELS[@]}"; do
   late "profile $m" && continue
   say "== profile $m"
+  # shellcheck disable=SC2086
   if ! timeout 180 "$PROFILE" --model "$m" --repeats "${REPEATS:-15}" -o "$W/$m.profile.json" \
-      --copy-csv "$W/$m.copy.csv" >>"$LOG" 2>&1; then
+      --copy-csv "$W/$m.copy.csv" ${PROFILE_ARGS:-} >>"$LOG" 2>&1; then
     say "profile $m failed (see the log)"
   fi
 done

@@ -53,7 +53,7 @@ struct ProfileOptions {
   bool quick = false;
   bool graphs = true;
   std::uint32_t wait_spin_us = 50;
-  bool cold_l2 = true;
+  bool cold_l2 = false;
 };
 
 /// A failed CUDA call: carried to main as exit code 1 with the call's name.
@@ -773,7 +773,7 @@ int main(int argc, char** argv) {
   app.add_option("--cold-l2", o.cold_l2,
                  "time expert, dense and head orders after evicting L2 (true or false): a replay's orders read weights "
                  "that the rest of the token pushed out of L2, while an order timed over and over reads them from L2 when "
-                 "they fit")
+                 "they fit (off by default until a GPU run shows which matches replays: bench/README.md)")
       ->capture_default_str();
   app.add_option("--wait-spin-us", o.wait_spin_us,
                  "the driver thread polls for a completion this many microseconds before it blocks, as moesched-replay's "
