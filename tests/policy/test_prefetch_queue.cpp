@@ -132,6 +132,65 @@ std::pair<std::uint32_t, double> scan_best(const policy::LayerLru& lru, const po
   }
   return {best, worst};
 }
+/// A UtilityOrder over an LRU, a reuse model and a prediction ledger, driven by random operations
+/// (the property tests below).
+struct OrderRig {
+  std::uint32_t L, per;
+  ArchetypeExecutor e;
+  policy::LayerLru lru;
+  policy::ReuseModel model;
+  policy::PredictionLedger ledger;
+  policy::UtilityOrder order;
+  policy::UtilityOrder::Context c{nullptr, nullptr, -1, StepPhase::decode};
+  OrderRig(std::uint32_t layers, std::uint32_t experts) : L(layers), per(experts), e(layers, experts, layers * experts) {
+    lru.on_pass_begin(e, PassInfo{});
+    model.resize(L, per);
+    ledger.resize(L, per);
+    ledger.begin_pass();
+    order.resize(L, per);
+    c = {&model, &ledger, -1, StepPhase::decode};
+  }
+  /// A copy or a touch of flat expert f.
+  void touch(std::uint32_t f) {
+    lru.touch(ExpertId::from_flat(f, per), per);
+    order.touch(f, c);
+  }
+  void evict(std::uint32_t f) {
+    lru.forget(ExpertId::from_flat(f, per), per);
+    order.remove(f);
+  }
+  /// A gate needing each expert with probability p: the model and the ledger observe it, the
+  /// running layer moves on (after the last layer, a new pass of a random phase).
+  void gate(Rng& rng, double p) {
+    if (c.current + 1 == static_cast<std::int64_t>(L)) {
+      ledger.begin_pass();
+      c.current = -1;
+      const double ph = rng.uniform();
+      c.phase = ph < 0.2 ? StepPhase::prefill : (ph < 0.6 ? StepPhase::decode : StepPhase::verify);
+    }
+    const auto layer = static_cast<std::uint32_t>(c.current + 1);
+    std::vector<ExpertId> needed;
+    for (std::uint32_t x = 0; x < per; ++x) {
+      if (rng.chance(p)) needed.push_back({static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(x)});
+    }
+    ledger.observe(layer, needed);
+    model.observe(layer, needed, c.phase, ledger);
+    c.current = layer;
+  }
+  /// A prediction for a random layer naming each expert with probability p (shuffled: ranks in any order).
+  void predict(Rng& rng, double p, bool shuffle) {
+    const auto layer = static_cast<std::uint32_t>(rng.below(L));
+    std::vector<runtime::ScoredExpert> ranked;
+    for (std::uint32_t x = 0; x < per; ++x) {
+      if (rng.chance(p)) ranked.push_back({static_cast<std::uint16_t>(x), 1.0f});
+    }
+    if (shuffle) {
+      for (std::size_t i = ranked.size(); i > 1; --i) std::swap(ranked[i - 1], ranked[rng.below(i)]);
+    }
+    ledger.record(layer, ranked);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("utility order: the same victims as a scan of every held expert, on random operations",
@@ -144,17 +203,10 @@ TEST_CASE("utility order: the same victims as a scan of every held expert, on ra
       const std::uint32_t L = shape.layers;
       const std::uint32_t per = shape.experts;
       Rng rng(seed * 7919 + L);
-      ArchetypeExecutor e(L, per, L * per);
-      policy::LayerLru lru;
-      lru.on_pass_begin(e, PassInfo{});
-      policy::ReuseModel model;
-      model.resize(L, per);
-      policy::PredictionLedger ledger;
-      ledger.resize(L, per);
-      ledger.begin_pass();
-      policy::UtilityOrder order;
-      order.resize(L, per);
-      policy::UtilityOrder::Context c{&model, &ledger, -1, StepPhase::decode};
+      OrderRig rig(L, per);
+      policy::LayerLru& lru = rig.lru;
+      policy::UtilityOrder& order = rig.order;
+      const policy::UtilityOrder::Context& c = rig.c;
       std::vector<std::uint8_t> blocked(std::size_t{L} * per, 0);
       auto pass = [&](std::uint32_t f) { return blocked[f] == 0; };
       std::vector<std::pair<std::uint32_t, double>> got;
@@ -164,33 +216,13 @@ TEST_CASE("utility order: the same victims as a scan of every held expert, on ra
         const auto f = static_cast<std::uint32_t>(rng.below(std::uint64_t{L} * per));
         const ExpertId id = ExpertId::from_flat(f, per);
         if (r < 0.30) {  // a copy or a touch
-          lru.touch(id, per);
-          order.touch(f, c);
+          rig.touch(f);
         } else if (r < 0.42) {  // an eviction
-          lru.forget(id, per);
-          order.remove(f);
-        } else if (r < 0.47) {  // a gate: the model and the ledger observe it, the running layer moves on
-          if (c.current + 1 == static_cast<std::int64_t>(L)) {
-            ledger.begin_pass();
-            c.current = -1;
-            const double ph = rng.uniform();
-            c.phase = ph < 0.2 ? StepPhase::prefill : (ph < 0.6 ? StepPhase::decode : StepPhase::verify);
-          }
-          const auto layer = static_cast<std::uint32_t>(c.current + 1);
-          std::vector<ExpertId> needed;
-          for (std::uint32_t x = 0; x < per; ++x) {
-            if (rng.chance(0.3)) needed.push_back({static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(x)});
-          }
-          ledger.observe(layer, needed);
-          model.observe(layer, needed, c.phase, ledger);
-          c.current = layer;
+          rig.evict(f);
+        } else if (r < 0.47) {
+          rig.gate(rng, 0.3);
         } else if (r < 0.53) {  // a prediction for a later layer
-          const auto layer = static_cast<std::uint32_t>(rng.below(L));
-          std::vector<runtime::ScoredExpert> ranked;
-          for (std::uint32_t x = 0; x < per; ++x) {
-            if (rng.chance(0.35)) ranked.push_back({static_cast<std::uint16_t>(x), 1.0f});
-          }
-          ledger.record(layer, ranked);
+          rig.predict(rng, 0.35, false);
         } else if (r < 0.56) {  // the lists change behind its back
           lru.touch(id, per);
           if (rng.chance(0.5)) lru.forget(ExpertId::from_flat(static_cast<std::uint32_t>(rng.below(std::uint64_t{L} * per)), per), per);
@@ -239,51 +271,22 @@ TEST_CASE("utility order: each layer's entries are its LRU list stably sorted by
       const std::uint32_t L = shape.layers;
       const std::uint32_t per = shape.experts;
       Rng rng(seed * 104729 + per);
-      ArchetypeExecutor e(L, per, L * per);
-      policy::LayerLru lru;
-      lru.on_pass_begin(e, PassInfo{});
-      policy::ReuseModel model;
-      model.resize(L, per);
-      policy::PredictionLedger ledger;
-      ledger.resize(L, per);
-      ledger.begin_pass();
-      policy::UtilityOrder order;
-      order.resize(L, per);
-      policy::UtilityOrder::Context c{&model, &ledger, -1, StepPhase::decode};
+      OrderRig rig(L, per);
+      const policy::LayerLru& lru = rig.lru;
+      policy::UtilityOrder& order = rig.order;
+      const policy::UtilityOrder::Context& c = rig.c;
       std::uint64_t checked = 0;
       for (int step = 0; step < 1500; ++step) {
         const double r = rng.uniform();
         const auto f = static_cast<std::uint32_t>(rng.below(std::uint64_t{L} * per));
-        const ExpertId id = ExpertId::from_flat(f, per);
         if (r < 0.35) {  // a copy or a touch
-          lru.touch(id, per);
-          order.touch(f, c);
+          rig.touch(f);
         } else if (r < 0.45) {  // an eviction
-          lru.forget(id, per);
-          order.remove(f);
+          rig.evict(f);
         } else if (r < 0.55) {  // a gate (sometimes a new pass of another phase)
-          if (c.current + 1 == static_cast<std::int64_t>(L)) {
-            ledger.begin_pass();
-            c.current = -1;
-            const double ph = rng.uniform();
-            c.phase = ph < 0.2 ? StepPhase::prefill : (ph < 0.6 ? StepPhase::decode : StepPhase::verify);
-          }
-          const auto layer = static_cast<std::uint32_t>(c.current + 1);
-          std::vector<ExpertId> needed;
-          for (std::uint32_t x = 0; x < per; ++x) {
-            if (rng.chance(0.25)) needed.push_back({static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(x)});
-          }
-          ledger.observe(layer, needed);
-          model.observe(layer, needed, c.phase, ledger);
-          c.current = layer;
+          rig.gate(rng, 0.25);
         } else if (r < 0.70) {  // a prediction, ranks in any order
-          const auto layer = static_cast<std::uint32_t>(rng.below(L));
-          std::vector<runtime::ScoredExpert> ranked;
-          for (std::uint32_t x = 0; x < per; ++x) {
-            if (rng.chance(0.15)) ranked.push_back({static_cast<std::uint16_t>(x), 1.0f});
-          }
-          for (std::size_t i = ranked.size(); i > 1; --i) std::swap(ranked[i - 1], ranked[rng.below(i)]);
-          ledger.record(layer, ranked);
+          rig.predict(rng, 0.15, true);
         }
         if (!rng.chance(0.3)) continue;  // changes pile up between queries
         for (std::uint32_t l = 0; l < L; ++l) {
@@ -291,7 +294,7 @@ TEST_CASE("utility order: each layer's entries are its LRU list stably sorted by
           const policy::RecencyList& list = lru.order(l);
           for (std::uint32_t v = list.oldest(); v != policy::RecencyList::kNone; v = list.newer(v)) {
             const ExpertId x = ExpertId::from_flat(v, per);
-            want.push_back({1.0 / model.probability(x, c.current, c.phase, ledger) - 1.0, v});
+            want.push_back({1.0 / rig.model.probability(x, c.current, c.phase, rig.ledger) - 1.0, v});
           }
           std::stable_sort(want.begin(), want.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
           const auto have = order.entries(lru, c, l);
