@@ -495,6 +495,45 @@ def run_rewindow(args, sim: Sim, traces: list[str], rows: list[dict]):
     return out, failures
 
 
+def run_sd_copies(args, sim: Sim, traces: list[str], rows: list[dict]):
+    """The copy side of SD against plain decoding: per prompt set and GPU, at the middle budget, the best
+    plain policy (from `rows`, future-knowing ones excluded) on the plain trace and spmoe on each recorded
+    SD trace, with what the tool reports beyond TPOT: experts copied and link time per output token,
+    and the hit rate. Returns ([{set, gpu, cache_gb, trace, gamma, policy, tpot, copies, link_ms, hit}],
+    failures)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), []).append(r)
+    names = {trace_name(t): t for t in traces}
+    out, failures = [], []
+    for s in PROMPT_SETS:
+        plain = names.get(f"{s}-plain")
+        if plain is None:
+            continue
+        for g in dict.fromkeys(gg for (t, gg, _) in by if t == f"{s}-plain"):
+            bl = sorted({c for (t, gg, c) in by if t == f"{s}-plain" and gg == g}, key=float)
+            c = bl[len(bl) // 2]
+            pr = [r for r in by[(f"{s}-plain", g, c)] if not knows_future(r["policy"])]
+            if not pr:
+                continue
+            best = min(pr, key=lambda r: (float(r["tpot_ms"]), r["policy"]))["policy"]
+            runs = [(plain, 0, best)] + [(names[f"{s}-sd{gm}"], gm, "spmoe") for gm in (2, 4, 8)
+                                         if f"{s}-sd{gm}" in names and (f"{s}-sd{gm}", g, c) in by]
+            for (t, gm, pol) in runs:
+                rc, doc, err = sim.compare(t, g, float(c), [pol])
+                if rc != 0 or doc is None:
+                    record_failure(args, failures, RunError(f"{rel(t)} ({pol}, gpu {g}, cache {c} GB): moesched-sim exited "
+                                                            f"{rc}: {err}"))
+                    continue
+                r = doc["records"][0]
+                n = max(1, r["decode_tokens"])
+                out.append({"set": s, "gpu": g, "cache_gb": c, "trace": trace_name(t), "gamma": gm, "policy": pol,
+                            "tpot": r["tpot_ms"]["mean"], "copies": r["experts_copied"] / n,
+                            "link_ms": r["link_busy_ms"] / n, "hit": r["hit_rate"]})
+            log(f"SD copies: {s} on {g} {c} GB")
+    return out, failures
+
+
 # ---- outputs ----------------------------------------------------------------------------------
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -555,7 +594,7 @@ def git_line() -> str:
 
 
 def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: list, points: list, meta: dict,
-                rewindow: list[dict]) -> str:
+                rewindow: list[dict], sdcopies: list[dict] | None = None) -> str:
     L: list[str] = []
     add = L.append
     traces = list(dict.fromkeys(r["trace"] for r in rows))
@@ -695,7 +734,7 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
         add(f"- spmoe on the recorded SD traces against the best policy on the plain trace of the same prompts, at the "
             f"middle (default) budget: spmoe-SD is faster at {len(wins)} of {len(mid)} (prompt set, gamma, GPU) points "
             f"(target: faster everywhere: **{'met' if len(wins) == len(mid) else 'not met'}**); at all budgets: "
-            f"{sum(1 for x in sdplain if x['spmoe'] < x['best_plain'])} of {len(sdplain)}.")
+            f"{sum(1 for x in sdplain if x['spmoe'] < x['best_plain'])} of {len(sdplain)}." + sd_copy_note(sdcopies or []))
     counted = [x for x in rewindow if x["counted"]]
     if counted:
         ok = [x for x in counted if abs(x["nearby"] / x["recorded"] - 1) <= 0.10]
@@ -916,6 +955,18 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
                     seen.setdefault(p["trace"], p["compute_ms"])
                 add(f"  - {s_} on {g}: plain {pl['compute_ms']:.4f} ms; " +
                     ", ".join(f"{t.rsplit('-', 1)[1]} {v:.4f} ({v / pl['compute_ms']:.2f}x)" for t, v in seen.items()) + ".")
+        if sdcopies:
+            add("- Copies per output token (experts copied and link time over the run's decode tokens, and the hit "
+                "rate), middle budget: the best plain policy on the plain trace against spmoe on each SD trace. SD "
+                "verifies gamma + 1 tokens per pass, so each layer needs the union of their experts: fewer expert uses "
+                "per output token, but a wider set per pass, which the same cache holds less of.")
+            add("")
+            add("| prompts | gpu | cache GB | trace | policy | TPOT ms | experts copied / token | link ms / token | hit rate |")
+            add("|---|---|---|---|---|---|---|---|---|")
+            for x in sdcopies:
+                add(f"| {x['set']} | {x['gpu']} | {x['cache_gb']} | {x['trace']} | {x['policy']} | {x['tpot']:.4f} | "
+                    f"{x['copies']:.2f} | {x['link_ms']:.4f} | {x['hit']:.3f} |")
+            add("")
     else:
         add("No plain/SD pair of the same prompts in this invocation.")
     add("")
@@ -937,6 +988,21 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
             add(f"- FAILED: {f}")
         add("")
     return "\n".join(L) + "\n"
+
+
+def sd_copy_note(sdcopies: list[dict]) -> str:
+    """The headline's reason for the SD result: spmoe-SD's experts copied per output token against the
+    best plain policy's at the middle budget (from run_sd_copies)."""
+    ratios = []
+    for x in sdcopies:
+        base = next((y for y in sdcopies if y["set"] == x["set"] and y["gpu"] == x["gpu"] and not y["gamma"]), None)
+        if x["gamma"] and base is not None and base["copies"] > 0:
+            ratios.append(x["copies"] / base["copies"])
+    if not ratios:
+        return ""
+    return (f" Why: there, spmoe-SD copies {min(ratios):.2f}-{max(ratios):.2f}x the experts per output token that "
+            f"the best plain policy copies (more at {sum(1 for v in ratios if v > 1)} of {len(ratios)}), on top of "
+            "its extra compute (section \"SD against plain decoding\").")
 
 
 def sd_vs_plain(rows, budgets, gamma):
@@ -1033,6 +1099,8 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
     back = read_csv(out_csv)
     rewindow, rfail = run_rewindow(args, sim, traces, back)
     failures += rfail
+    sdcopies, cfail = run_sd_copies(args, sim, traces, back)
+    failures += cfail
     cmd = "python3 bench/policies.py" + (" " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     meta = {"command": cmd, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
 "wall_s": time.monotonic() - t0, "sim_s": sim.seconds, "runs": sim.count, "invocations": sim.invocations, "machine": machine_line(),
@@ -1040,7 +1108,7 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
             "sim_mtime": datetime.datetime.fromtimestamp(os.path.getmtime(sim.path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "matrix_note": matrix_note,
             "fractions": ", ".join(args.fractions.split(",")), "ablation_gpu": args.ablation_gpu,
             "ablation_fraction": args.fractions.split(",")[len(fractions) // 2].strip()}
-    md = generate_md(back, abl, refusals, failures, points, meta, rewindow)
+    md = generate_md(back, abl, refusals, failures, points, meta, rewindow, sdcopies)
     os.makedirs(os.path.dirname(os.path.abspath(out_md)) or ".", exist_ok=True)
     with open(out_md + ".tmp", "w") as f:
         f.write(md)
