@@ -79,6 +79,30 @@ int main() {
   } catch (const std::exception& e) {
     expect(false, std::string("read_profile: ") + e.what());
   }
+  // Orders timed after an L2 flush (--cold-l2 true), the driver blocking at once (--wait-spin-us 0):
+  // both paths run, and a cold expert is not faster than the warm one above (loosely: noise).
+  {
+    const std::filesystem::path cold = dir / "olmoe.cold.profile.json";
+    std::filesystem::remove(cold);
+    const std::string cmd2 = std::string("'") + MOESCHED_PROFILE_TOOL +
+                             "' --model olmoe-1b-7b --quick --max-copy-mib 4 --cold-l2 true --wait-spin-us 0 -o '" +
+                             cold.string() + "'";
+    const int rc2 = std::system(cmd2.c_str());
+    expect(rc2 == 0, "moesched-profile --cold-l2 true --wait-spin-us 0 exits 0 (" + std::to_string(rc2) + ")");
+    if (rc2 == 0) {
+      try {
+        const moesched::profile::HardwareProfile warm = moesched::io::read_profile(json);
+        const moesched::profile::HardwareProfile c = moesched::io::read_profile(cold);
+        const double w1 = warm.expert_ffn.front().ns;
+        const double c1 = c.expert_ffn.front().ns;
+        expect(c1 >= 0.8 * w1, "a cold-L2 expert at 1 token is not faster than a warm one (cold " + std::to_string(c1) +
+                                   " ns, warm " + std::to_string(w1) + " ns)");
+        expect(c.host.notify_ns > 0 && c.host.launch_ns > 0, "cold profile: launch and notify measured");
+      } catch (const std::exception& e) {
+        expect(false, std::string("read_profile (cold): ") + e.what());
+      }
+    }
+  }
   std::ifstream in(csv);
   std::stringstream ss;
   ss << in.rdbuf();
