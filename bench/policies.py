@@ -534,6 +534,55 @@ def run_sd_copies(args, sim: Sim, traces: list[str], rows: list[dict]):
     return out, failures
 
 
+def run_why(args, sim: Sim, traces: list[str], rows: list[dict]):
+    """Where moesched is not the best policy that does not know the future: moesched and that policy run
+    again at the point, for what the tool reports beyond TPOT (hit rate, experts copied and stall per
+    output token). Returns ({(trace, gpu, cache_gb): {"moesched": {...}, "best": {...}}}, failures)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), []).append(r)
+    names = {trace_name(t): t for t in traces}
+    out, failures = {}, []
+    for key, rs in by.items():
+        ms = [r for r in rs if r["policy"] == "moesched"]
+        others = [r for r in rs if r["policy"] != "moesched" and not knows_future(r["policy"])]
+        if not ms or not others or key[0] not in names:
+            continue
+        best = min(others, key=lambda r: (float(r["tpot_ms"]), r["policy"]))
+        if float(ms[0]["tpot_ms"]) <= float(best["tpot_ms"]):
+            continue
+        rc, doc, err = sim.compare(names[key[0]], key[1], float(key[2]), ["moesched", best["policy"]])
+        if rc != 0 or doc is None:
+            record_failure(args, failures, RunError(f"{rel(names[key[0]])} (moesched, {best['policy']}, gpu {key[1]}, "
+                                                    f"cache {key[2]} GB): moesched-sim exited {rc}: {err}"))
+            continue
+        got = {}
+        for name, r in zip(("moesched", "best"), doc["records"]):
+            n = max(1, r["decode_tokens"])
+            got[name] = {"hit": r["hit_rate"], "copies": r["experts_copied"] / n, "stall": r["decode_stall_ms"] / n}
+        out[key] = got
+    log(f"why: {len(out)} points where moesched is not the best policy, rerun for their hit rates and copies")
+    return out, failures
+
+
+def why_text(w: dict | None, bound_share: float) -> str:
+    """One cell: what differs between moesched and the best policy at a point (run_why)."""
+    parts = []
+    if bound_share <= 1.02:
+        parts.append("compute-bound (within 2% of the bound)")
+    if w:
+        m, b = w["moesched"], w["best"]
+        if m["hit"] < b["hit"]:
+            parts.append(f"fewer hits ({m['hit']:.3f} vs {b['hit']:.3f})")
+        if m["copies"] > b["copies"]:
+            parts.append(f"more copies/token ({m['copies']:.2f} vs {b['copies']:.2f})")
+        if m["stall"] > b["stall"] and m["hit"] >= b["hit"] and m["copies"] <= b["copies"]:
+            parts.append(f"copies later: stall/token {m['stall']:.4f} vs {b['stall']:.4f} ms at no fewer hits")
+        if not parts:
+            parts.append(f"stall/token {m['stall']:.4f} vs {b['stall']:.4f} ms")
+    return "; ".join(parts) or "-"
+
+
 # ---- outputs ----------------------------------------------------------------------------------
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -594,7 +643,7 @@ def git_line() -> str:
 
 
 def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: list, points: list, meta: dict,
-                rewindow: list[dict], sdcopies: list[dict] | None = None) -> str:
+                rewindow: list[dict], sdcopies: list[dict] | None = None, why: dict | None = None) -> str:
     L: list[str] = []
     add = L.append
     traces = list(dict.fromkeys(r["trace"] for r in rows))
@@ -750,14 +799,25 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
         add("### Points where moesched is not the best policy (future-knowing ones excluded)")
         add("")
         add("Bound share = moesched's TPOT over the lower bound: near 1.00 the point is compute-bound and every policy is "
-            "within a few tenths of a percent of it.")
+            "within a few tenths of a percent of it. Why = what differs between the two runs at the point (moesched's "
+            "value first; both policies run again for it): the hit rate, experts copied per output token, and decode "
+            "stall per output token.")
         add("")
-        add("| trace | gpu | cache GB | moesched ms | best other | its ms | moesched slower by | bound share |")
-        add("|---|---|---|---|---|---|---|---|")
+        add("| trace | gpu | cache GB | moesched ms | best other | its ms | moesched slower by | bound share | why |")
+        add("|---|---|---|---|---|---|---|---|---|")
         for s in sorted(not_best, key=lambda s: (traces.index(s["key"][0]), gpus.index(s["key"][1]), float(s["key"][2]))):
+            share = s["moesched"] / s["bound"]
             add(f"| {s['key'][0]} | {s['key'][1]} | {s['key'][2]} | {s['moesched']:.4f} | {s['best_policy']} | "
-                f"{s['best']:.4f} | {100 * (s['moesched'] / s['best'] - 1):.1f}% | {s['moesched'] / s['bound']:.3f} |")
+                f"{s['best']:.4f} | {100 * (s['moesched'] / s['best'] - 1):.1f}% | {share:.3f} | "
+                f"{why_text((why or {}).get(s['key']), share)} |")
         add("")
+        if why:
+            n_cb = sum(1 for s in not_best if s["moesched"] / s["bound"] <= 1.02)
+            n_hit = sum(1 for s in not_best if s["key"] in why and why[s["key"]]["moesched"]["hit"] < why[s["key"]]["best"]["hit"])
+            n_cp = sum(1 for s in not_best if s["key"] in why and why[s["key"]]["moesched"]["copies"] > why[s["key"]]["best"]["copies"])
+            add(f"Of these {len(not_best)} points: {n_cb} are compute-bound (moesched within 2% of the lower bound); "
+                f"moesched has the lower hit rate at {n_hit} and copies more experts per output token at {n_cp}.")
+            add("")
         from collections import Counter
         cnt = Counter(s["best_policy"] for s in not_best)
         add("Winners at those points: " + ", ".join(f"{k} {v}" for k, v in cnt.most_common()) + ".")
@@ -1101,6 +1161,8 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
     failures += rfail
     sdcopies, cfail = run_sd_copies(args, sim, traces, back)
     failures += cfail
+    why, wfail = run_why(args, sim, traces, back)
+    failures += wfail
     cmd = "python3 bench/policies.py" + (" " + shlex.join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     meta = {"command": cmd, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
 "wall_s": time.monotonic() - t0, "sim_s": sim.seconds, "runs": sim.count, "invocations": sim.invocations, "machine": machine_line(),
@@ -1108,7 +1170,7 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
             "sim_mtime": datetime.datetime.fromtimestamp(os.path.getmtime(sim.path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "matrix_note": matrix_note,
             "fractions": ", ".join(args.fractions.split(",")), "ablation_gpu": args.ablation_gpu,
             "ablation_fraction": args.fractions.split(",")[len(fractions) // 2].strip()}
-    md = generate_md(back, abl, refusals, failures, points, meta, rewindow, sdcopies)
+    md = generate_md(back, abl, refusals, failures, points, meta, rewindow, sdcopies, why)
     os.makedirs(os.path.dirname(os.path.abspath(out_md)) or ".", exist_ok=True)
     with open(out_md + ".tmp", "w") as f:
         f.write(md)
