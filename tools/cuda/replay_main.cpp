@@ -163,9 +163,9 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
                  cfg.graphs ? fmt::format("CUDA graphs ({} captured in {:.2f} s before the run)", graphs, graph_s).c_str()
                             : "kernels launched one by one (--graphs false)");
     std::fprintf(stdout, "driver thread: %.2f us per completion beside submit_compute (%llu completions), %.1f ms "
-                         "submitting; notify %.1f us where it waited\n",
+                         "submitting; notify %.1f us where it waited (polling %u us before blocking)\n",
                  host.handle_ns() / 1e3, static_cast<unsigned long long>(host.completions),
-                 static_cast<double>(host.submitting.count()) / 1e6, host.notify_ns() / 1e3);
+                 static_cast<double>(host.submitting.count()) / 1e6, host.notify_ns() / 1e3, cfg.wait_spin_us);
   }
   if (!r.json.empty()) {
     Json rec = metrics_json(real, lb, true);
