@@ -1220,6 +1220,21 @@ def self_check(args, sim: Sim, listed: list[str]) -> int:
                     "## SD re-windowing check", "## SD against plain"):
             if sec not in md:
                 problems.append(f"md lacks section '{sec}'")
+    # the report's explanations, on hand-made numbers
+    w = {"moesched": {"hit": 0.70, "copies": 5.0, "stall": 0.5}, "best": {"hit": 0.75, "copies": 4.0, "stall": 0.4}}
+    if why_text(w, 1.5) != "fewer hits (0.700 vs 0.750); more copies/token (5.00 vs 4.00)":
+        problems.append(f"why_text, fewer hits and more copies: {why_text(w, 1.5)!r}")
+    late = {"moesched": {"hit": 0.8, "copies": 4.0, "stall": 0.5}, "best": {"hit": 0.8, "copies": 4.0, "stall": 0.4}}
+    if why_text(late, 1.01) != ("compute-bound (within 2% of the bound); copies later: stall/token 0.5000 vs 0.4000 ms "
+                                "at no fewer hits"):
+        problems.append(f"why_text, compute-bound and later copies: {why_text(late, 1.01)!r}")
+    if why_text(None, 1.5) != "-":
+        problems.append(f"why_text without a rerun: {why_text(None, 1.5)!r}")
+    cp = [{"set": "a", "gpu": "g", "gamma": 0, "copies": 2.0}, {"set": "a", "gpu": "g", "gamma": 4, "copies": 3.0},
+          {"set": "a", "gpu": "g", "gamma": 8, "copies": 1.0}, {"set": "b", "gpu": "g", "gamma": 4, "copies": 9.0}]
+    note = sd_copy_note(cp)
+    if "0.50-1.50x" not in note or "more at 1 of 2" not in note or sd_copy_note([]) != "":
+        problems.append(f"sd_copy_note on two pairs (and none): {note!r}")
     # a bad input must be an error naming it
     try:
         resolve_traces(["no-such-trace"])
