@@ -80,6 +80,27 @@ FUTURE_MARK = " (future)"
 def knows_future(policy: str) -> bool:
     return "oracle" in policy or policy.split(":")[0] in FUTURE_KNOWING
 
+
+def rows_by_point(rows: list[dict]) -> dict:
+    """{(trace, gpu, cache_gb): [rows of every policy at that point]}, in the rows' order."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), []).append(r)
+    return by
+
+
+def fastest(rs: list[dict]) -> dict:
+    """The row with the lowest TPOT (ties: the policy name first in order)."""
+    return min(rs, key=lambda r: (float(r["tpot_ms"]), r["policy"]))
+
+
+def prompt_sets_with_plain(traces: list[str]):
+    """(prompt set, {trace name: path}, the set's plain trace) for each prompt set whose plain trace is given."""
+    names = {trace_name(t): t for t in traces}
+    for s in PROMPT_SETS:
+        if f"{s}-plain" in names:
+            yield s, names, names[f"{s}-plain"]
+
 # Ablations: (switch, what it switches off). The switch names are the policies' `name:key=value`
 # options (include/moesched/policy/{promoe,spmoe,moesched_policy,pipeline}.hpp, listed by
 # `moesched-sim compare --help`); each variant changes one option from the policy's default.
@@ -453,12 +474,8 @@ def run_rewindow(args, sim: Sim, traces: list[str], rows: list[dict]):
     by = {}
     for r in rows:
         by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), {})[r["policy"]] = float(r["tpot_ms"])
-    names = {trace_name(t): t for t in traces}
     out, failures = [], []
-    for s in PROMPT_SETS:
-        plain = names.get(f"{s}-plain")
-        if plain is None:
-            continue
+    for s, names, plain in prompt_sets_with_plain(traces):
         for gm in (2, 4, 8):
             sd = names.get(f"{s}-sd{gm}")
             if sd is None:
@@ -501,22 +518,16 @@ def run_sd_copies(args, sim: Sim, traces: list[str], rows: list[dict]):
     SD trace, with what the tool reports beyond TPOT: experts copied and link time per output token,
     and the hit rate. Returns ([{set, gpu, cache_gb, trace, gamma, policy, tpot, copies, link_ms, hit}],
     failures)."""
-    by = {}
-    for r in rows:
-        by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), []).append(r)
-    names = {trace_name(t): t for t in traces}
+    by = rows_by_point(rows)
     out, failures = [], []
-    for s in PROMPT_SETS:
-        plain = names.get(f"{s}-plain")
-        if plain is None:
-            continue
+    for s, names, plain in prompt_sets_with_plain(traces):
         for g in dict.fromkeys(gg for (t, gg, _) in by if t == f"{s}-plain"):
             bl = sorted({c for (t, gg, c) in by if t == f"{s}-plain" and gg == g}, key=float)
             c = bl[len(bl) // 2]
             pr = [r for r in by[(f"{s}-plain", g, c)] if not knows_future(r["policy"])]
             if not pr:
                 continue
-            best = min(pr, key=lambda r: (float(r["tpot_ms"]), r["policy"]))["policy"]
+            best = fastest(pr)["policy"]
             runs = [(plain, 0, best)] + [(names[f"{s}-sd{gm}"], gm, "spmoe") for gm in (2, 4, 8)
                                          if f"{s}-sd{gm}" in names and (f"{s}-sd{gm}", g, c) in by]
             for (t, gm, pol) in runs:
@@ -538,17 +549,14 @@ def run_why(args, sim: Sim, traces: list[str], rows: list[dict]):
     """Where moesched is not the best policy that does not know the future: moesched and that policy run
     again at the point, for what the tool reports beyond TPOT (hit rate, experts copied and stall per
     output token). Returns ({(trace, gpu, cache_gb): {"moesched": {...}, "best": {...}}}, failures)."""
-    by = {}
-    for r in rows:
-        by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), []).append(r)
     names = {trace_name(t): t for t in traces}
     out, failures = {}, []
-    for key, rs in by.items():
+    for key, rs in rows_by_point(rows).items():
         ms = [r for r in rs if r["policy"] == "moesched"]
         others = [r for r in rs if r["policy"] != "moesched" and not knows_future(r["policy"])]
         if not ms or not others or key[0] not in names:
             continue
-        best = min(others, key=lambda r: (float(r["tpot_ms"]), r["policy"]))
+        best = fastest(others)
         if float(ms[0]["tpot_ms"]) <= float(best["tpot_ms"]):
             continue
         rc, doc, err = sim.compare(names[key[0]], key[1], float(key[2]), ["moesched", best["policy"]])
@@ -648,9 +656,7 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
     add = L.append
     traces = list(dict.fromkeys(r["trace"] for r in rows))
     gpus = list(dict.fromkeys(r["gpu"] for r in rows))
-    by_point: dict = {}
-    for r in rows:
-        by_point.setdefault((r["trace"], r["gpu"], r["cache_gb"]), []).append(r)
+    by_point = rows_by_point(rows)
     slots = {(p["trace"], p["gpu"], p["cache_gb"]): p for p in points}
     budgets = {}
     for (t, g, c) in by_point:
@@ -671,9 +677,9 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
         others = [r for r in rs if r["policy"] != "moesched" and not knows_future(r["policy"])]
         if not ms or not others:
             continue
-        best = min(others, key=lambda r: (t_(r), r["policy"]))
+        best = fastest(others)
         seers = [r for r in rs if r["policy"] != "moesched" and knows_future(r["policy"])]
-        best_all = min(others + seers, key=lambda r: (t_(r), r["policy"]))
+        best_all = fastest(others + seers)
         stats.append({"key": key, "moesched": t_(ms[0]), "best": t_(best), "best_policy": best["policy"],
                       "best_all": t_(best_all),
                       "oracle": float(rs[0]["oracle_tpot_ms"]), "bound": float(rs[0]["bound_tpot_ms"]),
@@ -1066,9 +1072,7 @@ def sd_copy_note(sdcopies: list[dict]) -> str:
 
 
 def sd_vs_plain(rows, budgets, gamma):
-    by = {}
-    for r in rows:
-        by.setdefault((r["trace"], r["gpu"], r["cache_gb"]), []).append(r)
+    by = rows_by_point(rows)
     out = []
     for s in PROMPT_SETS:
         plain = f"{s}-plain"
@@ -1082,7 +1086,7 @@ def sd_vs_plain(rows, budgets, gamma):
                 pr = [r for r in pr if not knows_future(r["policy"])]
                 if not pr:
                     continue
-                bp = min(pr, key=lambda r: (float(r["tpot_ms"]), r["policy"]))
+                bp = fastest(pr)
                 for gm in (2, 4, 8):
                     t = f"{s}-sd{gm}"
                     sr = by.get((t, g, c))
@@ -1092,7 +1096,7 @@ def sd_vs_plain(rows, budgets, gamma):
                     if sp is None:
                         continue
                     sr = [r for r in sr if not knows_future(r["policy"])]
-                    bs = min(sr, key=lambda r: (float(r["tpot_ms"]), r["policy"]))
+                    bs = fastest(sr)
                     out.append({"set": s, "gpu": g, "cache_gb": c, "mid": c == bl[len(bl) // 2],
                                 "gamma": gamma.get(t, gm), "best_plain": float(bp["tpot_ms"]),
                                 "best_plain_policy": bp["policy"], "spmoe": float(sp["tpot_ms"]),
