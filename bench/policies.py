@@ -789,7 +789,8 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
         add(f"- spmoe on the recorded SD traces against the best policy on the plain trace of the same prompts, at the "
             f"middle (default) budget: spmoe-SD is faster at {len(wins)} of {len(mid)} (prompt set, gamma, GPU) points "
             f"(target: faster everywhere: **{'met' if len(wins) == len(mid) else 'not met'}**); at all budgets: "
-            f"{sum(1 for x in sdplain if x['spmoe'] < x['best_plain'])} of {len(sdplain)}." + sd_copy_note(sdcopies or []))
+            f"{sum(1 for x in sdplain if x['spmoe'] < x['best_plain'])} of {len(sdplain)}." + sd_feasibility(mid)
+            + sd_copy_note(sdcopies or []))
     counted = [x for x in rewindow if x["counted"]]
     if counted:
         ok = [x for x in counted if abs(x["nearby"] / x["recorded"] - 1) <= 0.10]
@@ -984,15 +985,19 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
     add("For each prompt set: spmoe on the recorded SD traces (sd2, sd4, sd8) against the best policy (future-knowing "
         "ones excluded) on the "
         "`-plain` trace of the same prompts, at the same budget (TPOT per output token, so the draft model's time is "
-        "included in SD). Win = spmoe-SD below the best plain policy. Also shown: the best policy on the SD trace.")
+        "included in SD). Win = spmoe-SD below the best plain policy. Also shown: the best policy on the SD trace, and "
+        "the SD trace's best offline reference and lower bound at the same budget: where the bound is at or above the "
+        "best plain policy, no SD schedule can win; where the reference is below it, one exists.")
     add("")
     if sdplain:
-        add("| prompts | gpu | cache GB | best plain (policy) | gamma | spmoe SD | spmoe SD / best plain | best SD (policy) | SD wins |")
-        add("|---|---|---|---|---|---|---|---|---|")
+        add("| prompts | gpu | cache GB | best plain (policy) | gamma | spmoe SD | spmoe SD / best plain | best SD (policy) "
+            "| SD reference | SD bound | SD wins |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|")
         for x in sdplain:
             add(f"| {x['set']} | {x['gpu']} | {x['cache_gb']}{' (default)' if x['mid'] else ''} | {x['best_plain']:.4f} "
                 f"({x['best_plain_policy']}) | {x['gamma']} | {x['spmoe']:.4f} | {x['spmoe'] / x['best_plain']:.3f} | "
-                f"{x['best_sd']:.4f} ({x['best_sd_policy']}) | {'yes' if x['spmoe'] < x['best_plain'] else 'no'} |")
+                f"{x['best_sd']:.4f} ({x['best_sd_policy']}) | {x['sd_ref']:.4f} | {x['sd_bound']:.4f} | "
+                f"{'yes' if x['spmoe'] < x['best_plain'] else ('no (unreachable)' if x['sd_bound'] >= x['best_plain'] else 'no')} |")
         add("")
         wins = [x for x in sdplain if x["spmoe"] < x["best_plain"]]
         add(f"**When SD with spmoe wins**: {len(wins)} of {len(sdplain)} points.")
@@ -1006,6 +1011,7 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
                 add(f"- {s} on {g}: {len(w)} of {len(sel)}" + (f": {desc}" if w else "") + ".")
         wins_any = [x for x in sdplain if x["best_sd"] < x["best_plain"]]
         add(f"- With the best policy on the SD trace instead of spmoe, SD wins at {len(wins_any)} of {len(sdplain)} points.")
+        add("-" + sd_feasibility(sdplain, " (all budgets)"))
         add("- Compute alone (the lower bound's compute-only TPOT: every expert resident, no copy) per output token, "
             "plain against SD, middle budget: where SD costs more compute per token than plain decoding, it can only "
             "win by amortising copies over the verified tokens.")
@@ -1100,8 +1106,21 @@ def sd_vs_plain(rows, budgets, gamma):
                     out.append({"set": s, "gpu": g, "cache_gb": c, "mid": c == bl[len(bl) // 2],
                                 "gamma": gamma.get(t, gm), "best_plain": float(bp["tpot_ms"]),
                                 "best_plain_policy": bp["policy"], "spmoe": float(sp["tpot_ms"]),
-                                "best_sd": float(bs["tpot_ms"]), "best_sd_policy": bs["policy"]})
+                                "best_sd": float(bs["tpot_ms"]), "best_sd_policy": bs["policy"],
+                                "sd_ref": float(sp["oracle_tpot_ms"]), "sd_bound": float(sp["bound_tpot_ms"])})
     return out
+
+
+def sd_feasibility(xs: list[dict], scope: str = "") -> str:
+    """How many (prompt set, gamma, GPU) points SD could win at all: the SD trace's lower bound (no
+    schedule is faster) and its best offline reference (a schedule that exists) against the best
+    online policy on the plain trace."""
+    if not xs:
+        return ""
+    never = sum(1 for x in xs if x["sd_bound"] >= x["best_plain"])
+    ref = sum(1 for x in xs if x["sd_ref"] < x["best_plain"])
+    return (f" Reachable at all{scope}: at {never} of {len(xs)} the SD trace's lower bound is already at or above the best "
+            f"plain policy (no SD schedule can win there); the SD trace's offline reference beats it at {ref}.")
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -1239,6 +1258,11 @@ def self_check(args, sim: Sim, listed: list[str]) -> int:
     note = sd_copy_note(cp)
     if "0.50-1.50x" not in note or "more at 1 of 2" not in note or sd_copy_note([]) != "":
         problems.append(f"sd_copy_note on two pairs (and none): {note!r}")
+    fx = [{"best_plain": 1.0, "sd_bound": 1.0, "sd_ref": 1.2}, {"best_plain": 1.0, "sd_bound": 0.8, "sd_ref": 0.9},
+          {"best_plain": 1.0, "sd_bound": 0.9, "sd_ref": 1.0}]
+    feas = sd_feasibility(fx, " (x)")
+    if "Reachable at all (x): at 1 of 3" not in feas or "reference beats it at 1." not in feas or sd_feasibility([]) != "":
+        problems.append(f"sd_feasibility: bound at the plain best counts as unreachable, a tied reference does not win: {feas!r}")
     # a bad input must be an error naming it
     try:
         resolve_traces(["no-such-trace"])
