@@ -220,6 +220,31 @@ if errs:
 if errs0:
     print(f"without host costs over {len(errs0)} runs: median {100 * statistics.median(errs0):.1f}%, max {100 * max(errs0):.1f}%")
 print()
+# The orders' device time inside each replay (CudaBackend::span_stats(): orders queued behind the
+# one ahead, so the span is their kernels alone) against the profile's time for the same kind and
+# tokens (dense at context 0: the replay's dense part runs no attention over a KV cache). A ratio
+# above 1 means the kernels ran slower in the replay than the profile timed them (L2 contents,
+# clocks, copies beside them): time the simulator cannot know.
+print("device time per order in the replays (queued orders: kernels alone) against the profile, us:")
+print(f"{'model':24} {'trace':18} {'policy':26} {'cache GB':>8} {'kind':>7} {'tok':>3} {'orders':>7} {'replay':>8} {'profile':>8} {'ratio':>6}")
+for jf in sorted(f for f in os.listdir(sys.argv[7]) if f.endswith(".json") and not f.startswith("peer-") and not f.endswith(".profile.json")):
+    try:
+        d = json.load(open(os.path.join(sys.argv[7], jf)))
+        sc, rec = d["scenario"], d["records"][0]
+        prof = json.load(open(os.path.join(sys.argv[7], f"{sc['model']}.profile.json")))
+    except (OSError, KeyError, IndexError, ValueError):
+        continue
+    table = {"expert": {e["tokens"]: e["ns"] for e in prof.get("expert_ffn", [])},
+             "dense": {e["tokens"]: e["ns"] for e in prof.get("dense", []) if e.get("context", 0) == 0},
+             "head": {e["tokens"]: e["ns"] for e in prof.get("head", [])}}
+    for sp in rec.get("device_spans", []):
+        want = table.get(sp["kind"], {}).get(sp["tokens"])
+        if want is None or sp["queued"] < 20:
+            continue
+        got = sp["queued_mean_ns"]
+        print(f"{sc['model']:24} {os.path.basename(sc['trace']).replace('.trace.safetensors', ''):18} {rec['policy']:26} "
+              f"{sc['cache_gb']:8.3g} {sp['kind']:>7} {sp['tokens']:3d} {sp['queued']:7d} {got / 1e3:8.2f} {want / 1e3:8.2f} {got / want:6.2f}")
+print()
 print(f"{'copy bytes':>12} {'plain GB/s':>10} {'executor GB/s':>13} {'ratio':>6}")
 for r in csv.DictReader(open(sys.argv[2])):
     pl, ex = float(r["plain_gbps"]), float(r["executor_gbps"])

@@ -191,6 +191,75 @@ void graph_checks() {
   expect(!with.empty() && with == without, "graphs: the same output bits through graphs as launched one by one");
 }
 
+/// span_stats(): every compute order counted once under its kind and tokens; orders submitted
+/// while the stream is held are queued behind the one ahead of them (the first has none ahead);
+/// an order submitted after the stream ran dry counts as launched; reset_host_stats() clears.
+void span_checks() {
+  CudaBackend::Config c = config(2, 4, 2, 1);
+  Rig rig(c);
+  expect(rig.ok, "spans: initialize");
+  if (!rig.ok) return;
+  CudaBackend& b = *rig.backend;
+  runtime::Completion done;
+  expect(b.submit_copy({ExpertId{1, 2}, 1, CopyPriority::high}).ok(), "spans: copy submitted");
+  bool landed = false;
+  while (!landed && b.wait(done)) landed = done.kind == runtime::CompletionKind::chunk && done.landed;
+  expect(landed, "spans: the expert landed");
+  Pass pass;
+  pass.tokens = 3;
+  pass.member_count = 1;
+  auto order = [&](runtime::ComputeKind k, std::uint32_t tokens) {
+    runtime::ComputeOrder o{};
+    o.kind = k;
+    o.layer = 1;
+    o.tokens = tokens;
+    o.pass = &pass;
+    if (k == runtime::ComputeKind::expert) {
+      o.expert = ExpertId{1, 2};
+      o.slot = 1;
+    }
+    return o;
+  };
+  auto finish = [&](int n) {
+    int seen = 0;
+    while (seen < n && b.wait(done)) seen += done.kind == runtime::CompletionKind::compute ? 1 : 0;
+    return seen == n;
+  };
+  b.reset_host_stats();
+  expect(b.span_stats().empty(), "spans: none after reset_host_stats()");
+  expect(b.hold_compute_stream(Nanoseconds{20'000'000}).ok(), "spans: stream held");
+  for (const auto& o : {order(runtime::ComputeKind::dense, 3), order(runtime::ComputeKind::expert, 3),
+                        order(runtime::ComputeKind::expert, 2), order(runtime::ComputeKind::head, 3),
+                        order(runtime::ComputeKind::dense, 3)}) {
+    expect(b.submit_compute(o).ok(), "spans: order submitted");
+  }
+  expect(finish(5), "spans: the five held orders completed");
+  // Every completion is out only after its record left the stream: the next order finds it empty.
+  expect(b.submit_compute(order(runtime::ComputeKind::expert, 2)).ok() && finish(1), "spans: an order onto an idle stream");
+  const auto rows = b.span_stats();
+  auto find = [&](runtime::ComputeKind k, std::uint32_t t) -> CudaBackend::SpanStats {
+    for (const auto& r : rows) {
+      if (r.kind == k && r.tokens == t) return r.stats;
+    }
+    return {};
+  };
+  const auto dense = find(runtime::ComputeKind::dense, 3);
+  const auto e3 = find(runtime::ComputeKind::expert, 3);
+  const auto e2 = find(runtime::ComputeKind::expert, 2);
+  const auto head = find(runtime::ComputeKind::head, 3);
+  expect(rows.size() == 4, "spans: four (kind, tokens) rows (" + std::to_string(rows.size()) + ")");
+  expect(dense.launched == 1 && dense.queued == 1, "spans: dense x3: the first order launched, the second queued (" +
+                                                       std::to_string(dense.launched) + "/" + std::to_string(dense.queued) + ")");
+  expect(e3.queued == 1 && e3.launched == 0 && head.queued == 1 && head.launched == 0,
+         "spans: expert x3 and head x3 queued behind the order ahead");
+  expect(e2.queued == 1 && e2.launched == 1, "spans: expert x2 once queued, once onto the idle stream (" +
+                                                 std::to_string(e2.queued) + "/" + std::to_string(e2.launched) + ")");
+  expect(dense.queued_mean_ns() > 0.0 && e3.queued_mean_ns() > 0.0 && head.queued_mean_ns() > 0.0,
+         "spans: queued spans are positive device times");
+  b.reset_host_stats();
+  expect(b.span_stats().empty(), "spans: reset_host_stats() clears them");
+}
+
 /// A copy into a slot waits (on the GPU) for the kernel still reading it; bytes arrive intact;
 /// a high copy overtakes a queued low one; cancel and drain.
 void direct_checks() {
@@ -383,7 +452,10 @@ int main(int argc, char** argv) {
   if (runs("direct")) direct_checks();
   if (runs("failure")) failure_checks();
   if (runs("copy_submit")) copy_submit_checks();
-  if (runs("graphs")) graph_checks();
+  if (runs("graphs")) {
+    graph_checks();
+    span_checks();
+  }
   if (!runs("driver")) {
     std::printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;

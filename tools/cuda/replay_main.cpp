@@ -44,6 +44,53 @@ struct ReplayOptions {
 };
 
 
+const char* kind_name(runtime::ComputeKind k) {
+  switch (k) {
+    case runtime::ComputeKind::draft_step: return "draft_step";
+    case runtime::ComputeKind::dense: return "dense";
+    case runtime::ComputeKind::expert: return "expert";
+    case runtime::ComputeKind::head: return "head";
+  }
+  return "?";
+}
+
+/// The cost model's device time for an expert order of `tokens` (the measured profile under
+/// --profile, else the roofline), beside the run's own: 0 for the other kinds (their time depends on
+/// the pass's context and members, not on the tokens alone).
+double model_ns(const cuda::CudaBackend::SpanRow& row, const sim::CostModel& cost) {
+  return row.kind == runtime::ComputeKind::expert ? static_cast<double>(cost.expert_time(row.tokens).count()) : 0.0;
+}
+
+/// The compute orders' device time as this run gave it (CudaBackend::span_stats()): the spans of
+/// orders queued behind another (their kernels' time alone) and of orders launched onto an idle
+/// stream (launch included).
+std::string span_table(const std::vector<cuda::CudaBackend::SpanRow>& rows, const sim::CostModel& cost) {
+  std::string out = "device time in this run, per order kind and tokens (queued: kernels alone; launched onto an idle "
+                    "stream: launch included; model: the cost model's expert time):\n";
+  for (const auto& row : rows) {
+    const double m = model_ns(row, cost);
+    out += fmt::format("  {:<10} x{:<3} queued {:>9.2f} us ({:>6})  launched {:>9.2f} us ({:>6}){}\n", kind_name(row.kind),
+                       row.tokens, row.stats.queued_mean_ns() / 1e3, row.stats.queued, row.stats.launched_mean_ns() / 1e3,
+                       row.stats.launched, m > 0.0 ? fmt::format("  model {:.2f} us", m / 1e3) : std::string());
+  }
+  return out;
+}
+
+Json span_json(const std::vector<cuda::CudaBackend::SpanRow>& rows, const sim::CostModel& cost) {
+  Json out = Json::array();
+  for (const auto& row : rows) {
+    Json j = {{"kind", kind_name(row.kind)},
+              {"tokens", row.tokens},
+              {"queued", row.stats.queued},
+              {"queued_mean_ns", row.stats.queued_mean_ns()},
+              {"launched", row.stats.launched},
+              {"launched_mean_ns", row.stats.launched_mean_ns()}};
+    if (const double m = model_ns(row, cost); m > 0.0) j["model_ns"] = m;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
 int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   if (!r.json.empty()) check_output_path(r.json, "--json");
   check_policy_name(r.policy);
@@ -102,6 +149,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
   std::uint64_t mismatches = 0;
   std::uint64_t checked = 0;
   cuda::CudaBackend::HostStats host;
+  std::vector<cuda::CudaBackend::SpanRow> spans;
   std::size_t graphs = 0;
   double graph_s = 0.0;
   {
@@ -125,6 +173,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
       backend.reset_host_stats();
       err = driver.run(pol);
       host = backend.host_stats();
+      spans = backend.span_stats();
       real = driver.metrics();
       if (!err) fault = driver.fault_text();
     });
@@ -166,6 +215,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
                          "submitting; notify %.1f us where it waited (polling %u us before blocking)\n",
                  host.handle_ns() / 1e3, static_cast<unsigned long long>(host.completions),
                  static_cast<double>(host.submitting.count()) / 1e6, host.notify_ns() / 1e3, cfg.wait_spin_us);
+    std::fputs(span_table(spans, *s.cost).c_str(), stdout);
   }
   if (!r.json.empty()) {
     Json rec = metrics_json(real, lb, true);
@@ -174,6 +224,7 @@ int replay(const ScenarioOptions& o, const ReplayOptions& r) {
     rec["sim_relative_error"] = real.tpot_ms.mean > 0 ? (simulated.tpot_ms.mean - real.tpot_ms.mean) / real.tpot_ms.mean : 0.0;
     // The driver thread's time as the backend saw it (CudaBackend::HostStats): what the profile's
     // host costs (submit, handle, notify) model, measured in this very run.
+    rec["device_spans"] = span_json(spans, *s.cost);
     rec["driver_thread"] = {{"completions", host.completions},
                             {"busy_ms", static_cast<double>(host.busy.count()) / 1e6},
                             {"submitting_ms", static_cast<double>(host.submitting.count()) / 1e6},

@@ -358,6 +358,8 @@ class CudaBackend {
     copies_.assign(std::size_t{cfg_.layers} * cfg_.experts, Copy{});
     waiting_ = runtime::CopyQueue(cfg_.layers * cfg_.experts);
     const std::uint64_t e = cfg_.expert_bytes.count;
+    static_assert(static_cast<int>(runtime::ComputeKind::head) == 3, "span_stats(): four compute kinds");
+    spans_.assign(4 * (std::size_t{cfg_.max_tokens} + 1), SpanStats{});
     chunk_offset_.clear();
     for (std::uint32_t c = 0; c < cfg_.chunks; ++c) chunk_offset_.push_back(e * c / cfg_.chunks);
     chunk_offset_.push_back(e);
@@ -487,6 +489,7 @@ class CudaBackend {
     }
     StreamRecord rec;
     rec.order = k;
+    rec.tokens = tokens;
     if (auto s = take_event(rec.start); !s) return s;
     if (auto s = take_event(rec.end); !s) return s;
     MOESCHED_CUDA_BACKEND_RETURN_IF_(cuda_status(cudaEventRecord(rec.start, compute_stream_), "cudaEventRecord"));
@@ -627,10 +630,50 @@ class CudaBackend {
   /// Counted since the last reset_host_stats() (busy: from it), or since initialize() (busy: from
   /// the first wait()'s return).
   [[nodiscard]] const HostStats& host_stats() const noexcept { return host_stats_; }
-  /// Zeroes host_stats(); the driver's busy time counts from now (call it right before a run).
-  void reset_host_stats() noexcept {
+  /// Zeroes host_stats() and span_stats(); the driver's busy time counts from now (call it right
+  /// before a run).
+  void reset_host_stats() {
     host_stats_ = {};
     last_return_ = now();
+    std::lock_guard<std::mutex> lock(m_);
+    std::fill(spans_.begin(), spans_.end(), SpanStats{});
+  }
+
+  /// The compute orders' spans (start event to end event) as the run gave them, per order kind and
+  /// tokens. `queued`: the order was already on the stream when the poller saw the order ahead of
+  /// it finish, so its kernels were enqueued and its span is their device time alone, in the run's
+  /// own conditions (L2 contents, clocks, copies beside it): what the profile's device times
+  /// stand for. `launched`: the stream had run dry, so the span also holds the launch (its start
+  /// event runs before the kernels are launched). An order submitted within the poller's own
+  /// delay (about a microsecond) after its predecessor ended counts as queued.
+  struct SpanStats {
+    std::uint64_t queued = 0;
+    Nanoseconds queued_total{};
+    std::uint64_t launched = 0;
+    Nanoseconds launched_total{};
+    [[nodiscard]] double queued_mean_ns() const noexcept {
+      return queued == 0 ? 0.0 : static_cast<double>(queued_total.count()) / static_cast<double>(queued);
+    }
+    [[nodiscard]] double launched_mean_ns() const noexcept {
+      return launched == 0 ? 0.0 : static_cast<double>(launched_total.count()) / static_cast<double>(launched);
+    }
+  };
+  struct SpanRow {
+    runtime::ComputeKind kind{};
+    std::uint32_t tokens = 0;
+    SpanStats stats{};
+  };
+  /// The non-empty (kind, tokens) rows since initialize() or reset_host_stats(), by kind, then tokens.
+  [[nodiscard]] std::vector<SpanRow> span_stats() const {
+    std::vector<SpanRow> out;
+    std::lock_guard<std::mutex> lock(m_);
+    for (std::size_t i = 0; i < spans_.size(); ++i) {
+      const SpanStats& st = spans_[i];
+      if (st.queued + st.launched == 0) continue;
+      const std::size_t per = std::size_t{cfg_.max_tokens} + 1;
+      out.push_back({static_cast<runtime::ComputeKind>(i / per), static_cast<std::uint32_t>(i % per), st});
+    }
+    return out;
   }
   /// Drops queued copies and jobs, lets what is on the streams finish, discards completions.
   runtime::Status drain() {
@@ -818,6 +861,8 @@ class CudaBackend {
   };
   struct StreamRecord {
     runtime::ComputeOrder order{};
+    std::uint32_t tokens = 0;  ///< compute: the tokens its kernels ran over
+    bool behind = false;       ///< submitted before the poller saw the record ahead of it finish
     bool job = false;
     runtime::PredictorJob job_item{};
     Nanoseconds queued{};
@@ -1212,12 +1257,20 @@ class CudaBackend {
         const cudaError_t q = cudaEventQuery(k.end);
         if (q == cudaSuccess) {
           progressed = true;
-          failed = finish_kernel(k);
+          runtime::Completion done;
+          failed = finish_kernel(k, done);
           lock.lock();
+          if (!k.job && failed) record_span(k, done.start, done.end);
+          // The record behind it was already on the stream when this one finished: its kernels
+          // were queued, and its span will be their device time alone. (Popped before the
+          // completion goes out, so nothing the driver submits in answer to it counts as behind.)
+          if (stream_.size() > 1) stream_[1].behind = true;
           stream_.pop_front();
           free_events_.push_back(k.start);
           if (!k.job) free_events_.push_back(k.end);
+          const bool deliver = failed.ok() && !draining_;
           lock.unlock();
+          if (deliver) done_.push(done);
         } else if (q != cudaErrorNotReady) {
           failed = cuda_status(q, "cudaEventQuery");
         }
@@ -1241,8 +1294,8 @@ class CudaBackend {
       idle_cv_.notify_all();
     }
   }
-  runtime::Status finish_kernel(const StreamRecord& k) {
-    runtime::Completion done;
+  /// The completion of a finished stream record (the poller delivers it); a job's predictor runs here.
+  runtime::Status finish_kernel(const StreamRecord& k, runtime::Completion& done) {
     MOESCHED_CUDA_BACKEND_RETURN_IF_(event_time(k.start, done.start));
     if (k.job) {
       // The stream reached the job's place: run the predictor here, on the host.
@@ -1257,7 +1310,6 @@ class CudaBackend {
       done.kind = runtime::CompletionKind::compute;
       MOESCHED_CUDA_BACKEND_RETURN_IF_(event_span(k.start, k.end, done.start, done.end));
     }
-    if (!draining_now()) done_.push(done);
     return runtime::Status::success();
   }
   runtime::Status finish_chunk(const ChunkRecord& c) {
@@ -1279,9 +1331,22 @@ class CudaBackend {
     copy_cv_.notify_one();
     return s;
   }
-  [[nodiscard]] bool draining_now() {
-    std::lock_guard<std::mutex> lock(m_);
-    return draining_;
+  /// span_stats()'s counts for one finished compute record (poller thread, under m_).
+  void record_span(const StreamRecord& k, Nanoseconds began, Nanoseconds ended) {
+    const std::size_t i = span_index(k.order.kind, k.tokens);
+    if (i >= spans_.size()) return;
+    SpanStats& st = spans_[i];
+    const Nanoseconds span = std::max(Nanoseconds{0}, ended - began);
+    if (k.behind) {
+      ++st.queued;
+      st.queued_total += span;
+    } else {
+      ++st.launched;
+      st.launched_total += span;
+    }
+  }
+  [[nodiscard]] std::size_t span_index(runtime::ComputeKind kind, std::uint32_t tokens) const noexcept {
+    return static_cast<std::size_t>(kind) * (std::size_t{cfg_.max_tokens} + 1) + tokens;
   }
 
   Config cfg_;
@@ -1330,6 +1395,7 @@ class CudaBackend {
   std::vector<cudaGraphExec_t> graphs_;  // Config::graphs: graph_index() -> the order's graph, or null (driver thread)
   std::size_t graphs_built_ = 0;
   HostStats host_stats_{};       // driver thread only
+  std::vector<SpanStats> spans_;  // [kind x (max_tokens + 1) + tokens], under m_ (span_stats())
   Nanoseconds last_return_{-1};  // when wait() last returned a completion; -1: not since a reset
   std::vector<std::thread> threads_;
 };
