@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Policies report: every offloading policy of moesched-sim on every shipped real trace.
+"""Policies report: every offloading policy of moesched-sim on every shipped trace.
 
 Runs `moesched-sim compare --json -` once per (trace, GPU preset, cache budget) with every
 non-oracle policy the simulator lists (plus `oracle`, whose TPOT and the lower bound's become
@@ -32,7 +32,13 @@ Budget rule (per trace, from the model's sizes the tool reports: expert bytes, e
 experts per MoE layer): n = max(experts of one MoE layer, round(f x all experts)) slots for
 f in --fractions (default 1/6, 1/3, 1/2; 1/3 of the mix model is the demo's default 0.15 GB),
 passed as --cache-gb (n + 0.5) x expert bytes (rounded to 4 decimals of a GB), and checked
-against the cache_experts the tool reports.
+against the cache_experts the tool reports. A budget above what the GPU preset has left for
+experts (the tool's default budget there) is not run; the md lists those points.
+
+Traces (default): every traces/real/*.trace.safetensors (recorded on the project's own models)
+and traces/synthetic/*.trace.safetensors (routing generated for published model shapes, Qwen3 and
+Mixtral, with no recorded hidden state: the published policies fall back to routing-only
+predictors there).
 
 Exit status: 0 done; 1 a run failed (the message names the trace, GPU, budget and what
 moesched-sim said; nothing is written), unless --keep-going: then the failed points are left out,
@@ -335,24 +341,28 @@ def best_reference(refs: dict) -> float:
 # ---- the matrix -------------------------------------------------------------------------------
 
 def budgets_for(sim: Sim, trace: str, hdr: dict, gpu: str, fractions: list[float], cache: dict):
-    """[(fraction label, slots, cache_gb)] from the model's sizes (probe run, once per model)."""
-    key = hdr["model"]
+    """([(fraction label, slots, cache_gb)], expert bytes, experts, [(fraction, slots, cache_gb, room_gb)]
+    above the GPU) from the model's sizes and what the GPU preset leaves for experts (a probe run, once
+    per model and GPU: the tool's default budget)."""
+    key = (hdr["model"], gpu)
     if key not in cache:
         rc, doc, err = sim.compare(trace, gpu, None, ["on-demand"])
         if rc != 0 or doc is None:
             raise RunError(f"{rel(trace)}: probe run (gpu {gpu}, policy on-demand) failed, exit {rc}: {err}")
         sc = doc["scenario"]
-        cache[key] = {"expert_bytes": int(round(sc["expert_mb"] * 1e6)), "total": int(sc["total_experts"])}
-    eb, tot = cache[key]["expert_bytes"], cache[key]["total"]
+        cache[key] = {"expert_bytes": int(round(sc["expert_mb"] * 1e6)), "total": int(sc["total_experts"]),
+                      "room_gb": float(sc["cache_gb"])}
+    eb, tot, room = cache[key]["expert_bytes"], cache[key]["total"], cache[key]["room_gb"]
     layer = hdr["experts_per_layer"]
-    out, seen = [], set()
+    out, above, seen = [], [], set()
     for f in fractions:
         n = min(tot, max(layer, int(round(f * tot))))
         if n in seen:
             continue
         seen.add(n)
-        out.append((f, n, round((n + 0.5) * eb / 1e9, 4)))
-    return out, eb, tot
+        gb = round((n + 0.5) * eb / 1e9, 4)
+        (out if gb <= room else above).append((f, n, gb) if gb <= room else (f, n, gb, room))
+    return out, eb, tot, above
 
 
 def fmt4(x: float) -> str:
@@ -373,7 +383,7 @@ def record_failure(args, failures: list, e: Exception) -> None:
 
 
 def run_matrix(args, sim: Sim, traces: list[str], gpus: list[str], fractions: list[float], policies_listed: list[str]):
-    rows, refusals, failures, points = [], [], [], []
+    rows, refusals, failures, points, too_big = [], [], [], [], []
     sizes: dict = {}
     plan = []
     for t in traces:
@@ -381,7 +391,7 @@ def run_matrix(args, sim: Sim, traces: list[str], gpus: list[str], fractions: li
         base = [p for p in policies_listed if "oracle" not in p] + [f"prefetch:{c}" for c in hdr["channels"]]
         for g in gpus:
             try:
-                bl, eb, tot = budgets_for(sim, t, hdr, g, fractions, sizes)
+                bl, eb, tot, above = budgets_for(sim, t, hdr, g, fractions, sizes)
             except RunError as e:
                 failures.append(str(e))
                 if not args.keep_going:
@@ -389,6 +399,7 @@ def run_matrix(args, sim: Sim, traces: list[str], gpus: list[str], fractions: li
                 continue
             for (f, n, gb) in bl:
                 plan.append((t, hdr, g, f, n, gb, base, eb, tot))
+            too_big += [(trace_name(t), g, f, n, gb, room) for (f, n, gb, room) in above]
     sim.total = sim.count + len(plan) + len(args.ablation_traces_resolved)
     for (t, hdr, g, f, n, gb, base, eb, tot) in plan:
         name = trace_name(t)
@@ -415,7 +426,7 @@ def run_matrix(args, sim: Sim, traces: list[str], gpus: list[str], fractions: li
             rows.append({"trace": name, "gpu": g, "cache_gb": fmt4(gb), "gamma": str(hdr["gamma"]), "policy": pol,
                          "predictor": pred, "tpot_ms": fmt4(r["tpot_ms"]["mean"]),
                          "oracle_tpot_ms": fmt4(best_reference(refs)), "bound_tpot_ms": fmt4(bound["tpot_ms"]["mean"])})
-    return rows, refusals, failures, points
+    return rows, refusals, failures, points, too_big
 
 
 def run_ablations(args, sim: Sim, traces: list[str], gpu: str, fraction: float):
@@ -426,7 +437,10 @@ def run_ablations(args, sim: Sim, traces: list[str], gpu: str, fraction: float):
         hdr = trace_header(t)
         name = trace_name(t)
         try:
-            (bl, _, _) = budgets_for(sim, t, hdr, gpu, [fraction], sizes)
+            (bl, _, _, above) = budgets_for(sim, t, hdr, gpu, [fraction], sizes)
+            if not bl:
+                raise RunError(f"{rel(t)} (gpu {gpu}): the ablation budget {above[0][2]:.4f} GB is above the "
+                               f"{above[0][3]:.2f} GB the preset leaves for experts")
             (_, n, gb) = bl[0]
             names = ["lru"]
             for base, variants in ABLATIONS.items():
@@ -707,6 +721,10 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
     add(f"- Simulator: `{meta['sim']}` (binary of {meta['sim_mtime']}); the checkout at report time: {meta['git']}.")
     add(f"- Matrix: {len(traces)} traces x {len(gpus)} GPU presets x budgets = {len(stats)} points, {len(rows)} rows. "
         + meta["matrix_note"])
+    if meta.get("too_big"):
+        add("- Not run, the budget being above what the GPU preset leaves for experts (weights, KV cache, workspace and "
+            "draft model resident): " + "; ".join(f"{t} on {g} at {gb:.4f} GB ({n} slots; {room:.2f} GB left)"
+                                                 for (t, g, f, n, gb, room) in meta["too_big"]) + ".")
     add("")
     add("**Budget rule.** For each trace's model: n = max(experts of one MoE layer, round(f x all experts)) expert "
         f"slots for f in {{{meta['fractions']}}}; `--cache-gb` = (n + 0.5) x one expert's bytes, rounded to 4 decimals "
@@ -757,7 +775,11 @@ def generate_md(rows: list[dict], ablations: dict, refusals: list, failures: lis
         sp_all = gmean([s["best_all"] / s["moesched"] for s in stats])
         add(f"  - with {', '.join(f'`{p}`' for p in sorted(FUTURE_KNOWING))} counted among the others (by default it "
             f"pins the replayed run's own most used experts, knowledge of the future): {sp_all:.4f}x")
-        for label, sel in (("plain traces", [s for s in stats if not s["sd"]]), ("SD traces", [s for s in stats if s["sd"]])):
+        synth = meta.get("synthetic", set())
+        for label, sel in (("plain traces", [s for s in stats if not s["sd"]]), ("SD traces", [s for s in stats if s["sd"]]),
+                           ("recorded traces (traces/real)", [s for s in stats if s["key"][0] not in synth]),
+                           ("synthetic traces (traces/synthetic: generated routing, no hidden states)",
+                            [s for s in stats if s["key"][0] in synth])):
             if sel:
                 add(f"  - {label} ({len(sel)} points): {gmean([s['best'] / s['moesched'] for s in sel]):.4f}x")
         for g in gpus:
@@ -1129,6 +1151,8 @@ def resolve_traces(names: list[str]) -> list[str]:
     out = []
     for n in names:
         p = n if (os.sep in n or n.endswith(".safetensors")) else os.path.join(ROOT, "traces", "real", n + ".trace.safetensors")
+        if not (os.sep in n or n.endswith(".safetensors")) and not os.path.isfile(p):
+            p = os.path.join(ROOT, "traces", "synthetic", n + ".trace.safetensors")
         if not os.path.isabs(p) and not os.path.exists(p):
             p = os.path.join(ROOT, p)
         if not os.path.isfile(p):
@@ -1150,7 +1174,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CSV to write (default: bench/results/policies.csv)")
     ap.add_argument("--out-md", default=os.path.join(ROOT, "bench", "policies.md"), help="report to write (default: bench/policies.md)")
     ap.add_argument("--traces", nargs="+", metavar="T",
-                    help="traces: names under traces/real (mix-prose-sd4) or paths (default: every traces/real/*.trace.safetensors)")
+                    help="traces: names under traces/real or traces/synthetic (mix-prose-sd4) or paths (default: every "
+                         "trace of both folders)")
     ap.add_argument("--gpus", default=",".join(DEFAULT_GPUS), help="GPU presets, comma-separated (default: %(default)s)")
     ap.add_argument("--fractions", default=DEFAULT_FRACTIONS,
                     help="budgets as fractions of all experts (the rule above), comma-separated (default: %(default)s)")
@@ -1173,7 +1198,7 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
             out_csv: str, out_md: str, matrix_note: str) -> int:
     t0 = time.monotonic()
     args.ablation_traces_resolved = resolve_traces(args.ablation_traces) if args.ablation_traces else []
-    rows, refusals, failures, points = run_matrix(args, sim, traces, gpus, fractions, listed)
+    rows, refusals, failures, points, too_big = run_matrix(args, sim, traces, gpus, fractions, listed)
     mid = fractions[len(fractions) // 2]
     abl, afail = run_ablations(args, sim, args.ablation_traces_resolved, args.ablation_gpu, mid) \
         if args.ablation_traces_resolved else ({}, [])
@@ -1191,7 +1216,8 @@ def produce(args, sim: Sim, listed: list[str], traces: list[str], gpus: list[str
 "wall_s": time.monotonic() - t0, "sim_s": sim.seconds, "runs": sim.count, "invocations": sim.invocations, "machine": machine_line(),
             "sim": rel(sim.path), "git": git_line(),
             "sim_mtime": datetime.datetime.fromtimestamp(os.path.getmtime(sim.path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "matrix_note": matrix_note,
-            "fractions": ", ".join(args.fractions.split(",")), "ablation_gpu": args.ablation_gpu,
+            "fractions": ", ".join(args.fractions.split(",")), "too_big": too_big,
+            "synthetic": {trace_name(t) for t in traces if os.path.basename(os.path.dirname(t)) == "synthetic"}, "ablation_gpu": args.ablation_gpu,
             "ablation_fraction": args.fractions.split(",")[len(fractions) // 2].strip()}
     md = generate_md(back, abl, refusals, failures, points, meta, rewindow, sdcopies, why)
     os.makedirs(os.path.dirname(os.path.abspath(out_md)) or ".", exist_ok=True)
@@ -1288,7 +1314,7 @@ def main(argv=None) -> int:
             return self_check(args, sim, listed)
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
         fractions = parse_fractions(args.fractions)
-        note = "Full matrix: every shipped trace, both presets, three budgets each; nothing reduced."
+        note = "Full matrix: every shipped trace, both presets, three budgets each where the preset holds them; nothing reduced."
         if args.quick:
             traces = resolve_traces(args.traces or QUICK_TRACES)
             gpus, fractions, args.fractions = ["rtx4090"], [1 / 3], "1/3"
@@ -1299,7 +1325,8 @@ def main(argv=None) -> int:
             traces = resolve_traces(args.traces)
             note = "Subset of traces given by --traces."
         else:
-            traces = sorted(glob.glob(os.path.join(ROOT, "traces", "real", "*.trace.safetensors")))
+            traces = sorted(glob.glob(os.path.join(ROOT, "traces", "real", "*.trace.safetensors"))) + \
+                sorted(glob.glob(os.path.join(ROOT, "traces", "synthetic", "*.trace.safetensors")))
             if not traces:
                 raise InputError(f"no traces under {os.path.join(ROOT, 'traces', 'real')}")
         for t in traces:
