@@ -137,6 +137,7 @@ ABLATIONS = {
         ("predictor=none", "no predictor: no prefetch at all"),
         ("utility=off", "no expected-next-use utility (layer-clock victims, no utility admission)"),
         ("link=off", "no link-load admission test"),
+        ("freq=off", "no long-run frequency class in the utility's state"),
         ("cutoff=off", "no SD cutoff: drafting-time prefetch for every layer"),
         ("batch=off", "drafting-time copies not submitted as one batch"),
         ("beyond=0", "no layer-ahead prefetch beyond the cutoff"),

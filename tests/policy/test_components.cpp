@@ -13,6 +13,7 @@
 #include <moesched/core/random.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <initializer_list>
 #include <vector>
@@ -77,48 +78,77 @@ TEST_CASE("prediction ledger: best ranks, recall, precision per rank, predicted 
   CHECK(l.predicted_count(1) == 0);
 }
 
-/// ReuseModel's counting done the plain way, expert by expert (the reference of the histogram
-/// counting): P(needed | state) per layer, phase and state, and the history bits.
+/// ReuseModel's counting done the plain way, expert by expert (the reference of its counting):
+/// P(needed | state) per layer, phase and state, the history bits and (with `frequency`) the
+/// frequency class from the expert's asks against its layer's mean, kept here on their own.
+/// States: joint (history x 4 + class) x 5 + bucket, then marginal 64 x 5 + history x 4 + class.
 struct PlainReuse {
   std::uint32_t layers = 0, experts = 0;
+  bool frequency = false;
   std::vector<std::uint8_t> history;
+  std::vector<std::uint64_t> asks;         // [layer * experts + expert]: turns asked for
+  std::vector<std::uint64_t> layer_turns;  // per layer: turns observed
   std::vector<std::uint64_t> used, total;  // [(layer * 3 + phase) * kStates + state]
-  static constexpr std::uint32_t kStates = policy::ReuseModel::kStates;
-  PlainReuse(std::uint32_t l, std::uint32_t e)
-      : layers(l), experts(e), history(std::size_t{l} * e, 0), used(std::size_t{l} * 3 * kStates, 0),
-        total(std::size_t{l} * 3 * kStates, 0) {}
+  static constexpr std::uint32_t kStates = 16 * 4 * 5 + 16 * 4;
+  static_assert(kStates == policy::ReuseModel::kStates);
+  PlainReuse(std::uint32_t l, std::uint32_t e, bool f)
+      : layers(l), experts(e), frequency(f), history(std::size_t{l} * e, 0), asks(std::size_t{l} * e, 0),
+        layer_turns(l, 0), used(std::size_t{l} * 3 * kStates, 0), total(std::size_t{l} * 3 * kStates, 0) {}
+  /// The class of `e` of `layer`: its asks per turn against the mean over the layer's experts
+  /// (below half of it: 0, below it: 1, below twice it: 2, else 3; no asks yet: mean 0, class 3).
+  [[nodiscard]] std::uint32_t frequency_class(std::uint32_t layer, std::uint32_t e) const {
+    if (!frequency) return 0;
+    std::uint64_t all = 0;
+    for (std::uint32_t x = 0; x < experts; ++x) all += asks[std::size_t{layer} * experts + x];
+    const double mean = static_cast<double>(all) / static_cast<double>(experts);  // asks per expert
+    const auto a = static_cast<double>(asks[std::size_t{layer} * experts + e]);
+    if (a < 0.5 * mean) return 0;
+    if (a < mean) return 1;
+    if (a < 2.0 * mean) return 2;
+    return 3;
+  }
   void observe(std::uint32_t layer, std::span<const ExpertId> needed, std::uint32_t ph,
                const policy::PredictionLedger& ledger) {
     const bool predicted = ledger.has_prediction(layer);
+    std::vector<std::uint32_t> cls(experts);
+    for (std::uint32_t e = 0; e < experts; ++e) cls[e] = frequency_class(layer, e);  // before this turn
     for (std::uint32_t e = 0; e < experts; ++e) {
       bool u = false;
       for (ExpertId id : needed) u = u || id.expert == e;
       const std::uint32_t h = history[std::size_t{layer} * experts + e];
+      const std::uint32_t cell = h * 4 + cls[e];
       const std::size_t base = (std::size_t{layer} * 3 + ph) * kStates;
-      const std::size_t m = base + policy::ReuseModel::kHistories * policy::ReuseModel::kBuckets + h;
+      const std::size_t m = base + 16 * 4 * 5 + cell;
       total[m] += 1;
       used[m] += u ? 1 : 0;
       if (predicted) {
         const std::uint32_t r = ledger.rank(ExpertId{static_cast<std::uint16_t>(layer), static_cast<std::uint16_t>(e)});
         const std::uint32_t b = r == policy::PredictionLedger::kNotPredicted ? 4 : std::min<std::uint32_t>(r, 3);
-        total[base + h * policy::ReuseModel::kBuckets + b] += 1;
-        used[base + h * policy::ReuseModel::kBuckets + b] += u ? 1 : 0;
+        total[base + cell * 5 + b] += 1;
+        used[base + cell * 5 + b] += u ? 1 : 0;
       }
       history[std::size_t{layer} * experts + e] = static_cast<std::uint8_t>(((h << 1U) | (u ? 1U : 0U)) & 15U);
+      asks[std::size_t{layer} * experts + e] += u ? 1 : 0;
     }
+    ++layer_turns[layer];
   }
 };
 
-TEST_CASE("reuse model: the histogram counting equals counting expert by expert (random passes)", "[policy][reuse]") {
-  Rng rng(7);
+TEST_CASE("reuse model: its counting equals counting expert by expert (random passes)", "[policy][reuse]") {
+  for (const bool frequency : {false, true}) {
+  Rng rng(frequency ? 11 : 7);
   for (std::uint32_t round = 0; round < 20; ++round) {
     const std::uint32_t L = 1 + static_cast<std::uint32_t>(rng.below(4));
     const std::uint32_t E = 1 + static_cast<std::uint32_t>(rng.below(20));
+    // Skewed asks (expert e asked with probability falling in e) so that every class occurs.
+    const double skew = frequency ? 0.5 + rng.uniform() : 0.0;
     policy::PredictionLedger ledger;
     ledger.resize(L, E);
-    policy::ReuseModel r;
+    policy::ReuseModel r(frequency);
+    REQUIRE(r.frequency() == frequency);
     r.resize(L, E);
-    PlainReuse plain(L, E);
+    PlainReuse plain(L, E, frequency);
+    std::array<std::uint64_t, 4> classes_seen{};
     const StepPhase phases[3] = {StepPhase::prefill, StepPhase::decode, StepPhase::verify};
     for (std::uint32_t pass = 0; pass < 60; ++pass) {
       ledger.begin_pass();
@@ -131,7 +161,9 @@ TEST_CASE("reuse model: the histogram counting equals counting expert by expert 
         }
         std::vector<ExpertId> needed;  // repeats and ids past the layer's experts are ignored
         for (auto c = rng.below(E + 2); c > 0; --c) {
-          needed.push_back({static_cast<std::uint16_t>(l), static_cast<std::uint16_t>(rng.below(E + 1))});
+          auto x = static_cast<std::uint16_t>(rng.below(E + 1));
+          if (skew > 0.0) x = static_cast<std::uint16_t>(static_cast<double>(x) * std::pow(rng.uniform(), skew));
+          needed.push_back({static_cast<std::uint16_t>(l), x});
         }
         if (rng.below(2) == 0) {
           std::vector<ExpertId> in_range;
@@ -160,8 +192,16 @@ TEST_CASE("reuse model: the histogram counting equals counting expert by expert 
       }
       for (std::uint32_t l = 0; l < L; ++l) {
         for (std::uint32_t e = 0; e < E; ++e) {
-          REQUIRE(r.history({static_cast<std::uint16_t>(l), static_cast<std::uint16_t>(e)}) ==
-                  plain.history[std::size_t{l} * E + e]);
+          const ExpertId id{static_cast<std::uint16_t>(l), static_cast<std::uint16_t>(e)};
+          REQUIRE(r.history(id) == plain.history[std::size_t{l} * E + e]);
+          REQUIRE(r.frequency_class(id) == plain.frequency_class(l, e));
+          ++classes_seen[plain.frequency_class(l, e)];
+          // The state ids the counts below are read by.
+          const std::uint32_t cell = plain.history[std::size_t{l} * E + e] * 4 + plain.frequency_class(l, e);
+          REQUIRE(r.state(id, false, ledger) == 16 * 4 * 5 + cell);
+          const std::uint32_t rank = ledger.rank(id);
+          const std::uint32_t b = rank == policy::PredictionLedger::kNotPredicted ? 4 : std::min<std::uint32_t>(rank, 3);
+          REQUIRE(r.state(id, true, ledger) == cell * 5 + b);
         }
         for (std::uint32_t p = 0; p < 3; ++p) {
           for (std::uint32_t st = 0; st < PlainReuse::kStates; ++st) {
@@ -172,6 +212,11 @@ TEST_CASE("reuse model: the histogram counting equals counting expert by expert 
         }
       }
     }
+    if (!frequency) CHECK(classes_seen[1] + classes_seen[2] + classes_seen[3] == 0);
+    if (frequency && E >= 4) {
+      for (const std::uint64_t n : classes_seen) CHECK(n > 0);
+    }
+  }
   }
 }
 
@@ -212,6 +257,49 @@ TEST_CASE("reuse model: probabilities counted per history, expected next use", "
   ledger.record(0, ranked({2}));  // E2: history 0, rank 0 (same pass, a second prediction)
   CHECK(r.probability({0, 2}, -1, StepPhase::decode, ledger) == Approx(2.0 / 3.0));  // 1 use of 1
   CHECK(r.probability({0, 3}, -1, StepPhase::decode, ledger) == Approx(1.0 / 4.0));  // history 0, not predicted: 0 of 2
+}
+
+TEST_CASE("reuse model: frequency classes split the histories by long-run asks", "[policy][reuse]") {
+  policy::PredictionLedger ledger;
+  ledger.resize(1, 4);
+  policy::ReuseModel on(true);
+  policy::ReuseModel off(false);
+  on.resize(1, 4);
+  off.resize(1, 4);
+  // Turns ask for E0, E1, E0. With frequency on (a x E against the layer's asks T):
+  //   turn 1: T = 0, every expert class 3, history 0: cell (0, 3) 1 use of 4.
+  //   turn 2: T = 1: E0 (history 1) class 3: cell (1, 3) 0 of 1; E1..E3 (history 0) class 0: (0, 0) 1 of 3.
+  //   turn 3: T = 2: E0 (history 2) class 3: (2, 3) 1 of 1; E1 (history 1) 4 >= 2 x 2: class 3:
+  //           (1, 3) 0 of 1 more; E2, E3 class 0: (0, 0) 0 of 2 more.
+  //   after: T = 3: E0 8 >= 6: class 3; E1 4 in [3, 6): class 2; E2, E3: class 0.
+  for (const std::uint16_t e : std::array<std::uint16_t, 3>{0, 1, 0}) {
+    ledger.begin_pass();
+    const std::array<ExpertId, 1> need{ExpertId{0, e}};
+    on.observe(0, need, StepPhase::decode, ledger);
+    off.observe(0, need, StepPhase::decode, ledger);
+  }
+  CHECK(on.frequency_class({0, 0}) == 3);
+  CHECK(on.frequency_class({0, 1}) == 2);
+  CHECK(on.frequency_class({0, 2}) == 0);
+  CHECK(off.frequency_class({0, 0}) == 0);
+  CHECK(on.history({0, 0}) == 5);
+  CHECK(on.history({0, 1}) == 2);
+  using R = policy::ReuseModel;
+  const std::uint32_t marginal = R::kCells * R::kBuckets;
+  CHECK(on.state({0, 2}, false, ledger) == marginal + 0);
+  CHECK(on.state({0, 1}, false, ledger) == marginal + 2 * R::kFrequencies + 2);
+  // E2: cell (0, 0), 1 use of 5: 2/7. Without classes its history 0 saw 2 uses of 9: 3/11.
+  CHECK(on.probability({0, 2}, -1, StepPhase::decode, ledger) == Approx(2.0 / 7.0));
+  CHECK(off.probability({0, 2}, -1, StepPhase::decode, ledger) == Approx(3.0 / 11.0));
+  // The cells counted: (0, 3) 1 of 4, (1, 3) 0 of 2, (2, 3) 1 of 1; E0 and E1 are in unseen cells.
+  const auto decode_p = [&](std::uint32_t hist, std::uint32_t cls) {
+    return on.state_probability(0, marginal + hist * R::kFrequencies + cls, StepPhase::decode);
+  };
+  CHECK(decode_p(0, 3) == Approx(2.0 / 6.0));
+  CHECK(decode_p(1, 3) == Approx(1.0 / 4.0));
+  CHECK(decode_p(2, 3) == Approx(2.0 / 3.0));
+  CHECK(on.probability({0, 0}, -1, StepPhase::decode, ledger) == Approx(0.5));
+  CHECK(on.probability({0, 1}, -1, StepPhase::decode, ledger) == Approx(0.5));
 }
 
 TEST_CASE("prefetch queue: early preemption can be switched off", "[policy][prefetch_queue]") {

@@ -2,8 +2,9 @@
 /// Moesched: moesched's own policy, a Pipeline preset combining the others' mechanisms with one
 /// utility for eviction and prefetch (the ReuseModel):
 /// - every eviction (demand and prefetch) takes the held expert expected to be needed last, with
-///   probabilities learned online from the gates (its layer's last four turns and its rank in the
-///   running pass's prediction) and layers as the clock;
+///   probabilities learned online from the gates (its layer's last four turns, how often its gate
+///   asked for it over the run against its layer's mean, and its rank in the running pass's
+///   prediction) and layers as the clock;
 /// - a prediction is prefetched only when its expert is expected to be needed before the expert it
 ///   would evict (no free slot), so a wrong or far guess does not displace a likely one, and
 ///   (`link_aware`) only when it is likelier to be used than the link is loaded (PrefetchQueue::
@@ -40,6 +41,7 @@ namespace moesched::policy {
 struct MoeschedOptions {
   bool utility = true;             ///< ReuseModel victims and admission (off: layer-clock victims)
   bool link_aware = true;          ///< admit a prefetch only if P(used) exceeds the link's measured load
+  bool frequency = true;           ///< utility: the state includes each expert's long-run frequency class
   bool preempt = true;             ///< early preemption at the gate
   bool cutoff = true;              ///< SD passes: bound drafting-time prefetch by `cutoff_rule`
   CutoffRule cutoff_rule = CutoffRule::solver;
@@ -63,6 +65,7 @@ class Moesched : public Pipeline {
                .touch = true};
     p.utility = o.utility;
     p.link_aware = o.link_aware;
+    p.frequency = o.frequency;
     p.start_layers = o.horizon < 1 ? 1 : o.horizon;
     p.horizon = o.horizon;
     p.top = o.top;

@@ -244,6 +244,8 @@ class UtilityOrder {
 
  private:
   static constexpr std::uint32_t kStates = ReuseModel::kStates;
+  using State = std::uint16_t;  ///< a state id (or a run of them), 0 .. kStates - 1
+  static_assert(kStates <= 65536);
   /// What the keys of every layer are computed from (sync() checks them only when it changed).
   struct Seen {
     std::uint64_t model = ~std::uint64_t{0};
@@ -369,15 +371,15 @@ class UtilityOrder {
         seen_gen_[s] = sorts_;
         count_[s] = 0;
         distinct_odds_[distinct] = odds(l, s, c);
-        states_[distinct++] = static_cast<std::uint8_t>(s);
+        states_[distinct++] = static_cast<State>(s);
       }
       ++count_[s];
       scratch_ids_[n] = v;
-      scratch_states_[n] = static_cast<std::uint8_t>(s);
+      scratch_states_[n] = static_cast<State>(s);
       ++n;
     }
     for (std::uint32_t i = 1; i < distinct; ++i) {  // insertion sort by odds: a handful of states
-      const std::uint8_t s = states_[i];
+      const State s = states_[i];
       const double x = distinct_odds_[i];
       std::uint32_t j = i;
       for (; j > 0 && distinct_odds_[j - 1] < x; --j) {
@@ -395,13 +397,13 @@ class UtilityOrder {
       run_odds_[runs] = distinct_odds_[i];
       std::uint32_t j = i;
       for (; j < distinct && distinct_odds_[j] == distinct_odds_[i]; ++j) {
-        run_of_[states_[j]] = static_cast<std::uint8_t>(runs);
+        run_of_[states_[j]] = static_cast<State>(runs);
         pos += count_[states_[j]];
       }
       i = j;
     }
     for (std::uint32_t i = 0; i < n; ++i) {
-      const std::uint8_t r = run_of_[scratch_states_[i]];
+      const State r = run_of_[scratch_states_[i]];
       const std::uint32_t at = start_[r]++;
       ids[at] = scratch_ids_[i];
       odds_out[at] = run_odds_[r];
@@ -424,10 +426,10 @@ class UtilityOrder {
   std::vector<double> memo_;          // [layer * kStates + state]: odds
   std::vector<std::uint64_t> memo_gen_;
   std::vector<std::uint32_t> scratch_ids_;
-  std::vector<std::uint8_t> scratch_states_;
+  std::vector<State> scratch_states_;
   std::uint32_t count_[kStates] = {};
   std::uint32_t start_[kStates] = {};   // per run of equal odds: next free entry
-  std::uint8_t run_of_[kStates] = {};
+  State run_of_[kStates] = {};
   std::uint64_t seen_gen_[kStates] = {};  // == sorts_: the state was met in this sort
   std::uint64_t sorts_ = 0;
   struct MemoKey {
@@ -436,7 +438,7 @@ class UtilityOrder {
     friend bool operator==(const MemoKey&, const MemoKey&) = default;
   };
   std::vector<MemoKey> memo_key_;     // per layer: what memo_ was computed under
-  std::uint8_t states_[kStates] = {};
+  State states_[kStates] = {};
   double distinct_odds_[kStates] = {};  // sort_layer: beside states_, each one's odds
   double run_odds_[kStates] = {};       // per run: its odds
   std::uint64_t clock_ = 0;

@@ -12,15 +12,17 @@
 ///   reuse.next_use({3, 5}, 1, StepPhase::decode, ledger);            // layers until L3/E5 is used
 ///
 /// The model, per MoE layer and pass phase (prefill, decode, verify): an expert's state is whether
-/// its layer's gate asked for it at each of the layer's last four turns (16 histories) and, when the
-/// running pass has a prediction for the layer, the expert's rank in it (0, 1, 2, 3 or more, or not
-/// predicted). P(needed | state) is counted at every gate with a uniform prior (one use, one
+/// its layer's gate asked for it at each of the layer's last four turns (16 histories), with
+/// `frequency` on its frequency class (how often the gate asked for it over all the layer's turns
+/// so far against the layer's mean per expert: below half, below 1x, below 2x, 2x or more) and,
+/// when the running pass has a prediction for the layer, the expert's rank in it (0, 1, 2, 3 or
+/// more, or not predicted). P(needed | state) is counted at every gate with a uniform prior (one use, one
 /// non-use): nothing is fitted offline, and no weight or decay is chosen by hand. A layer whose
 /// prediction for this pass has not arrived yet is read with the history alone (its own counts).
 /// next_use = d + L x (1 / p - 1): d = layers until the expert's layer runs again (1..L), then a
 /// geometric number of further turns with probability p each.
-/// Cost: observe() O(experts of the layer) byte shifts of the histories plus O(|needed| +
-/// predicted) counting (the counts are histograms over the histories); probability() and
+/// Cost: observe() O(experts of the layer): every expert is counted in its cell (history and
+/// frequency class) and its cell moved on, plus O(|needed| + predicted); probability() and
 /// next_use() O(1); nothing allocates after resize().
 
 #include "moesched/core/config.hpp"
@@ -41,30 +43,39 @@ class ReuseModel {
   static constexpr std::uint32_t kHistories = 1U << kHistoryBits;
   static constexpr std::uint32_t kBuckets = 5;    ///< rank 0, 1, 2, 3+, not predicted
   static constexpr std::uint32_t kPhases = 3;     ///< prefill, decode, verify
+  static constexpr std::uint32_t kFrequencies = 4;  ///< frequency classes: < 0.5x, < 1x, < 2x, >= 2x the layer's mean
+  /// Cells: history x frequency class (cell = history x kFrequencies + class; class 0 with
+  /// `frequency` off).
+  static constexpr std::uint32_t kCells = kHistories * kFrequencies;
+
+  ReuseModel() = default;
+  /// `frequency`: the state includes the expert's frequency class (see the header comment).
+  explicit ReuseModel(bool frequency) noexcept : frequency_(frequency) {}
+  [[nodiscard]] bool frequency() const noexcept { return frequency_; }
 
   void resize(std::uint32_t layers, std::uint32_t experts) {
     if (layers == layers_ && experts == experts_) return;
     layers_ = layers;
     experts_ = experts;
-    history_.assign(std::size_t{layers} * experts, 0);
-    hist_count_.assign(std::size_t{layers} * kHistories, 0);
-    for (std::uint32_t l = 0; l < layers; ++l) hist_count_[std::size_t{l} * kHistories] = experts;
+    // Before any turn the layer's mean is 0 and every expert at or above it: class 3 (or 0 off).
+    cell_.assign(std::size_t{layers} * experts, static_cast<std::uint8_t>(frequency_class(0, 0)));
+    asks_.assign(std::size_t{layers} * experts, 0);
+    layer_asks_.assign(layers, 0);
     used_.assign(experts, 0);
     asked_.assign(experts, 0);
-    marginal_.assign(std::size_t{layers} * kPhases * kHistories, Count{});
-    joint_.assign(std::size_t{layers} * kPhases * kHistories * kBuckets, Count{});
+    marginal_.assign(std::size_t{layers} * kPhases * kCells, Count{});
+    joint_.assign(std::size_t{layers} * kPhases * kCells * kBuckets, Count{});
     version_.assign(layers, ++clock_);
   }
   [[nodiscard]] std::uint32_t layers() const noexcept { return layers_; }
 
   /// `layer`'s gate asked for `needed` in a pass of `phase` (call once per layer and pass, before
   /// anything of the layer's next turn is predicted): counts every expert of the layer in its state,
-  /// then moves the histories on.
+  /// then moves the histories and frequency classes on.
   void observe(std::uint32_t layer, std::span<const ExpertId> needed, StepPhase phase, const PredictionLedger& ledger) noexcept {
     if (layer >= layers_) return;
     version_[layer] = ++clock_;
-    // The asked experts, each once; every count is a histogram over the histories, so only they
-    // and the predicted experts are visited one by one.
+    // The asked experts, each once.
     std::uint32_t k = 0;
     for (ExpertId id : needed) {
       if (id.expert < experts_ && used_[id.expert] == 0) {
@@ -73,41 +84,43 @@ class ReuseModel {
       }
     }
     const std::uint32_t ph = phase_index(phase);
-    std::uint8_t* h = history_.data() + std::size_t{layer} * experts_;
-    std::uint32_t* n = hist_count_.data() + std::size_t{layer} * kHistories;  // experts per history
-    std::uint32_t u[kHistories] = {};                                         // of them asked for
-    for (std::uint32_t i = 0; i < k; ++i) ++u[h[asked_[i]]];
+    std::uint8_t* c = cell_.data() + std::size_t{layer} * experts_;
+    std::uint32_t n[kCells] = {};  // experts per cell
+    std::uint32_t u[kCells] = {};  // of them asked for
+    for (std::uint32_t e = 0; e < experts_; ++e) {
+      ++n[c[e]];
+      u[c[e]] += used_[e];
+    }
     Count* m = marginal_.data() + marginal_index(layer, ph, 0);
-    for (std::uint32_t x = 0; x < kHistories; ++x) {
+    for (std::uint32_t x = 0; x < kCells; ++x) {
       m[x].total += n[x];
       m[x].used += u[x];
     }
     if (ledger.has_prediction(layer)) {
-      std::uint32_t pn[kHistories] = {};  // predicted experts per history
-      std::uint32_t pu[kHistories] = {};  // of them asked for
+      std::uint32_t pn[kCells] = {};  // predicted experts per cell
+      std::uint32_t pu[kCells] = {};  // of them asked for
       for (std::uint16_t e : ledger.predicted(layer)) {
-        const std::uint32_t hist = h[e];
+        const std::uint32_t x = c[e];
         const std::uint32_t b = bucket(ledger.rank(ExpertId{static_cast<std::uint16_t>(layer), e}));
-        Count& j = joint_[joint_index(layer, ph, hist, b)];
+        Count& j = joint_[joint_index(layer, ph, x, b)];
         j.total += 1;
         j.used += used_[e];
-        ++pn[hist];
-        pu[hist] += used_[e];
+        ++pn[x];
+        pu[x] += used_[e];
       }
-      for (std::uint32_t x = 0; x < kHistories; ++x) {  // the rest: not predicted
+      for (std::uint32_t x = 0; x < kCells; ++x) {  // the rest: not predicted
         Count& j = joint_[joint_index(layer, ph, x, kBuckets - 1)];
         j.total += n[x] - pn[x];
         j.used += u[x] - pu[x];
       }
     }
-    std::uint32_t next[kHistories] = {};
-    for (std::uint32_t x = 0; x < kHistories; ++x) {
-      next[(x << 1U) & (kHistories - 1U)] += n[x] - u[x];
-      next[((x << 1U) | 1U) & (kHistories - 1U)] += u[x];
-    }
-    std::copy(next, next + kHistories, n);
+    // The cells move on: the history shifts in this turn, the class is taken with this turn's asks.
+    std::uint32_t* a = asks_.data() + std::size_t{layer} * experts_;
+    const std::uint64_t total = layer_asks_[layer] += k;
     for (std::uint32_t e = 0; e < experts_; ++e) {
-      h[e] = static_cast<std::uint8_t>(((h[e] << 1U) | used_[e]) & (kHistories - 1U));
+      a[e] += used_[e];
+      const std::uint32_t hist = (((c[e] / kFrequencies) << 1U) | used_[e]) & (kHistories - 1U);
+      c[e] = static_cast<std::uint8_t>(hist * kFrequencies + frequency_class(a[e], total));
     }
     for (std::uint32_t i = 0; i < k; ++i) used_[asked_[i]] = 0;
   }
@@ -130,9 +143,9 @@ class ReuseModel {
   // odds = 1 / state_probability(id.layer, state(id, current, ledger), phase) - 1, computed by
   // the same expressions: an order kept over these pieces compares the very same doubles.
 
-  /// States an expert can be in: kHistories x kBuckets with its layer's prediction (joint), then
-  /// kHistories without (marginal).
-  static constexpr std::uint32_t kStates = kHistories * kBuckets + kHistories;
+  /// States an expert can be in: kCells x kBuckets with its layer's prediction (joint), then
+  /// kCells without (marginal); with `frequency` off only those of class 0 occur.
+  static constexpr std::uint32_t kStates = kCells * kBuckets + kCells;
   /// Whether `layer`'s experts are read with the running pass's prediction (joint counts): the
   /// layer is still to run (after `current`) and has a prediction.
   [[nodiscard]] static bool joint(std::uint32_t layer, std::int64_t current, const PredictionLedger& ledger) noexcept {
@@ -144,23 +157,23 @@ class ReuseModel {
   }
   /// As above, with joint(id.layer, current, ledger) given.
   [[nodiscard]] std::uint32_t state(ExpertId id, bool joint, const PredictionLedger& ledger) const noexcept {
-    const std::uint32_t hist = history_[id.flat(experts_)];
-    if (joint) return hist * kBuckets + bucket(ledger.rank(id));
-    return kHistories * kBuckets + hist;
+    const std::uint32_t x = cell_[id.flat(experts_)];
+    if (joint) return x * kBuckets + bucket(ledger.rank(id));
+    return kCells * kBuckets + x;
   }
   /// As above, by flat id (`layer` x experts + expert, the ledger's too).
   [[nodiscard]] std::uint32_t state_at(std::uint32_t flat, bool joint, const PredictionLedger& ledger) const noexcept {
-    const std::uint32_t hist = history_[flat];
-    if (joint) return hist * kBuckets + bucket(ledger.rank_at(flat));
-    return kHistories * kBuckets + hist;
+    const std::uint32_t x = cell_[flat];
+    if (joint) return x * kBuckets + bucket(ledger.rank_at(flat));
+    return kCells * kBuckets + x;
   }
   /// P(needed at the next turn) of an expert of `layer` in `state` (see state()).
   [[nodiscard]] double state_probability(std::uint32_t layer, std::uint32_t state, StepPhase phase) const noexcept {
     const std::uint32_t ph = phase_index(phase);
-    if (state < kHistories * kBuckets) {
+    if (state < kCells * kBuckets) {
       return joint_[joint_index(layer, ph, state / kBuckets, state % kBuckets)].probability();
     }
-    return marginal_[marginal_index(layer, ph, state - kHistories * kBuckets)].probability();
+    return marginal_[marginal_index(layer, ph, state - kCells * kBuckets)].probability();
   }
   /// Layers until `layer` runs again (1..L) when the pass has gated up to `current`.
   [[nodiscard]] std::int64_t turn_distance(std::uint32_t layer, std::int64_t current) const noexcept {
@@ -179,7 +192,11 @@ class ReuseModel {
   [[nodiscard]] std::uint64_t changes() const noexcept { return clock_; }
 
   /// The history bits of `id` (bit 0: asked at its layer's last turn; bit 1: at the one before).
-  [[nodiscard]] std::uint32_t history(ExpertId id) const noexcept { return history_[id.flat(experts_)]; }
+  [[nodiscard]] std::uint32_t history(ExpertId id) const noexcept { return cell_[id.flat(experts_)] / kFrequencies; }
+  /// The frequency class of `id` (0 .. kFrequencies - 1; always 0 with `frequency` off): its
+  /// asks a over the layer's turns against the layer's asks T over all its E experts, a x E
+  /// against T: below T / 2, below T, below 2 T, else 3.
+  [[nodiscard]] std::uint32_t frequency_class(ExpertId id) const noexcept { return cell_[id.flat(experts_)] % kFrequencies; }
 
  private:
   struct Count {
@@ -196,24 +213,33 @@ class ReuseModel {
       default: return 2;
     }
   }
+  /// The class of an expert asked `asks` times of its layer's `total` asks (see frequency_class).
+  [[nodiscard]] std::uint32_t frequency_class(std::uint64_t asks, std::uint64_t total) const noexcept {
+    if (!frequency_) return 0;
+    const std::uint64_t x = asks * experts_;
+    return static_cast<std::uint32_t>(2 * x >= total) + static_cast<std::uint32_t>(x >= total) +
+           static_cast<std::uint32_t>(x >= 2 * total);
+  }
   static std::uint32_t bucket(std::uint32_t rank) noexcept {
     return rank == PredictionLedger::kNotPredicted ? kBuckets - 1 : (rank < kBuckets - 2 ? rank : kBuckets - 2);
   }
-  [[nodiscard]] std::size_t marginal_index(std::uint32_t layer, std::uint32_t ph, std::uint32_t hist) const noexcept {
-    return (std::size_t{layer} * kPhases + ph) * kHistories + hist;
+  [[nodiscard]] std::size_t marginal_index(std::uint32_t layer, std::uint32_t ph, std::uint32_t cell) const noexcept {
+    return (std::size_t{layer} * kPhases + ph) * kCells + cell;
   }
-  [[nodiscard]] std::size_t joint_index(std::uint32_t layer, std::uint32_t ph, std::uint32_t hist, std::uint32_t b) const noexcept {
-    return marginal_index(layer, ph, hist) * kBuckets + b;
+  [[nodiscard]] std::size_t joint_index(std::uint32_t layer, std::uint32_t ph, std::uint32_t cell, std::uint32_t b) const noexcept {
+    return marginal_index(layer, ph, cell) * kBuckets + b;
   }
 
   std::uint32_t layers_ = 0;
   std::uint32_t experts_ = 0;
-  std::vector<std::uint8_t> history_;  // [layer * experts + expert]
-  std::vector<std::uint32_t> hist_count_;  // [layer * kHistories + history]: its experts in it
+  bool frequency_ = false;
+  std::vector<std::uint8_t> cell_;     // [layer * experts + expert]: history x kFrequencies + class
+  std::vector<std::uint32_t> asks_;    // [layer * experts + expert]: turns its gate asked for it
+  std::vector<std::uint64_t> layer_asks_;  // per layer: asks over all its turns and experts
   std::vector<std::uint8_t> used_;     // per expert of the observed layer: asked for (observe only)
   std::vector<std::uint16_t> asked_;   // observe: the asked experts, each once
-  std::vector<Count> marginal_;        // [layer][phase][history]
-  std::vector<Count> joint_;           // [layer][phase][history][bucket]
+  std::vector<Count> marginal_;        // [layer][phase][cell]
+  std::vector<Count> joint_;           // [layer][phase][cell][bucket]
   std::vector<std::uint64_t> version_; // per layer: clock_ at its last observe() (or resize())
   std::uint64_t clock_ = 0;
 };
