@@ -138,6 +138,7 @@ ABLATIONS = {
         ("utility=off", "no expected-next-use utility (layer-clock victims, no utility admission)"),
         ("link=off", "no link-load admission test"),
         ("freq=off", "no long-run frequency class in the utility's state"),
+        ("density=off", "evict by expected layers to next use, not layers held per expected hit (d / p)"),
         ("cutoff=off", "no SD cutoff: drafting-time prefetch for every layer"),
         ("batch=off", "drafting-time copies not submitted as one batch"),
         ("beyond=0", "no layer-ahead prefetch beyond the cutoff"),

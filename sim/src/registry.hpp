@@ -120,12 +120,13 @@ inline constexpr std::array<ComposedOption, 8> kSpmoe{
     kDepth,
     kTop,
     ComposedOption{"chunks", "N", "0", "copies per expert (0: --chunks)"}};
-inline constexpr std::array<ComposedOption, 13> kMoesched{
+inline constexpr std::array<ComposedOption, 14> kMoesched{
     ComposedOption{"predictor", "auto|CHANNEL|transition|popularity|activation-matrix|none", "transition",
                    "transition: routing only, inline (no stream time); auto: the best channel the trace has"},
     ComposedOption{"utility", "on|off", "on", "one expected-next-use score for eviction and prefetch admission"},
     ComposedOption{"link", "on|off", "on", "utility: prefetch only what is used with a probability above the link's measured load"},
     ComposedOption{"freq", "on|off", "on", "utility: each expert's long-run frequency class (against its layer's mean) is part of its state"},
+    ComposedOption{"density", "on|off", "on", "utility: evict by layers held per expected hit at the next turn (d / p), not by expected layers to next use"},
     ComposedOption{"cutoff", "solver|closed|all|off|N", "solver", "SD: how deep drafting-time prefetch goes"},
     ComposedOption{"batch", "on|off", "on", "drafting: submit every copy up to the cutoff at once"},
     ComposedOption{"beyond", "N", "2", "beyond the cutoff: layers ahead during verification"},
@@ -588,7 +589,7 @@ PolicyRun visit_composed(std::string_view name, const ComposedName& n, const Wor
     const std::string cut = n.get("cutoff");
     const auto [rule, fixed] = cutoff_rule(cut == "off" ? std::string("all") : cut);
     policy::Moesched p(tables, std::move(fallback), lat,
-                       {.utility = flag(n, "utility"), .link_aware = flag(n, "link"), .frequency = flag(n, "freq"), .preempt = flag(n, "preempt"), .cutoff = cut != "off",
+                       {.utility = flag(n, "utility"), .link_aware = flag(n, "link"), .frequency = flag(n, "freq"), .density = flag(n, "density"), .preempt = flag(n, "preempt"), .cutoff = cut != "off",
                         .cutoff_rule = rule, .fixed_cutoff = fixed, .batch = flag(n, "batch"),
                         .beyond = number(n, "beyond"), .depth = depth, .lookahead = number(n, "lookahead"),
                         .horizon = number(n, "horizon"), .top = top});

@@ -259,6 +259,33 @@ TEST_CASE("reuse model: probabilities counted per history, expected next use", "
   CHECK(r.probability({0, 3}, -1, StepPhase::decode, ledger) == Approx(1.0 / 4.0));  // history 0, not predicted: 0 of 2
 }
 
+TEST_CASE("reuse model: the density score d / p against expected next use", "[policy][reuse]") {
+  policy::ReuseModel next;
+  policy::ReuseModel dens(false, true);
+  next.resize(8, 4);
+  dens.resize(8, 4);
+  CHECK_FALSE(next.density());
+  CHECK(dens.density());
+  // A: its layer just ran (d = 8), p = 0.1 (odds 9). B: its layer runs next (d = 1), p = 1/11.1
+  // (odds 10.1). Expected next use: A 8 + 8 x 9 = 80, B 1 + 8 x 10.1 = 81.8: B is evicted first.
+  // Density: A 8 x 10 = 80 layers held per expected hit, B 1 x 11.1 = 11.1: A is evicted first.
+  CHECK(next.expected_layers(8, 9.0) == Approx(80.0));
+  CHECK(next.expected_layers(1, 10.1) == Approx(81.8));
+  CHECK(dens.expected_layers(8, 9.0) == Approx(80.0));
+  CHECK(dens.expected_layers(1, 10.1) == Approx(11.1));
+  // Within one layer (the same d) both order by the odds alone, and at p = 1 both give d.
+  for (std::int64_t d = 1; d <= 8; ++d) {
+    CHECK(dens.expected_layers(d, 0.0) == Approx(static_cast<double>(d)));
+    CHECK(next.expected_layers(d, 0.0) == Approx(static_cast<double>(d)));
+    CHECK(dens.expected_layers(d, 2.0) < dens.expected_layers(d, 3.0));
+  }
+  // next_use() goes through the same score: a never-seen layer has the prior p = 1/2 (odds 1).
+  policy::PredictionLedger ledger;
+  ledger.resize(8, 4);
+  CHECK(dens.next_use({3, 0}, 0, StepPhase::decode, ledger) == Approx(3.0 * 2.0));
+  CHECK(next.next_use({3, 0}, 0, StepPhase::decode, ledger) == Approx(3.0 + 8.0));
+}
+
 TEST_CASE("reuse model: frequency classes split the histories by long-run asks", "[policy][reuse]") {
   policy::PredictionLedger ledger;
   ledger.resize(1, 4);

@@ -142,8 +142,8 @@ struct OrderRig {
   policy::PredictionLedger ledger;
   policy::UtilityOrder order;
   policy::UtilityOrder::Context c{nullptr, nullptr, -1, StepPhase::decode};
-  OrderRig(std::uint32_t layers, std::uint32_t experts, bool frequency = false)
-      : L(layers), per(experts), e(layers, experts, layers * experts), model(frequency) {
+  OrderRig(std::uint32_t layers, std::uint32_t experts, bool frequency = false, bool density = false)
+      : L(layers), per(experts), e(layers, experts, layers * experts), model(frequency, density) {
     lru.on_pass_begin(e, PassInfo{});
     model.resize(L, per);
     ledger.resize(L, per);
@@ -204,7 +204,7 @@ TEST_CASE("utility order: the same victims as a scan of every held expert, on ra
       const std::uint32_t L = shape.layers;
       const std::uint32_t per = shape.experts;
       Rng rng(seed * 7919 + L);
-      OrderRig rig(L, per, seed % 2 == 0);  // the frequency classes on every other seed
+      OrderRig rig(L, per, seed % 2 == 0, seed % 3 == 0);  // frequency classes every other seed, density every third
       policy::LayerLru& lru = rig.lru;
       policy::UtilityOrder& order = rig.order;
       const policy::UtilityOrder::Context& c = rig.c;
@@ -272,7 +272,7 @@ TEST_CASE("utility order: each layer's entries are its LRU list stably sorted by
       const std::uint32_t L = shape.layers;
       const std::uint32_t per = shape.experts;
       Rng rng(seed * 104729 + per);
-      OrderRig rig(L, per, seed % 2 == 0);  // the frequency classes on every other seed
+      OrderRig rig(L, per, seed % 2 == 0, seed % 3 == 0);  // frequency classes every other seed, density every third
       const policy::LayerLru& lru = rig.lru;
       policy::UtilityOrder& order = rig.order;
       const policy::UtilityOrder::Context& c = rig.c;

@@ -1,12 +1,14 @@
 #pragma once
 /// Moesched: moesched's own policy, a Pipeline preset combining the others' mechanisms with one
 /// utility for eviction and prefetch (the ReuseModel):
-/// - every eviction (demand and prefetch) takes the held expert expected to be needed last, with
-///   probabilities learned online from the gates (its layer's last four turns, how often its gate
-///   asked for it over the run against its layer's mean, and its rank in the running pass's
+/// - every eviction (demand and prefetch) takes the held expert that would hold its slot longest
+///   per expected hit (layers until its layer's next turn over the probability it is asked for
+///   there: the inverse of its hit density; `density` off: the expert expected to be needed last),
+///   with probabilities learned online from the gates (its layer's last four turns, how often its
+///   gate asked for it over the run against its layer's mean, and its rank in the running pass's
 ///   prediction) and layers as the clock;
-/// - a prediction is prefetched only when its expert is expected to be needed before the expert it
-///   would evict (no free slot), so a wrong or far guess does not displace a likely one, and
+/// - a prediction is prefetched only when its expert scores better than the expert it would evict
+///   (no free slot), so a wrong or far guess does not displace a likely one, and
 ///   (`link_aware`) only when it is likelier to be used than the link is loaded (PrefetchQueue::
 ///   set_link_load: the load is measured online from the copies issued and the time passes take);
 /// - early preemption at the gate, chunked copies (the registry's `chunks`, per matrix by default);
@@ -42,6 +44,7 @@ struct MoeschedOptions {
   bool utility = true;             ///< ReuseModel victims and admission (off: layer-clock victims)
   bool link_aware = true;          ///< admit a prefetch only if P(used) exceeds the link's measured load
   bool frequency = true;           ///< utility: the state includes each expert's long-run frequency class
+  bool density = true;             ///< utility: evict by d / p (layers held per expected hit), not expected next use
   bool preempt = true;             ///< early preemption at the gate
   bool cutoff = true;              ///< SD passes: bound drafting-time prefetch by `cutoff_rule`
   CutoffRule cutoff_rule = CutoffRule::solver;
@@ -66,6 +69,7 @@ class Moesched : public Pipeline {
     p.utility = o.utility;
     p.link_aware = o.link_aware;
     p.frequency = o.frequency;
+    p.density = o.density;
     p.start_layers = o.horizon < 1 ? 1 : o.horizon;
     p.horizon = o.horizon;
     p.top = o.top;

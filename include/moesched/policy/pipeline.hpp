@@ -86,6 +86,7 @@ struct PipelineOptions {
   bool utility = false;            ///< the ReuseModel scores victims and admissions (with queue.victim = utility)
   bool link_aware = false;         ///< utility: admit a prefetch only if P(used) exceeds the link's load (needs the latency model)
   bool frequency = false;          ///< utility: the ReuseModel's state includes each expert's frequency class
+  bool density = false;            ///< utility: score d / p (hit density) instead of the expected layers to next use
 };
 
 class Pipeline {
@@ -96,7 +97,7 @@ class Pipeline {
   /// none, or a table is null.
   Pipeline(std::vector<TableInput> tables, std::optional<AnyRoutingPredictor> routing, PipelineOptions opt,
            std::optional<AnalyticalLatency> latency = std::nullopt)
-      : opt_(with_victim(opt)), queue_(opt_.queue), latency_(latency), reuse_(opt_.frequency) {
+      : opt_(with_victim(opt)), queue_(opt_.queue), latency_(latency), reuse_(opt_.frequency, opt_.density) {
     for (std::size_t i = 0; i < tables.size(); ++i) {
       if (tables[i].table == nullptr) throw ConfigError("", "tables", std::to_string(i), "is null");
       jobs_.emplace_back(*tables[i].table, tables[i].latency, tables[i].where,

@@ -20,7 +20,13 @@
 /// non-use): nothing is fitted offline, and no weight or decay is chosen by hand. A layer whose
 /// prediction for this pass has not arrived yet is read with the history alone (its own counts).
 /// next_use = d + L x (1 / p - 1): d = layers until the expert's layer runs again (1..L), then a
-/// geometric number of further turns with probability p each.
+/// geometric number of further turns with probability p each. With `density` the score is d / p
+/// = d x (1 + odds) instead: the layers a slot is held per expected hit at the expert's next turn,
+/// the inverse of its hit density (Beckmann et al., "LHD", NSDI 2018). The two agree within a layer
+/// (the same d) and where p is near 1; where p is small, next_use is dominated by L / p and evicts
+/// an expert needed at the very next layer with probability p over one of the layer just run with
+/// a slightly higher p, which holds its slot L times longer for that chance. Evicting the largest
+/// score is Belady's rule with expectations either way.
 /// Cost: observe() O(experts of the layer): every expert is counted in its cell (history and
 /// frequency class) and its cell moved on, plus O(|needed| + predicted); probability() and
 /// next_use() O(1); nothing allocates after resize().
@@ -49,9 +55,11 @@ class ReuseModel {
   static constexpr std::uint32_t kCells = kHistories * kFrequencies;
 
   ReuseModel() = default;
-  /// `frequency`: the state includes the expert's frequency class (see the header comment).
-  explicit ReuseModel(bool frequency) noexcept : frequency_(frequency) {}
+  /// `frequency`: the state includes the expert's frequency class; `density`: the score is d / p,
+  /// not the expected layers to next use (see the header comment).
+  explicit ReuseModel(bool frequency, bool density = false) noexcept : frequency_(frequency), density_(density) {}
   [[nodiscard]] bool frequency() const noexcept { return frequency_; }
+  [[nodiscard]] bool density() const noexcept { return density_; }
 
   void resize(std::uint32_t layers, std::uint32_t experts) {
     if (layers == layers_ && experts == experts_) return;
@@ -181,8 +189,10 @@ class ReuseModel {
     const std::int64_t l = layer;
     return l > current ? l - current : l - current + L;
   }
-  /// d + L x odds: the expected layers until next use at turn distance d, odds = 1 / p - 1.
+  /// d + L x odds: the expected layers until next use at turn distance d, odds = 1 / p - 1 (with
+  /// `density`: d x (1 + odds) = d / p).
   [[nodiscard]] double expected_layers(std::int64_t d, double odds) const noexcept {
+    if (density_) return static_cast<double>(d) * (1.0 + odds);
     return static_cast<double>(d) + static_cast<double>(static_cast<std::int64_t>(layers_)) * odds;
   }
   /// Changes whenever observe(`layer`) ran (its counts and its experts' histories moved on);
@@ -233,6 +243,7 @@ class ReuseModel {
   std::uint32_t layers_ = 0;
   std::uint32_t experts_ = 0;
   bool frequency_ = false;
+  bool density_ = false;
   std::vector<std::uint8_t> cell_;     // [layer * experts + expert]: history x kFrequencies + class
   std::vector<std::uint32_t> asks_;    // [layer * experts + expert]: turns its gate asked for it
   std::vector<std::uint64_t> layer_asks_;  // per layer: asks over all its turns and experts
