@@ -135,7 +135,7 @@ ABLATIONS = {
         ("", "moesched (defaults)"),
         ("predictor=auto", "the trace's best channel instead of routing-only transitions"),
         ("predictor=none", "no predictor: no prefetch at all"),
-        ("utility=off", "no expected-next-use utility (layer-clock victims, no utility admission)"),
+        ("utility=off", "no learned reuse score (layer-clock victims, no utility admission)"),
         ("link=off", "no link-load admission test"),
         ("freq=off", "no long-run frequency class in the utility's state"),
         ("density=off", "evict by expected layers to next use, not layers held per expected hit (d / p)"),

@@ -123,7 +123,7 @@ inline constexpr std::array<ComposedOption, 8> kSpmoe{
 inline constexpr std::array<ComposedOption, 14> kMoesched{
     ComposedOption{"predictor", "auto|CHANNEL|transition|popularity|activation-matrix|none", "transition",
                    "transition: routing only, inline (no stream time); auto: the best channel the trace has"},
-    ComposedOption{"utility", "on|off", "on", "one expected-next-use score for eviction and prefetch admission"},
+    ComposedOption{"utility", "on|off", "on", "one learned reuse score for eviction and prefetch admission"},
     ComposedOption{"link", "on|off", "on", "utility: prefetch only what is used with a probability above the link's measured load"},
     ComposedOption{"freq", "on|off", "on", "utility: each expert's long-run frequency class (against its layer's mean) is part of its state"},
     ComposedOption{"density", "on|off", "on", "utility: evict by layers held per expected hit at the next turn (d / p), not by expected layers to next use"},
@@ -339,8 +339,9 @@ inline std::string_view base_summary(std::string_view name) noexcept {
            "transition) up to the cutoff layer (solver over the latency model); beyond it, layer-ahead prefetch";
   }
   if (name == "moesched") {
-    return "moesched: one expected-next-use utility (learned online from the gates and the predictor's ranks) for "
-           "eviction and prefetch admission, prefetch only when likelier to be used than the link is loaded, early "
+    return "moesched: one utility, layers a slot is held per expected hit (probabilities learned online from the "
+           "gates, each expert's long-run frequency and the predictor's ranks), for eviction and prefetch admission, "
+           "prefetch only when likelier to be used than the link is loaded, early "
            "preemption, chunked copies when free, SD cutoff from the solver; routing-only transitions by default "
            "(predictor=auto: the best channel the trace has, draft_gate, mlp, skip_gate)";
   }

@@ -65,7 +65,7 @@ namespace moesched::policy {
 enum class PrefetchVictim : std::uint8_t {
   layer_clock,  ///< Belady with layers as the clock, LRU within a layer (demand: per-layer LRU)
   layer_lru,    ///< the predicted layer's own LRU share, borrowing (ProMoE, Mixtral-offloading)
-  utility,      ///< the ReuseModel's expected next use, for prefetch and demand alike (moesched)
+  utility,      ///< the ReuseModel's score (ReuseModel::next_use), for prefetch and demand alike (moesched)
 };
 
 /// The queue's switches (see the header comment); the defaults are the original mechanism.
