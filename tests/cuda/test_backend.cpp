@@ -129,6 +129,31 @@ RunResult run_gpu(const Workload& w, P& pol, std::uint32_t slots, std::uint32_t 
   return out;
 }
 
+/// Copies expert (1, 2) into slot 1 and waits until it landed (the graph and span checks' setup).
+bool land_expert_1_2(CudaBackend& b, const std::string& label) {
+  runtime::Completion done;
+  expect(b.submit_copy({ExpertId{1, 2}, 1, CopyPriority::high}).ok(), label + ": copy submitted");
+  bool landed = false;
+  while (!landed && b.wait(done)) landed = done.kind == runtime::CompletionKind::chunk && done.landed;
+  expect(landed, label + ": the expert landed");
+  return landed;
+}
+
+/// A compute order of `kind` for MoE layer `layer` over `tokens` tokens of `pass`; an expert order
+/// is expert (1, 2) in slot 1 (land_expert_1_2).
+runtime::ComputeOrder order_of(runtime::ComputeKind kind, std::uint32_t layer, std::uint32_t tokens, const Pass& pass) {
+  runtime::ComputeOrder o{};
+  o.kind = kind;
+  o.layer = layer;
+  o.tokens = tokens;
+  o.pass = &pass;
+  if (kind == runtime::ComputeKind::expert) {
+    o.expert = ExpertId{1, 2};
+    o.slot = 1;
+  }
+  return o;
+}
+
 /// CUDA graphs (Config::graphs): the same orders through graphs and launched one by one give the
 /// same output bits; a graph is captured once per (order, slot or layer, tokens) and replayed;
 /// prepare_graphs() captures every order up front.
@@ -141,25 +166,11 @@ void graph_checks() {
     if (!rig.ok) return;
     CudaBackend& b = *rig.backend;
     runtime::Completion done;
-    expect(b.submit_copy({ExpertId{1, 2}, 1, CopyPriority::high}).ok(), "graphs: copy submitted");
-    bool landed = false;
-    while (!landed && b.wait(done)) landed = done.kind == runtime::CompletionKind::chunk && done.landed;
-    expect(landed, "graphs: the expert landed");
+    land_expert_1_2(b, "graphs");
     Pass pass;
     pass.tokens = 3;
     pass.member_count = 1;
-    auto order = [&](runtime::ComputeKind k, std::uint32_t layer, std::uint32_t tokens) {
-      runtime::ComputeOrder o{};
-      o.kind = k;
-      o.layer = layer;
-      o.tokens = tokens;
-      o.pass = &pass;
-      if (k == runtime::ComputeKind::expert) {
-        o.expert = ExpertId{1, 2};
-        o.slot = 1;
-      }
-      return o;
-    };
+    auto order = [&](runtime::ComputeKind k, std::uint32_t layer, std::uint32_t tokens) { return order_of(k, layer, tokens, pass); };
     // Twice the same sequence (the second replays the graphs), then a new token count.
     for (int round = 0; round < 2; ++round) {
       for (const auto& o : {order(runtime::ComputeKind::dense, 1, 3), order(runtime::ComputeKind::expert, 1, 3),
@@ -201,25 +212,11 @@ void span_checks() {
   if (!rig.ok) return;
   CudaBackend& b = *rig.backend;
   runtime::Completion done;
-  expect(b.submit_copy({ExpertId{1, 2}, 1, CopyPriority::high}).ok(), "spans: copy submitted");
-  bool landed = false;
-  while (!landed && b.wait(done)) landed = done.kind == runtime::CompletionKind::chunk && done.landed;
-  expect(landed, "spans: the expert landed");
+  land_expert_1_2(b, "spans");
   Pass pass;
   pass.tokens = 3;
   pass.member_count = 1;
-  auto order = [&](runtime::ComputeKind k, std::uint32_t tokens) {
-    runtime::ComputeOrder o{};
-    o.kind = k;
-    o.layer = 1;
-    o.tokens = tokens;
-    o.pass = &pass;
-    if (k == runtime::ComputeKind::expert) {
-      o.expert = ExpertId{1, 2};
-      o.slot = 1;
-    }
-    return o;
-  };
+  auto order = [&](runtime::ComputeKind k, std::uint32_t tokens) { return order_of(k, 1, tokens, pass); };
   auto finish = [&](int n) {
     int seen = 0;
     while (seen < n && b.wait(done)) seen += done.kind == runtime::CompletionKind::compute ? 1 : 0;
