@@ -17,11 +17,16 @@ if ! cmake --build "$build" --target moesched-sim moesched-sizing moesched-trace
 fi
 has_trace=0
 has_cache=0
+has_policies=0
 for a in "$@"; do
   [[ "$a" == --trace || "$a" == --trace=* ]] && has_trace=1
   [[ "$a" == --cache-gb || "$a" == --cache-gb=* ]] && has_cache=1
+  [[ "$a" == --policies || "$a" == --policies=* ]] && has_policies=1
 done
 defaults=(--gpu rtx4090)
+# The baselines, the offline reference, the published policies and moesched's own (each published
+# policy runs the paper's predictor from the trace's channels, or says which fallback ran).
+[[ $has_policies == 1 ]] || defaults+=(--policies on-demand,lru,lfu,oracle,mixtral-offloading,moe-infinity,promoe,spmoe,moesched)
 # Default data: SD (gamma 4) on the project's own Mixtral-like target, recorded with real draft
 # predictions (traces/real/MODEL_CARD.md); a third of its experts fit the default cache.
 if [[ $has_trace == 0 ]]; then
