@@ -363,7 +363,10 @@ def budgets_for(sim: Sim, trace: str, hdr: dict, gpu: str, fractions: list[float
             continue
         seen.add(n)
         gb = round((n + 0.5) * eb / 1e9, 4)
-        (out if gb <= room else above).append((f, n, gb) if gb <= room else (f, n, gb, room))
+        if gb <= room:
+            out.append((f, n, gb))
+        else:
+            above.append((f, n, gb, room))
     return out, eb, tot, above
 
 

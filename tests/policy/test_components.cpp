@@ -87,13 +87,12 @@ struct PlainReuse {
   bool frequency = false;
   std::vector<std::uint8_t> history;
   std::vector<std::uint64_t> asks;         // [layer * experts + expert]: turns asked for
-  std::vector<std::uint64_t> layer_turns;  // per layer: turns observed
   std::vector<std::uint64_t> used, total;  // [(layer * 3 + phase) * kStates + state]
   static constexpr std::uint32_t kStates = 16 * 4 * 5 + 16 * 4;
   static_assert(kStates == policy::ReuseModel::kStates);
   PlainReuse(std::uint32_t l, std::uint32_t e, bool f)
       : layers(l), experts(e), frequency(f), history(std::size_t{l} * e, 0), asks(std::size_t{l} * e, 0),
-        layer_turns(l, 0), used(std::size_t{l} * 3 * kStates, 0), total(std::size_t{l} * 3 * kStates, 0) {}
+        used(std::size_t{l} * 3 * kStates, 0), total(std::size_t{l} * 3 * kStates, 0) {}
   /// The class of `e` of `layer`: its asks per turn against the mean over the layer's experts
   /// (below half of it: 0, below it: 1, below twice it: 2, else 3; no asks yet: mean 0, class 3).
   [[nodiscard]] std::uint32_t frequency_class(std::uint32_t layer, std::uint32_t e) const {
@@ -130,7 +129,6 @@ struct PlainReuse {
       history[std::size_t{layer} * experts + e] = static_cast<std::uint8_t>(((h << 1U) | (u ? 1U : 0U)) & 15U);
       asks[std::size_t{layer} * experts + e] += u ? 1 : 0;
     }
-    ++layer_turns[layer];
   }
 };
 
